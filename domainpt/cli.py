@@ -1,0 +1,121 @@
+"""The `domainpt` command: one subcommand per stage, and `run` to chain them.
+
+    domainpt run recipes/demo/tiny.yaml                 # every stage; finished ones are skipped
+    domainpt pretrain recipes/demo/legal.yaml train.max_steps=20
+    torchrun --nproc_per_node 2 -m domainpt pretrain recipes/demo/tiny.yaml
+    domainpt keys                                       # every recipe key with its default and meaning
+
+Problems the user can fix end with a one-line `domainpt: error: ...` and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from domainpt.config import field_docs, load_recipe
+from domainpt.errors import DomainptError
+from domainpt.manifest import STAGES, invalidate, is_done, run_lock
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _stage_fn(stage: str):
+    if stage == "prepare":
+        from domainpt.prepare import run_prepare as fn
+    elif stage == "pretrain":
+        from domainpt.pretrain import run_pretrain as fn
+    elif stage == "finetune":
+        from domainpt.finetune import run_finetune as fn
+    elif stage == "evaluate":
+        from domainpt.eval.stage import run_evaluate as fn
+    else:
+        from domainpt.report.compare import run_compare as fn
+    return fn
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def run_stage(recipe, stage: str, force: bool = False) -> None:
+    """Run one stage unless it is finished. Only pretrain uses every process; other stages run on rank 0."""
+    if force and _rank() == 0:
+        invalidate(recipe, stage)
+    if _world() > 1:
+        _barrier()
+    if is_done(recipe, stage):
+        if _rank() == 0:
+            print(f"[domainpt] {stage}: finished earlier, skipped ({recipe.out_dir}/{stage}/manifest.json)", flush=True)
+        return
+    t0 = time.time()
+    if _rank() == 0:
+        print(f"[domainpt] {stage}: starting", flush=True)
+    if stage == "pretrain" or _rank() == 0:
+        _stage_fn(stage)(recipe)
+    if _world() > 1:
+        _barrier()
+    if _rank() == 0:
+        print(f"[domainpt] {stage}: done in {time.time() - t0:.1f} s", flush=True)
+
+
+def _barrier() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="domainpt", description="Domain-adaptive continued pre-training with an honest comparison report.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in STAGES + ("run",):
+        s = sub.add_parser(name, help=f"run the {name} stage" if name != "run" else "run every stage, skipping finished ones")
+        s.add_argument("recipe", help="recipe YAML file")
+        s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=20")
+        s.add_argument("--force", action="store_true", help="redo this stage (and invalidate the later ones)")
+    sub.add_parser("keys", help="list every recipe key with its default and meaning")
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "keys":
+            for key, default, help_ in field_docs():
+                print(f"{key} = {default}\n    {help_}")
+            return
+        recipe = load_recipe(args.recipe, args.overrides)
+        stages = STAGES if args.command == "run" else (args.command,)
+        lock = run_lock(recipe.out_dir) if _rank() == 0 else _nullcontext()
+        with lock:
+            for st in stages:
+                run_stage(recipe, st, force=args.force and (args.command != "run" or st == stages[0]))
+        if args.command in ("run", "compare") and _rank() == 0:
+            print(f"[domainpt] report: {recipe.out_dir}/compare/report.html (and report.md, results.json)", flush=True)
+    except DomainptError as e:
+        print(f"domainpt: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("domainpt: interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    except MemoryError:
+        print("domainpt: error: out of memory; lower train.batch_size (raise train.grad_accum to keep the global batch), "
+              "data.seq_len or eval.batch_size, or set train.gradient_checkpointing=true", file=sys.stderr)
+        sys.exit(2)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,379 @@
+"""Recipes: one YAML file per run, parsed into the dataclasses below.
+
+    cfg = load_recipe("recipes/demo/legal.yaml", ["train.max_steps=20"])
+
+Each field's `help` is the one place its meaning is documented (the README table is generated from it).
+Unknown keys, wrong types and impossible values are errors that name the recipe file and the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from domainpt.errors import DomainptError
+
+
+def _f(default: Any, help: str, **kw) -> Any:
+    """A dataclass field carrying its documentation."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class SourceConfig:
+    """Where documents come from: a local file/folder, a packaged demo corpus, or a hub dataset."""
+
+    path: str | None = _f(None, "Local file or folder (.txt .jsonl .json .csv .parquet, optionally .gz/.zst).")
+    builtin: str | None = _f(None, "A corpus that ships inside an installed package (see `domainpt sources`).")
+    hf: str | None = _f(None, "A Hugging Face dataset id, read with streaming (needs network).")
+    hf_config: str | None = _f(None, "Dataset configuration name for `hf`.")
+    split: str = _f("train", "Dataset split for `hf`.")
+    text_field: str = _f("text", "Record field holding the document text.")
+    name: str | None = _f(None, "Short name used in stats and cards (default: derived from the source).")
+    licence: str | None = _f(None, "Licence as you declare it; copied into the data card.")
+    weight: float = _f(1.0, "Relative token weight when several domain sources are mixed.")
+    max_docs: int | None = _f(None, "Read at most this many documents (after bad records are skipped).")
+
+    def __post_init__(self):
+        given = [k for k in ("path", "builtin", "hf") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("exactly one of path, builtin, hf must be set")
+        if self.weight <= 0:
+            raise ValueError("weight must be > 0")
+        if self.max_docs is not None and self.max_docs <= 0:
+            raise ValueError("max_docs must be > 0")
+        if self.name is None:
+            self.name = Path(self.path).stem if self.path else (self.builtin or self.hf).replace("/", "_")
+
+
+@dataclass
+class CleanConfig:
+    enabled: bool = _f(True, "Run the cleaning filters at all.")
+    normalize_unicode: bool = _f(True, "NFC-normalise text.")
+    collapse_whitespace: bool = _f(True, "Collapse runs of spaces/tabs and of 3+ newlines.")
+    min_chars: int = _f(200, "Drop documents shorter than this (characters, after cleaning).")
+    max_chars: int = _f(1_000_000, "Drop documents longer than this (a runaway file is not a document).")
+    max_symbol_ratio: float = _f(0.3, "Drop documents whose share of non-alphanumeric, non-space characters is above this.")
+    max_repeated_line_ratio: float = _f(0.5, "Drop documents whose share of duplicated lines is above this.")
+
+
+@dataclass
+class DedupConfig:
+    exact: bool = _f(True, "Drop documents whose normalised text hash was already seen.")
+    near: bool = _f(True, "Drop near-duplicates found with MinHash LSH (datasketch).")
+    threshold: float = _f(0.8, "Estimated Jaccard similarity of word 5-gram sets above which documents are near-duplicates.")
+    num_perm: int = _f(128, "MinHash permutations: more is more precise and slower.")
+    shingle_words: int = _f(5, "Words per shingle.")
+
+    def __post_init__(self):
+        if not 0 < self.threshold <= 1:
+            raise ValueError("threshold must be in (0, 1]")
+
+
+@dataclass
+class PIIConfig:
+    enabled: bool = _f(True, "Replace e-mails, phone numbers, SSNs, card numbers, IBANs and IPs with typed placeholders.")
+    types: list = _f(["email", "phone", "ssn", "credit_card", "iban", "ip"], "Which PII types to replace.")
+
+
+@dataclass
+class DecontamConfig:
+    enabled: bool = _f(True, "Check training documents against every evaluation text (held-out text, task test sets).")
+    ngram: int = _f(13, "Word n-gram length; 13 is the usual choice (GPT-3, Llama reports).")
+    action: str = _f("drop", "'drop' contaminated training documents or only 'report' them.")
+
+    def __post_init__(self):
+        if self.action not in ("drop", "report"):
+            raise ValueError("action must be 'drop' or 'report'")
+
+
+@dataclass
+class DataConfig:
+    domain: list = _f([], "Domain corpora for continued pre-training (list of sources).")
+    general: list = _f([], "General text: held-out part measures forgetting, the rest is replay data.")
+    replay_share: float = _f(0.1, "Share of pre-training tokens drawn from general text (replay curbs forgetting).")
+    heldout_docs: int = _f(20, "Documents of each kind (domain, general) held out for perplexity; never trained on.")
+    seq_len: int = _f(512, "Tokens per packed training block.")
+    seed: int = _f(0, "Seed for splits and shuffles in prepare.")
+    clean: CleanConfig = field(default_factory=CleanConfig, metadata={"help": "Cleaning filters."})
+    dedup: DedupConfig = field(default_factory=DedupConfig, metadata={"help": "Exact and near-duplicate removal."})
+    pii: PIIConfig = field(default_factory=PIIConfig, metadata={"help": "PII scrubbing."})
+    decontam: DecontamConfig = field(default_factory=DecontamConfig, metadata={"help": "Decontamination against eval texts."})
+
+    def __post_init__(self):
+        if not self.domain:
+            raise ValueError("at least one domain source is needed")
+        if not 0 <= self.replay_share < 1:
+            raise ValueError("replay_share must be in [0, 1)")
+        if self.replay_share > 0 and not self.general:
+            raise ValueError("replay_share > 0 needs general sources")
+        if self.seq_len < 8 or self.heldout_docs < 1:
+            raise ValueError("seq_len must be >= 8 and heldout_docs >= 1")
+
+
+@dataclass
+class TaskConfig:
+    name: str = _f(None, "Task name used in results and reports.")
+    type: str = _f("classification", "'classification' (text -> label) or 'multiple_choice' (question, choices, answer).")
+    source: SourceConfig = _f(None, "Where the task's records come from.")
+    text_field: str = _f("text", "Input text field (classification).")
+    label_field: str = _f("label", "Label field (classification).")
+    question_field: str = _f("question", "Question field (multiple choice).")
+    choices_field: str = _f("choices", "List-of-choices field (multiple choice).")
+    answer_field: str = _f("answer", "Index of the right choice (multiple choice).")
+    labels: list | None = _f(None, "Keep only these labels (default: all). Their order fixes the label ids.")
+    verbalizers: dict | None = _f(None, "label -> words the model must produce (default: the label itself).")
+    prompt: str = _f("{text}\nAnswer:", "Prompt template; {text} or {question} is filled in.")
+    max_prompt_tokens: int = _f(128, "Truncate the input text so the prompt fits this many tokens.")
+    test_size: int = _f(100, "Test examples (stratified by label, chosen by a seeded hash).")
+    train_size: int = _f(400, "Training examples (the rest after the test split, capped).")
+    metric: str = _f("accuracy", "Main metric: accuracy or f1 (macro).")
+
+    def __post_init__(self):
+        if not self.name:
+            raise ValueError("name is required")
+        if self.type not in ("classification", "multiple_choice"):
+            raise ValueError("type must be classification or multiple_choice")
+        if self.source is None:
+            raise ValueError("source is required")
+        if self.metric not in ("accuracy", "f1"):
+            raise ValueError("metric must be accuracy or f1")
+        if self.test_size <= 0 or self.train_size <= 0 or self.max_prompt_tokens <= 0:
+            raise ValueError("test_size, train_size and max_prompt_tokens must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    base: str = _f(None, "General checkpoint: a local folder, a hub id, or a packaged model (smollm2-135m).")
+    init: str = _f("pretrained", "'pretrained' weights, or 'random' (base's architecture, resized by config_overrides).")
+    config_overrides: dict = _f({}, "Architecture overrides for init=random (hidden_size, num_hidden_layers, ...).")
+    objective: str = _f("auto", "'clm', 'mlm', or 'auto' (mlm for encoder models, else clm).")
+    trust_remote_code: bool = _f(False, "Run code shipped with a hub model. Off unless you trust its authors.")
+    seed: int = _f(0, "Seed for init=random.")
+
+    def __post_init__(self):
+        if not self.base:
+            raise ValueError("base is required")
+        if self.init not in ("pretrained", "random"):
+            raise ValueError("init must be pretrained or random")
+        if self.objective not in ("auto", "clm", "mlm"):
+            raise ValueError("objective must be auto, clm or mlm")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = _f(100, "Optimizer steps of continued pre-training.")
+    batch_size: int = _f(8, "Blocks per process per micro-batch.")
+    grad_accum: int = _f(1, "Micro-batches per optimizer step.")
+    lr: float = _f(1e-4, "Peak learning rate (continued pre-training uses ~10x lower than from scratch).")
+    min_lr_ratio: float = _f(0.1, "Final LR as a share of the peak (cosine/WSD).")
+    warmup_steps: int = _f(10, "Linear re-warm-up steps.")
+    schedule: str = _f("cosine", "'cosine', 'wsd' (warm-up, stable, decay) or 'constant'.")
+    decay_share: float = _f(0.2, "WSD: share of steps spent decaying.")
+    weight_decay: float = _f(0.1, "AdamW weight decay (not applied to norms and biases).")
+    betas: list = _f([0.9, 0.95], "AdamW betas.")
+    grad_clip: float = _f(1.0, "Clip the global gradient norm to this (0 = off).")
+    mixed_precision: str = _f("auto", "'auto' (bf16 on GPU, fp32 on CPU), 'no', 'bf16' or 'fp16'.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations to save memory.")
+    doc_isolation: bool = _f(True, "Keep attention inside each document of a packed block (position ids reset per doc).")
+    eval_every: int = _f(0, "Steps between held-out perplexity checks (0 = only at the end).")
+    eval_tokens: int = _f(4096, "Held-out tokens per kind scored at each check.")
+    max_general_ppl_rise: float | None = _f(None, "Stop early when general perplexity rises above start x (1 + this).")
+    save_every: int = _f(0, "Steps between checkpoints (0 = only at the end).")
+    keep_last: int = _f(2, "Checkpoints kept.")
+    log_every: int = _f(1, "Steps between progress-bar updates.")
+    seed: int = _f(0, "Seed for data order and dropout.")
+
+    def __post_init__(self):
+        for k in ("max_steps", "batch_size", "grad_accum", "eval_tokens", "keep_last", "log_every"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"{k} must be > 0")
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+        if self.schedule not in ("cosine", "wsd", "constant"):
+            raise ValueError("schedule must be cosine, wsd or constant")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError("mixed_precision must be auto, no, bf16 or fp16")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(8, "LoRA rank.")
+    alpha: int = _f(16, "LoRA alpha (scale = alpha / r).")
+    dropout: float = _f(0.05, "LoRA dropout.")
+    target_modules: Any = _f("all-linear", "Module names to adapt, or 'all-linear'.")
+    steps: int = _f(50, "Optimizer steps per task, model and seed (identical for both models).")
+    batch_size: int = _f(8, "Examples per step.")
+    lr: float = _f(2e-4, "Learning rate (linear decay after 10% warm-up).")
+    seeds: list = _f([0, 1, 2], "One fine-tuning run per seed, for both models.")
+
+    def __post_init__(self):
+        if self.r <= 0 or self.steps <= 0 or self.batch_size <= 0 or not self.seeds:
+            raise ValueError("r, steps, batch_size must be > 0 and seeds non-empty")
+
+
+@dataclass
+class EvalConfig:
+    ppl_window: int = _f(512, "Sliding-window length for perplexity.")
+    ppl_stride: int = _f(256, "Sliding-window stride (tokens scored per window after the first).")
+    ppl_max_tokens: int = _f(20000, "Held-out tokens scored per kind (domain, general).")
+    zero_shot: bool = _f(True, "Score both base models on every task before fine-tuning.")
+    batch_size: int = _f(8, "Sequences per forward pass.")
+
+    def __post_init__(self):
+        if not 0 < self.ppl_stride <= self.ppl_window:
+            raise ValueError("need 0 < ppl_stride <= ppl_window")
+
+
+@dataclass
+class ReportConfig:
+    bootstrap_samples: int = _f(2000, "Bootstrap resamples for intervals.")
+    confidence: float = _f(0.95, "Interval confidence level.")
+    gpu: str = _f("H100", "GPU used for the GPU-hour estimate when the run was on CPU.")
+
+
+@dataclass
+class Recipe:
+    name: str = _f(None, "Run name.")
+    domain: str = _f(None, "Domain label (medical, legal, financial, ...).")
+    out_dir: str = _f(None, "Where every stage writes (relative paths are relative to the working directory).")
+    model: ModelConfig = _f(None, "The general checkpoint.")
+    data: DataConfig = _f(None, "Corpora and the prepare pipeline.")
+    tasks: list = _f([], "Domain tasks for fine-tuning and evaluation.")
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Continued pre-training."})
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA fine-tuning."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
+    report: ReportConfig = field(default_factory=ReportConfig, metadata={"help": "Comparison report."})
+
+    def __post_init__(self):
+        for k in ("name", "domain", "out_dir", "model", "data"):
+            if getattr(self, k) in (None, ""):
+                raise ValueError(f"missing required key '{k}'")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError("task names must be unique")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, section: str | None = None) -> str:
+        """Stable hash of the whole recipe or one section: a finished stage is reused only if it matches."""
+        d = self.to_dict() if section is None else self.to_dict()[section]
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Lists whose items are dataclasses (everything else follows the type hints).
+_LIST_ITEMS = {("data", "domain"): SourceConfig, ("data", "general"): SourceConfig, ("tasks",): TaskConfig}
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is not None:
+        return isinstance(value, origin)
+    return isinstance(value, hint)
+
+
+def _build(cls, data: Any, where: tuple[str, ...]):
+    """Build dataclass `cls` from a dict; raise ValueError('key: why') naming the dotted key."""
+    dotted = ".".join(where) or "<top>"
+    if not isinstance(data, dict):
+        raise ValueError(f"{dotted}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown key '{'.'.join(where + (unknown[0],))}'")
+    kwargs = {}
+    for name, value in data.items():
+        key = where + (name,)
+        hint = hints[name]
+        item_cls = _LIST_ITEMS.get(tuple(k for k in key if not k.isdigit()))
+        if item_cls is not None:
+            if not isinstance(value, list):
+                raise ValueError(f"{'.'.join(key)}: expected a list")
+            value = [_build(item_cls, v, key + (str(i),)) for i, v in enumerate(value)]
+        elif dataclasses.is_dataclass(hint) or (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+            value = _build(hint, value, key)
+        elif name == "source" and cls is TaskConfig:
+            value = _build(SourceConfig, value, key)
+        elif not _type_ok(value, hint):
+            raise ValueError(f"{'.'.join(key)}: expected {getattr(hint, '__name__', hint)}, got {type(value).__name__} {value!r}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"{dotted}: {e}") from None
+    except TypeError as e:  # a required field left out
+        raise ValueError(f"{dotted}: {e}") from None
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply `a.b.c=value` to a raw recipe dict; the value is parsed as YAML (so 20 is an int)."""
+    if "=" not in assignment:
+        raise DomainptError(f"override '{assignment}' is not of the form key=value")
+    key, _, text = assignment.partition("=")
+    value = yaml.safe_load(text) if text.strip() else None
+    node = raw
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        if isinstance(node, list) and p.isdigit() and int(p) < len(node):
+            node = node[int(p)]
+            continue
+        if not isinstance(node, dict):
+            raise DomainptError(f"override '{assignment}': '{p}' is not a section")
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple = ()) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise DomainptError(f"recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise DomainptError(f"{path}:{where} not valid YAML ({first})") from None
+    if not isinstance(raw, dict):
+        raise DomainptError(f"{path}: a recipe must be a YAML mapping")
+    for o in overrides:
+        apply_override(raw, o)
+    try:
+        return _build(Recipe, raw, ())
+    except ValueError as e:
+        raise DomainptError(f"{path}: {e}") from None
+
+
+def field_docs(cls=Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) for every field, for the README and `domainpt keys`."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows += field_docs(hint, key + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append((key, json.dumps(default), f.metadata.get("help", "")))
+    return rows

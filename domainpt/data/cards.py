@@ -1,0 +1,90 @@
+"""The data card `prepare` writes: what went in, what came out, and what was removed and why."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+from domainpt.data.builtin import BUILTINS
+from domainpt.manifest import atomic_write_text
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def vocab_overlap(domain_texts, general_texts, top: int = 10000) -> float | None:
+    """Share of the domain's `top` most frequent words that are also in the general text's top words
+    (the measure of Gururangan et al. 2020, 'Don't Stop Pretraining')."""
+    if not domain_texts or not general_texts:
+        return None
+    def top_words(texts):
+        c = Counter(w for t in texts for w in _WORD.findall(t.lower()))
+        return {w for w, _ in c.most_common(top)}
+    d, g = top_words(domain_texts), top_words(general_texts)
+    return round(len(d & g) / len(d), 4) if d else None
+
+
+def length_histogram(lengths, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.hist(lengths, bins=40, color="#4878a8")
+    ax.set_xlabel("tokens per training document")
+    ax.set_ylabel("documents")
+    ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def source_facts(src) -> dict:
+    info = dict(BUILTINS[src.builtin].info) if src.builtin else {}
+    where = src.path or (f"builtin:{src.builtin}" if src.builtin else f"hub:{src.hf}")
+    return {"where": where, "licence": src.licence or info.get("licence", "not declared"), **info}
+
+
+def write_card(out: Path, recipe, stats: dict, removed_samples: list, domain, general, tokenizer) -> None:
+    length_histogram(stats["doc_lengths"], out / "doc_lengths.png")
+    overlap = vocab_overlap([d["text"] for d in domain[:2000]], [d["text"] for d in general[:2000]])
+    stats["vocab_overlap_domain_general"] = overlap
+    lines = [f"# Data card: {recipe.name} ({recipe.domain})", "",
+             "Produced by `domainpt prepare`; every number below was measured on this run.", "", "## Sources", "",
+             "| kind | name | where | licence | tokens in training | share |", "|---|---|---|---|---|---|"]
+    for kind, sources in (("domain", recipe.data.domain), ("general", recipe.data.general)):
+        for s in sources:
+            f = source_facts(s)
+            st = stats["sources"].get(s.name, {"tokens": 0, "share": 0})
+            lines.append(f"| {kind} | {s.name} | {f['where']} | {f['licence']} | {st['tokens']:,} | {st['share']:.1%} |")
+    for kind, sources in (("domain", recipe.data.domain), ("general", recipe.data.general)):
+        for s in sources:
+            f = source_facts(s)
+            if f.get("description"):
+                lines += ["", f"**{s.name}**: {f['description']} Source: {f.get('url', '')}. "
+                              f"Known biases: {f.get('biases', 'not documented')}"]
+    clean_removed = sum(stats["cleaning_removed"].values())
+    lines += ["", "## Processing", "",
+              "| step | documents |", "|---|---|",
+              f"| read | {stats['documents_in']:,} |",
+              f"| bad records skipped | {stats['bad_records']:,} |",
+              f"| removed by cleaning filters | {clean_removed:,} ({', '.join(f'{k}: {v}' for k, v in stats['cleaning_removed'].items()) or 'none'}) |",
+              f"| exact duplicates removed | {stats['exact_duplicates_removed']:,} |",
+              f"| near duplicates removed (MinHash, threshold {recipe.data.dedup.threshold}) | {stats['near_duplicates_removed']:,} |",
+              f"| held out for perplexity | {sum(stats['heldout_documents'].values()):,} |",
+              f"| contaminated ({recipe.data.decontam.ngram}-gram overlap with eval texts, action: {recipe.data.decontam.action}) | {stats['contaminated_found']:,} |",
+              f"| in training | {stats['documents_out']:,} documents, {stats['tokens_out']:,} tokens, {stats['blocks']:,} blocks of {stats['seq_len']} |",
+              "", f"PII replaced by typed placeholders: {stats['pii_replaced'] or 'scrubbing off'}.",
+              f"Replay share of general text: requested {stats['replay_share_requested']:.0%}, actual {stats['replay_share_actual']:.1%}.",
+              f"Vocabulary overlap (top-10k words of domain vs general text): {overlap if overlap is not None else 'n/a'}.",
+              f"Evaluation texts too short to check for contamination: {stats['eval_texts_too_short_to_check']}.",
+              "", "![document lengths](doc_lengths.png)", "", "## Tasks", "",
+              "| task | train | test | train/test overlap removed | labels |", "|---|---|---|---|---|"]
+    for name, t in stats["tasks"].items():
+        lines.append(f"| {name} | {t['train']} | {t['test']} | {t['train_test_overlap_removed']} | {len(t['labels'])} |")
+    lines += ["", "## Sample of removed documents (for a person to check)", ""]
+    for s in removed_samples:
+        lines.append(f"- **{s['reason']}**: {s['text'][:200].replace(chr(10), ' ')!s}")
+    if stats["bad_record_examples"]:
+        lines += ["", "## Bad records", ""] + [f"- {e}" for e in stats["bad_record_examples"]]
+    atomic_write_text(out / "data_card.md", "\n".join(lines) + "\n")

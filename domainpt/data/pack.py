@@ -1,0 +1,89 @@
+"""Tokenize and pack documents into fixed-length blocks stored as a memory-mapped token file.
+
+Layout of a packed folder:
+    tokens.bin     every document's tokens followed by the end-of-text id, concatenated (uint16/uint32)
+    doc_ends.npy   uint64 offset just past each document's end-of-text token
+    meta.json      dtype, seq_len, counts
+Block i is tokens[i*seq_len:(i+1)*seq_len]; the tail that does not fill a block is dropped (counted).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from domainpt.manifest import atomic_write_json
+
+
+def token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+
+
+class PackWriter:
+    """Streams documents (token id lists) to disk; memory stays bounded by one batch."""
+
+    def __init__(self, folder: Path, vocab_size: int, eos_id: int):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.dtype, self.eos = token_dtype(vocab_size), eos_id
+        self._fh = open(self.folder / "tokens.bin.tmp", "wb")
+        self.doc_ends: list[int] = []
+        self.n_tokens = 0
+
+    def add(self, docs: Iterable[list[int]]) -> None:
+        for ids in docs:
+            arr = np.asarray(list(ids) + [self.eos], dtype=self.dtype)
+            self._fh.write(arr.tobytes())
+            self.n_tokens += len(arr)
+            self.doc_ends.append(self.n_tokens)
+
+    def close(self, seq_len: int, extra: dict | None = None) -> dict:
+        self._fh.close()
+        (self.folder / "tokens.bin.tmp").replace(self.folder / "tokens.bin")
+        np.save(self.folder / "doc_ends.npy", np.asarray(self.doc_ends, dtype=np.uint64))
+        meta = {"dtype": np.dtype(self.dtype).name, "seq_len": seq_len, "tokens": self.n_tokens,
+                "documents": len(self.doc_ends), "blocks": self.n_tokens // seq_len,
+                "tokens_dropped_tail": self.n_tokens % seq_len, **(extra or {})}
+        atomic_write_json(self.folder / "meta.json", meta)
+        return meta
+
+
+class PackedBlocks:
+    """Zero-copy reader: `blocks[i]` -> dict(input_ids, position_ids) as int64 numpy arrays.
+
+    position_ids restart at 0 at each document start, which lets the model keep attention inside
+    documents (transformers detects packed sequences from position ids when use_cache=False).
+    """
+
+    def __init__(self, folder: Path, seq_len: int | None = None):
+        folder = Path(folder)
+        self.meta = json.loads((folder / "meta.json").read_text())
+        self.seq_len = seq_len or self.meta["seq_len"]
+        self.tokens = np.memmap(folder / "tokens.bin", dtype=self.meta["dtype"], mode="r")
+        self.doc_ends = np.load(folder / "doc_ends.npy")
+
+    def __len__(self) -> int:
+        return len(self.tokens) // self.seq_len
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        s, e = i * self.seq_len, (i + 1) * self.seq_len
+        pos = np.arange(s, e, dtype=np.int64)
+        k = np.searchsorted(self.doc_ends, pos, side="right")
+        starts = np.where(k > 0, self.doc_ends[np.maximum(k - 1, 0)].astype(np.int64), 0)
+        return {"input_ids": self.tokens[s:e].astype(np.int64), "position_ids": pos - starts}
+
+    def document(self, j: int) -> np.ndarray:
+        """Tokens of document j without its end-of-text id (used to check the round trip)."""
+        start = 0 if j == 0 else int(self.doc_ends[j - 1])
+        return np.asarray(self.tokens[start:int(self.doc_ends[j]) - 1])
+
+
+def encode_batches(tokenizer, texts: list[str], batch_size: int = 256):
+    """Fast-tokenizer batch encoding without special tokens (documents are joined by end-of-text)."""
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i:i + batch_size], add_special_tokens=False, return_attention_mask=False)
+        yield from enc["input_ids"]

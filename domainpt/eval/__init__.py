@@ -1,0 +1,1 @@
+"""Evaluation: task data, log-likelihood scoring, perplexity, shipped metric modules."""

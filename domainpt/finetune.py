@@ -1,0 +1,139 @@
+"""Stage 3: LoRA fine-tuning of the general AND the domain model on every task, same settings and seeds.
+
+    domainpt finetune recipes/demo/legal.yaml
+
+For each task, model and seed: train a LoRA adapter (peft) to produce the right choice's words after
+the prompt (loss on those words only), and save it in peft's format under
+out_dir/finetune/<task>/<model>/seed<k>/adapter. Both models see the same examples in the same order
+for a given seed, the same steps and the same hyper-parameters: only the starting weights differ.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from domainpt.errors import DomainptError
+from domainpt.eval.scoring import prompt_ids
+from domainpt.eval.tasks import read_split
+from domainpt.manifest import atomic_write_json, require_done, stage_dir, write_manifest
+from domainpt.models import end_of_text_id, load_model, load_tokenizer
+
+MODELS = ("general_model", "domain_model")
+
+
+def model_paths(recipe) -> dict:
+    prep = require_done(recipe, "prepare", "finetune")
+    require_done(recipe, "pretrain", "finetune")
+    return {"general_model": prep["base_model"], "domain_model": str(stage_dir(recipe, "pretrain") / "model")}
+
+
+def lora_config(recipe, model):
+    from peft import LoraConfig, TaskType
+
+    lc = recipe.lora
+    targets = lc.target_modules
+    if targets != "all-linear":
+        names = {n.split(".")[-1] for n, _ in model.named_modules()}
+        missing = [t for t in (targets if isinstance(targets, list) else [targets]) if t not in names]
+        if missing:
+            raise DomainptError(f"lora.target_modules: {missing} not in the model (it has e.g. "
+                                f"{', '.join(sorted(n for n in names if n and not n.isdigit())[:12])})")
+    return LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
+                      task_type=TaskType.CAUSAL_LM)
+
+
+def training_features(tokenizer, examples: list[dict], bos: int, eot: int) -> list[tuple[list[int], int]]:
+    """(ids, prompt length): the prompt, the right choice's words, then end-of-text."""
+    feats = []
+    for ex in examples:
+        p = prompt_ids(tokenizer, ex["prompt"], bos)
+        a = tokenizer(ex["choices"][ex["answer"]], add_special_tokens=False)["input_ids"] + [eot]
+        feats.append((p + a, len(p)))
+    return feats
+
+
+def collate(feats, pad_id: int) -> dict:
+    L = max(len(ids) for ids, _ in feats)
+    ids = torch.full((len(feats), L), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for r, (x, n_prompt) in enumerate(feats):
+        ids[r, :len(x)] = torch.tensor(x)
+        mask[r, :len(x)] = 1
+        labels[r, n_prompt:len(x)] = ids[r, n_prompt:len(x)]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str) -> dict:
+    """One LoRA run; returns its log. Deterministic given the seed (data order and LoRA init)."""
+    from peft import get_peft_model
+
+    lc = recipe.lora
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(base_path, "clm", recipe.model.trust_remote_code).to(device)
+    torch.manual_seed(seed)
+    model = get_peft_model(model, lora_config(recipe, model))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lc.lr, weight_decay=0.0)
+    warm = max(1, lc.steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (lc.steps - s) / max(1, lc.steps - warm))))
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(len(feats)) for _ in range(lc.steps * lc.batch_size // len(feats) + 1)])
+    pad = 0
+    losses, t0, tokens = [], time.time(), 0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    for step in tqdm(range(lc.steps), desc=desc, unit="step", leave=False):
+        idx = order[step * lc.batch_size:(step + 1) * lc.batch_size]
+        batch = {k: v.to(device) for k, v in collate([feats[i] for i in idx], pad).items()}
+        with autocast:
+            loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(round(loss.item(), 6))
+        tokens += int(batch["attention_mask"].sum())
+    tmp = out.parent / f".{out.name}.tmp"
+    model.save_pretrained(tmp)
+    tmp.rename(out)
+    return {"losses": losses, "tokens": tokens, "wall_s": round(time.time() - t0, 3)}
+
+
+def run_finetune(recipe) -> dict:
+    started = time.time()
+    paths = model_paths(recipe)
+    prep_dir = stage_dir(recipe, "prepare")
+    out = stage_dir(recipe, "finetune")
+    out.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(paths["general_model"], recipe.model.trust_remote_code)
+    bos = eot = end_of_text_id(tok)
+    runs, tokens = {}, 0
+    for task in recipe.tasks:
+        feats = training_features(tok, read_split(prep_dir / "tasks" / task.name, "train"), bos, eot)
+        for model_name in MODELS:
+            for seed in recipe.lora.seeds:
+                run_dir = out / task.name / model_name / f"seed{seed}"
+                log_path = run_dir / "train_log.json"
+                if log_path.is_file():  # finished in an earlier, interrupted attempt
+                    log = json.loads(log_path.read_text())
+                else:
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    adapter = run_dir / "adapter"
+                    if adapter.exists():
+                        import shutil
+
+                        shutil.rmtree(adapter)
+                    log = train_adapter(recipe, paths[model_name], feats, seed, adapter,
+                                        desc=f"lora {task.name} {model_name} seed{seed}")
+                    atomic_write_json(log_path, log)
+                runs[f"{task.name}/{model_name}/seed{seed}"] = {"first_loss": log["losses"][0], "last_loss": log["losses"][-1],
+                                                                  "tokens": log["tokens"], "wall_s": log["wall_s"]}
+                tokens += log["tokens"]
+    return write_manifest(recipe, "finetune", started, tokens=tokens, runs=runs, models=paths)

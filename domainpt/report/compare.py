@@ -1,0 +1,191 @@
+"""Stage 5: general vs domain model — results.json, report.md, report.html and plots.
+
+    domainpt compare recipes/demo/legal.yaml
+
+results.json (schema_version 1) keeps at least: perplexity.{domain,general}.{general_model,domain_model},
+tasks.<name>.{metric, general_model.finetuned.{mean,ci,seeds}, domain_model.finetuned..., difference.{mean,ci}},
+stages.<stage>.{tokens, wall_s}. Everything else is added information.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from domainpt.flops import PEAK_FLOPS
+from domainpt.manifest import STAGES, atomic_write_json, atomic_write_text, read_manifest, require_done, stage_dir, versions, write_manifest
+from domainpt.report import plots
+from domainpt.report.render import Section, to_html, to_markdown
+from domainpt.report.stats import bootstrap_mean, paired_difference
+
+SCHEMA_VERSION = 1
+
+
+def _preds(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    rows = [json.loads(l) for l in open(path)]
+    return np.array([r["pred"] for r in rows]), np.array([r["answer"] for r in rows])
+
+
+def task_results(recipe) -> dict:
+    ev = stage_dir(recipe, "evaluate") / "predictions"
+    rc = recipe.report
+    out = {}
+    for task in recipe.tasks:
+        t = {"metric": task.metric}
+        stacks = {}
+        for model in ("general_model", "domain_model"):
+            per_seed = [_preds(ev / task.name / model / f"seed{s}.jsonl") for s in recipe.lora.seeds]
+            preds = np.stack([p for p, _ in per_seed])
+            refs = per_seed[0][1]
+            stacks[model] = preds
+            t[model] = {"finetuned": bootstrap_mean(task.metric, preds, refs, rc.bootstrap_samples, rc.confidence)}
+            zs = ev / task.name / model / "zero_shot.jsonl"
+            if zs.is_file():
+                zp, _ = _preds(zs)
+                t[model]["zero_shot"] = bootstrap_mean(task.metric, zp[None], refs, rc.bootstrap_samples, rc.confidence)
+                stacks[model + "_zs"] = zp[None]
+        t["n_test"] = int(len(refs))
+        t["difference"] = paired_difference(task.metric, stacks["general_model"], stacks["domain_model"], refs,
+                                            rc.bootstrap_samples, rc.confidence)
+        if "general_model_zs" in stacks:
+            t["zero_shot_difference"] = paired_difference(task.metric, stacks["general_model_zs"], stacks["domain_model_zs"],
+                                                          refs, rc.bootstrap_samples, rc.confidence)
+        out[task.name] = t
+    return out
+
+
+def stage_costs(recipe) -> dict:
+    out = {}
+    for s in STAGES[:-1]:
+        m = read_manifest(recipe, s) or {}
+        out[s] = {"tokens": int(m.get("tokens", 0)), "wall_s": float(m.get("wall_s", 0.0))}
+        for k in ("flops", "gpu_hours", "processes", "device", "steps"):
+            if k in m:
+                out[s][k] = m[k]
+    return out
+
+
+def build_results(recipe) -> dict:
+    scores = json.loads((stage_dir(recipe, "evaluate") / "scores.json").read_text())
+    ppl = {k: {m: v[m]["ppl"] for m in v} for k, v in scores["perplexity"].items()}
+    bpb = {k: {m: v[m]["bpb"] for m in v} for k, v in scores["perplexity"].items()}
+    prep_stats = json.loads((stage_dir(recipe, "prepare") / "stats.json").read_text())
+    pre = read_manifest(recipe, "pretrain")
+    stages = stage_costs(recipe)
+    tasks = task_results(recipe)
+    gains = [t["difference"]["mean"] for t in tasks.values()]
+    pre_flops = pre.get("flops", 0.0)
+    peak = PEAK_FLOPS.get(recipe.report.gpu)
+    est_gpu_h = pre_flops / (peak * 0.4) / 3600 if peak else None  # at 40% MFU, a good large-scale figure
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": recipe.name,
+        "domain": recipe.domain,
+        "perplexity": ppl,
+        "bits_per_byte": bpb,
+        "forgetting": {"general_ppl_ratio": ppl["general"]["domain_model"] / ppl["general"]["general_model"] if "general" in ppl else None,
+                       "domain_ppl_ratio": ppl["domain"]["domain_model"] / ppl["domain"]["general_model"]},
+        "tasks": tasks,
+        "stages": stages,
+        "cost": {"pretrain_tokens": pre.get("tokens", 0), "pretrain_flops": pre_flops,
+                 "pretrain_wall_s": pre.get("wall_s"), "pretrain_device": pre.get("device"),
+                 "pretrain_gpu_hours": pre.get("gpu_hours", 0.0),
+                 f"pretrain_gpu_hours_estimate_{recipe.report.gpu}_at_40pct_mfu": est_gpu_h,
+                 "mean_task_gain": float(np.mean(gains)) if gains else None,
+                 "mean_task_gain_per_pflop": float(np.mean(gains)) / (pre_flops / 1e15) if gains and pre_flops else None},
+        "data": {k: prep_stats.get(k) for k in ("documents_in", "documents_out", "tokens_out", "exact_duplicates_removed",
+                                                   "near_duplicates_removed", "contaminated_found", "contaminated_removed",
+                                                   "pii_replaced", "replay_share_actual", "sources")},
+        "pretrain_eval_history": pre.get("eval_history", []),
+        "confidence": recipe.report.confidence,
+        "versions": versions(),
+        "recipe": recipe.to_dict(),
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+    }
+
+
+def _fmt(e: dict | None, pct: bool = True) -> str:
+    if not e:
+        return "—"
+    f = (lambda x: f"{100 * x:.1f}") if pct else (lambda x: f"{x:.3f}")
+    return f"{f(e['mean'])} [{f(e['ci'][0])}, {f(e['ci'][1])}]"
+
+
+def sections(res: dict, out: Path, metrics: list[dict]) -> list[Section]:
+    level = int(round(res["confidence"] * 100))
+    p = res["perplexity"]
+    secs = []
+    verdict = []
+    for name, t in res["tasks"].items():
+        d = t["difference"]
+        sig = ("the interval includes zero: no reliable difference" if d["includes_zero"]
+               else ("the domain model is better" if d["mean"] > 0 else "the general model is better"))
+        verdict.append(f"**{name}** ({t['metric']}, {t['n_test']} test examples, {len(t['general_model']['finetuned']['seeds'])} seeds): "
+                       f"domain minus general after LoRA = {100 * d['mean']:+.1f} points, {level}% interval "
+                       f"[{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}], permutation p = {d['p_value']:.3f} — {sig}.")
+    dom = p["domain"]
+    verdict.insert(0, f"Held-out **domain** perplexity: general model {dom['general_model']:.2f} → domain model {dom['domain_model']:.2f} "
+                      f"({100 * (dom['domain_model'] / dom['general_model'] - 1):+.1f}%).")
+    if "general" in p:
+        g = p["general"]
+        verdict.insert(1, f"Held-out **general** perplexity (forgetting): {g['general_model']:.2f} → {g['domain_model']:.2f} "
+                          f"({100 * (g['domain_model'] / g['general_model'] - 1):+.1f}%).")
+    secs.append(Section("Verdict", verdict + [
+        "Both models were fine-tuned with the same LoRA settings, seeds, data order and step budget; only the starting "
+        "weights differ. Intervals: percentile bootstrap over test examples, paired across models and averaged over seeds."]))
+    rows = []
+    for kind in p:
+        rows.append([f"{kind} held-out", f"{p[kind]['general_model']:.3f}", f"{p[kind]['domain_model']:.3f}",
+                     f"{res['bits_per_byte'][kind]['general_model']:.4f}", f"{res['bits_per_byte'][kind]['domain_model']:.4f}"])
+    secs.append(Section("Perplexity and forgetting", ["Lower is better. Bits per byte are comparable across tokenizers."],
+                        (["text", "ppl general", "ppl domain", "bpb general", "bpb domain"], rows)))
+    rows = []
+    for name, t in res["tasks"].items():
+        rows.append([name, t["metric"], _fmt(t["general_model"].get("zero_shot")), _fmt(t["domain_model"].get("zero_shot")),
+                     _fmt(t["general_model"]["finetuned"]), _fmt(t["domain_model"]["finetuned"]),
+                     _fmt(t["difference"]), f"{t['difference']['p_value']:.3f}"])
+    imgs = [("task scores", plots.task_bars(res["tasks"], out / "tasks.png"))]
+    secs.append(Section("Tasks", [f"Scores in percent with {level}% intervals."],
+                        (["task", "metric", "general zero-shot", "domain zero-shot", "general + LoRA", "domain + LoRA",
+                          "difference (domain - general)", "p"], rows), imgs))
+    if metrics:
+        secs.append(Section("Training curve", ["Training loss, and held-out perplexities measured during continued pre-training."],
+                            images=[("training curves", plots.training_curves(metrics, out / "training.png"))]))
+    c, st = res["cost"], res["stages"]
+    rows = [[s, f"{v['tokens']:,}", f"{v['wall_s']:.1f}", f"{v.get('flops', 0):.3g}" if v.get("flops") else "—",
+             f"{v.get('gpu_hours', 0):.3f}"] for s, v in st.items()]
+    est_key = next(k for k in c if k.startswith("pretrain_gpu_hours_estimate"))
+    secs.append(Section("Cost", [f"Continued pre-training processed {c['pretrain_tokens']:,} tokens ({c['pretrain_flops']:.3g} FLOPs) "
+                                 f"on {c['pretrain_device']}. The same FLOPs on one {est_key.split('_')[-4]} at 40% MFU would take "
+                                 f"{(c[est_key] or 0):.4f} GPU-hours.",
+                                 f"Mean task gain per PFLOP of pre-training: {c['mean_task_gain_per_pflop']:.4g}" if c["mean_task_gain_per_pflop"] is not None else ""],
+                        (["stage", "tokens", "wall s", "FLOPs", "GPU-hours"], rows)))
+    d = res["data"]
+    secs.append(Section("Data", [f"{d['documents_in']:,} documents read, {d['documents_out']:,} trained on ({d['tokens_out']:,} tokens); "
+                                 f"{d['exact_duplicates_removed']} exact and {d['near_duplicates_removed']} near duplicates removed; "
+                                 f"{d['contaminated_found']} documents overlapped evaluation texts ({d['contaminated_removed']} dropped); "
+                                 f"PII replaced: {d['pii_replaced']}; replay share {d['replay_share_actual']:.1%}. "
+                                 "See prepare/data_card.md."]))
+    secs.append(Section("Reproducibility", [f"Command: `{res['command']}`", f"Versions: {json.dumps(res['versions'])}"],
+                        code=json.dumps(res["recipe"], indent=2)))
+    return secs
+
+
+def run_compare(recipe) -> dict:
+    started = time.time()
+    require_done(recipe, "evaluate", "compare")
+    out = stage_dir(recipe, "compare")
+    out.mkdir(parents=True, exist_ok=True)
+    res = build_results(recipe)
+    mpath = stage_dir(recipe, "pretrain") / "metrics.jsonl"
+    metrics = [json.loads(l) for l in open(mpath)] if mpath.is_file() else []
+    secs = sections(res, out, metrics)
+    title = f"domainpt report: {recipe.name} ({recipe.domain})"
+    atomic_write_json(out / "results.json", res)
+    atomic_write_text(out / "report.md", to_markdown(title, secs))
+    atomic_write_text(out / "report.html", to_html(title, secs))
+    return write_manifest(recipe, "compare", started, tokens=0)
