@@ -96,7 +96,9 @@ def main(argv=None) -> None:
             for st in stages:
                 run_stage(recipe, st, force=args.force and (args.command != "run" or st == stages[0]))
         if args.command in ("run", "compare") and _rank() == 0:
-            print(f"[domainpt] report: {recipe.out_dir}/compare/report.html (and report.md, results.json)", flush=True)
+            from domainpt.report.compare import summary_lines
+
+            print("\n".join(summary_lines(recipe)), flush=True)
     except DomainptError as e:
         print(f"domainpt: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

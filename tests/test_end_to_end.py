@@ -1,0 +1,84 @@
+"""The tiny recipe through the real CLI: every stage, the contracts, resumability and error handling."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY, cli
+
+CHECK = ROOT.parent / "shared" / "contracts" / "check_results.py"
+
+
+def test_run_writes_every_stage_and_the_report(tiny_run):
+    out, r = tiny_run
+    for stage in ("prepare", "pretrain", "finetune", "evaluate", "compare"):
+        m = json.loads((out / stage / "manifest.json").read_text())
+        assert m["stage"] == stage and m["wall_s"] > 0 and "transformers" in m["versions"]
+    res = json.loads((out / "compare" / "results.json").read_text())
+    for kind in ("domain", "general"):
+        assert set(res["perplexity"][kind]) == {"general_model", "domain_model"}
+    t = res["tasks"]["licence-category"]
+    for m in ("general_model", "domain_model"):
+        assert len(t[m]["finetuned"]["seeds"]) == 2
+        assert t[m]["finetuned"]["ci"][0] <= t[m]["finetuned"]["mean"] <= t[m]["finetuned"]["ci"][1]
+        assert "zero_shot" in t[m] and set(t[m]["zero_shot"]) >= {"mean", "ci", "seeds"}
+    assert res["stages"]["pretrain"]["tokens"] == 12 * 4 * 128
+    html = (out / "compare" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "http" not in html.split("<pre>")[0]
+    assert "licence-category" in (out / "compare" / "report.md").read_text()
+    # per-example predictions for paired statistics
+    assert (out / "evaluate" / "predictions" / "licence-category" / "domain_model" / "seed1.jsonl").is_file()
+    if CHECK.is_file():
+        c = subprocess.run([sys.executable, CHECK, out / "compare" / "results.json"], capture_output=True, text=True)
+        assert c.returncode == 0, c.stdout + c.stderr
+
+
+def test_pretrain_metrics_and_loss_falls(tiny_run):
+    out, _ = tiny_run
+    rows = [json.loads(l) for l in open(out / "pretrain" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    for r in rows:
+        assert {"step", "loss", "lr", "tokens", "tokens_per_s"} <= set(r) and r["tokens"] == 4 * 128
+    assert sum(r["loss"] for r in rows[-3:]) / 3 < sum(r["loss"] for r in rows[:3]) / 3 - 0.3
+    assert "eval_domain_ppl" in rows[5] and "eval_general_ppl" in rows[-1]
+
+
+def test_prepare_stats_contract(tiny_run):
+    out, _ = tiny_run
+    s = json.loads((out / "prepare" / "stats.json").read_text())
+    for k in ("documents_in", "documents_out", "bad_records", "exact_duplicates_removed", "near_duplicates_removed",
+              "pii_replaced", "contaminated_removed", "tokens_out", "sources"):
+        assert k in s
+    assert abs(s["replay_share_actual"] - 0.1) < 0.02
+    assert (out / "prepare" / "data_card.md").read_text().startswith("# Data card")
+
+
+def test_second_run_does_no_work(tiny_run):
+    out, _ = tiny_run
+    before = {p: p.stat().st_mtime for p in out.rglob("manifest.json")}
+    r = cli("run", TINY, f"out_dir={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("finished earlier, skipped") == 5
+    assert before == {p: p.stat().st_mtime for p in out.rglob("manifest.json")}
+
+
+def test_changed_recipe_is_not_mixed_with_finished_stages(tiny_run):
+    out, _ = tiny_run
+    r = cli("run", TINY, f"out_dir={out}", "train.max_steps=13")
+    assert r.returncode == 2
+    assert "finished with a different recipe" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.domain=[{path: /nonexistent/corpus.jsonl}]", "data file not found: /nonexistent/corpus.jsonl"),
+    ("model.base=/nonexistent/model", "model not found: /nonexistent/model"),
+    ("train.bogus=1", "unknown key 'train.bogus'"),
+])
+def test_bad_input_gives_one_line_error_and_no_finished_stage(tmp_path, override, message):
+    r = cli("run", TINY, f"out_dir={tmp_path / 'run'}", override)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and message in err[0], r.stderr[-2000:]
+    assert not list((tmp_path / "run").rglob("manifest.json"))

@@ -1,0 +1,59 @@
+"""Scoring, perplexity and LoRA on a tiny random Llama with the real SmolLM2 tokenizer."""
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from domainpt.eval.perplexity import perplexity, windows_for
+from domainpt.eval.scoring import choice_logliks, score_examples
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def naive_loglik(model, prompt, choice):
+    ids = torch.tensor([prompt + choice])
+    logp = F.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    return sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(choice))
+
+
+def test_cached_choice_scoring_equals_full_sequences(tiny_model):
+    prompt = [0, 523, 77, 1203, 9, 44]
+    choices = [[5], [17, 901], [3000, 12, 8]]
+    fast = choice_logliks(tiny_model, prompt, choices, torch.device("cpu"))
+    for got, c in zip(fast, choices):
+        assert got == pytest.approx(naive_loglik(tiny_model, prompt, c), abs=1e-4)
+
+
+def test_multiple_choice_picks_highest_likelihood(tiny_model, tokenizer):
+    prompt = "The licence text says:"
+    cands = [" permissive", " copyleft", " commercial"]
+    ll = [naive_loglik(tiny_model, [0] + tokenizer(prompt, add_special_tokens=False)["input_ids"],
+                       tokenizer(c, add_special_tokens=False)["input_ids"]) for c in cands]
+    best = max(range(3), key=ll.__getitem__)
+    rows = score_examples(tiny_model, tokenizer, [{"id": "x", "prompt": prompt, "choices": cands, "answer": best}], bos=0)
+    assert rows[0]["pred"] == best and rows[0]["correct"] == 1
+
+
+def test_sliding_windows_score_every_token_once():
+    ids = list(range(10, 31))  # 21 tokens
+    wins = windows_for(ids, window=8, stride=4, bos=0)
+    assert sum(n for _, n in wins) == len(ids)
+    assert all(len(w) <= 9 for w, _ in wins)
+
+
+def test_bits_per_byte_is_the_token_loss_converted(tiny_model, tokenizer):
+    text = "Permission is hereby granted, free of charge, to any person obtaining a copy of this software."
+    r = perplexity(tiny_model, tokenizer, [text], window=64, stride=32, max_tokens=1000, batch_size=4, bos=0)
+    ids = torch.tensor([[0] + tokenizer(text, add_special_tokens=False)["input_ids"]])
+    loss = F.cross_entropy(tiny_model(input_ids=ids).logits[0, :-1], ids[0, 1:]).item()
+    assert r["ppl"] == pytest.approx(math.exp(loss), rel=1e-4)
+    assert r["bpb"] == pytest.approx(loss * r["tokens"] / (math.log(2) * len(text.encode())), rel=1e-4)
