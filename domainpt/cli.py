@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=20")
         s.add_argument("--force", action="store_true", help="redo this stage (and invalidate the later ones)")
     sub.add_parser("keys", help="list every recipe key with its default and meaning")
+    c = sub.add_parser("cards", help="write a data card per packaged corpus the recipes use (with measured counts)")
+    c.add_argument("recipes", nargs="+", help="recipe YAML files")
+    c.add_argument("--to", default="data_cards", help="output folder")
     return p
 
 
@@ -88,6 +91,12 @@ def main(argv=None) -> None:
         if args.command == "keys":
             for key, default, help_ in field_docs():
                 print(f"{key} = {default}\n    {help_}")
+            return
+        if args.command == "cards":
+            from domainpt.data.cards import write_cards
+
+            for p in write_cards([load_recipe(r) for r in args.recipes], args.to):
+                print(f"[domainpt] wrote {p}")
             return
         recipe = load_recipe(args.recipe, args.overrides)
         stages = STAGES if args.command == "run" else (args.command,)

@@ -42,6 +42,7 @@ class SourceConfig:
     licence: str | None = _f(None, "Licence as you declare it; copied into the data card.")
     weight: float = _f(1.0, "Relative token weight when several domain sources are mixed.")
     max_docs: int | None = _f(None, "Read at most this many documents (after bad records are skipped).")
+    filter: dict = _f({}, "Keep only records whose fields have these values, e.g. {topic: business} or {topic: [a, b]}.")
 
     def __post_init__(self):
         given = [k for k in ("path", "builtin", "hf") if getattr(self, k)]

@@ -82,3 +82,12 @@ def test_bad_input_gives_one_line_error_and_no_finished_stage(tmp_path, override
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and message in err[0], r.stderr[-2000:]
     assert not list((tmp_path / "run").rglob("manifest.json"))
+
+
+def test_cards_command_writes_measured_cards(tiny_run, tmp_path):
+    out, _ = tiny_run
+    r = cli("cards", TINY, "--to", tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    card = (tmp_path / "scancode-licenses.md").read_text()
+    assert "CC-BY-4.0" in card and "documents (measured) | 2,310" in card
+    assert (tmp_path / "wikipedia-sample.md").is_file()

@@ -140,7 +140,10 @@ def iter_source(src, bad: BadRecords) -> Iterator[dict]:
     else:
         it = (r for f in _files(Path(src.path)) for r in _records_in_file(f, src.text_field, bad))
     n = 0
+    keep = {k: set(v) if isinstance(v, list) else {v} for k, v in src.filter.items()}
     for rec in it:
+        if keep and not all(rec.get(k) in allowed for k, allowed in keep.items()):
+            continue
         if src.text_field != "text":
             rec = {**rec, "text": rec.get(src.text_field)}
         if not isinstance(rec.get("text"), str):

@@ -1,0 +1,95 @@
+"""Training behaviour: kill/resume gives the same numbers, 2 processes match 1, LoRA touches only adapters."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, TINY, cli
+
+
+def _losses(run):
+    return [json.loads(l)["loss"] for l in open(run / "pretrain" / "metrics.jsonl")]
+
+
+def _copy_prepared(src, dst):
+    dst.mkdir(parents=True)
+    shutil.copytree(src / "prepare", dst / "prepare")
+
+
+def _weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_sigkill_then_rerun_gives_the_same_losses_and_model(tiny_run, tmp_path):
+    ref, _ = tiny_run
+    run = tmp_path / "run"
+    _copy_prepared(ref, run)
+    args = [sys.executable, "-m", "domainpt", "pretrain", str(TINY), f"out_dir={run}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run / "pretrain" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 6:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "pretrain" / "manifest.json").exists()
+    r = cli("pretrain", TINY, f"out_dir={run}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming from" in r.stdout
+    assert _losses(run) == pytest.approx(_losses(ref), abs=1e-6)
+    a, b = _weights(run / "pretrain" / "model"), _weights(ref / "pretrain" / "model")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tiny_run, tmp_path):
+    ref, _ = tiny_run
+    one, two = tmp_path / "one", tmp_path / "two"
+    for d in (one, two):
+        _copy_prepared(ref, d)
+    r1 = cli("pretrain", TINY, f"out_dir={one}", "train.max_steps=4", "train.eval_every=0")
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                         "-m", "domainpt", "pretrain", str(TINY), f"out_dir={two}", "train.max_steps=4",
+                         "train.eval_every=0", "train.batch_size=2"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "processes=2" in r2.stdout
+    rows1 = [json.loads(l) for l in open(one / "pretrain" / "metrics.jsonl")]
+    rows2 = [json.loads(l) for l in open(two / "pretrain" / "metrics.jsonl")]
+    assert [r["tokens"] for r in rows2] == [r["tokens"] for r in rows1] == [4 * 128] * 4
+    assert [r["loss"] for r in rows2] == pytest.approx([r["loss"] for r in rows1], abs=2e-4)
+
+
+def test_lora_changes_only_adapter_weights_and_reloads_identically(tiny_run):
+    from peft import PeftModel
+
+    from domainpt.eval.scoring import score_examples
+    from domainpt.eval.tasks import read_split
+    from domainpt.models import load_model, load_tokenizer
+
+    out, _ = tiny_run
+    base_dir = out / "pretrain" / "model"
+    before = {k: v.clone() for k, v in load_model(str(base_dir), "clm").state_dict().items()}
+    model = PeftModel.from_pretrained(load_model(str(base_dir), "clm"), str(out / "finetune" / "licence-category" / "domain_model" / "seed0" / "adapter"))
+    trained_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert trained_b and any(p.abs().sum() > 0 for p in trained_b)  # lora_B starts at zero: training moved it
+    base_after = model.get_base_model().state_dict()
+    for k, v in before.items():
+        key = k if k in base_after else k.replace(".weight", ".base_layer.weight")
+        assert torch.equal(base_after[key], v), k
+    tok = load_tokenizer(str(base_dir))
+    tests = read_split(out / "prepare" / "tasks" / "licence-category", "test")
+    rows = score_examples(model, tok, tests, bos=0)
+    saved = [json.loads(l) for l in open(out / "evaluate" / "predictions" / "licence-category" / "domain_model" / "seed0.jsonl")]
+    assert [r["pred"] for r in rows] == [r["pred"] for r in saved]
+    assert [r["logliks"] for r in rows] == pytest.approx([r["logliks"] for r in saved], abs=1e-3)
