@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+from contextlib import nullcontext
 
 from domainpt.config import field_docs, load_recipe
 from domainpt.errors import DomainptError
@@ -100,7 +101,7 @@ def main(argv=None) -> None:
             return
         recipe = load_recipe(args.recipe, args.overrides)
         stages = STAGES if args.command == "run" else (args.command,)
-        lock = run_lock(recipe.out_dir) if _rank() == 0 else _nullcontext()
+        lock = run_lock(recipe.out_dir) if _rank() == 0 else nullcontext()
         with lock:
             for st in stages:
                 run_stage(recipe, st, force=args.force and (args.command != "run" or st == stages[0]))
@@ -115,17 +116,17 @@ def main(argv=None) -> None:
         print("domainpt: interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
     except MemoryError:
-        print("domainpt: error: out of memory; lower train.batch_size (raise train.grad_accum to keep the global batch), "
-              "data.seq_len or eval.batch_size, or set train.gradient_checkpointing=true", file=sys.stderr)
-        sys.exit(2)
+        _out_of_memory()
+    except Exception as e:
+        if type(e).__name__ != "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+            raise
+        _out_of_memory()
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+def _out_of_memory() -> None:
+    print("domainpt: error: out of memory; lower train.batch_size (raise train.grad_accum to keep the global batch), "
+          "data.seq_len, lora.batch_size or eval.batch_size, or set train.gradient_checkpointing=true", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -266,10 +266,30 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def fingerprint(self, section: str | None = None) -> str:
-        """Stable hash of the whole recipe or one section: a finished stage is reused only if it matches."""
-        d = self.to_dict() if section is None else self.to_dict()[section]
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    def fingerprint(self, sections: tuple[str, ...]) -> str:
+        """Stable hash of some sections, counting only values that differ from the defaults: a finished
+        stage stays valid when a newer domainpt adds keys with defaults."""
+        d = {k: _non_default(getattr(self, k)) for k in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _non_default(obj):
+    if isinstance(obj, list):
+        return [_non_default(x) for x in obj]
+    if not dataclasses.is_dataclass(obj):
+        return obj
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if dataclasses.is_dataclass(v) or isinstance(v, list):
+            v = _non_default(v)
+            if dataclasses.is_dataclass(default):
+                default = _non_default(default)
+        if v != default:
+            out[f.name] = v
+    return out
 
 
 # Lists whose items are dataclasses (everything else follows the type hints).

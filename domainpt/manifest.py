@@ -74,9 +74,7 @@ def stage_dir(recipe, stage: str) -> Path:
 
 
 def stage_fingerprint(recipe, stage: str) -> str:
-    d = recipe.to_dict()
-    blob = json.dumps({k: d[k] for k in STAGE_SECTIONS[stage]}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return recipe.fingerprint(STAGE_SECTIONS[stage])
 
 
 def read_manifest(recipe, stage: str) -> dict | None:

@@ -57,3 +57,19 @@ def test_bits_per_byte_is_the_token_loss_converted(tiny_model, tokenizer):
     loss = F.cross_entropy(tiny_model(input_ids=ids).logits[0, :-1], ids[0, 1:]).item()
     assert r["ppl"] == pytest.approx(math.exp(loss), rel=1e-4)
     assert r["bpb"] == pytest.approx(loss * r["tokens"] / (math.log(2) * len(text.encode())), rel=1e-4)
+
+
+def test_left_padded_answer_loss_equals_plain_labelled_loss(tiny_model):
+    """The fine-tuning fast path (left padding, LM head on the answer positions only) changes no number."""
+    from domainpt.finetune import answer_loss, collate
+
+    feats = [([0, 11, 12, 13, 14, 15, 901, 0], 6), ([0, 21, 22, 700, 701, 0], 3), ([0, 31, 32, 33, 34, 35, 36, 37, 5, 0], 8)]
+    fast = answer_loss(tiny_model, collate(feats, pad_id=0)).item()
+    total, count = 0.0, 0
+    for ids, n_prompt in feats:  # one unpadded sequence at a time, loss on the answer tokens
+        x = torch.tensor([ids])
+        logp = F.log_softmax(tiny_model(input_ids=x).logits[0, :-1].float(), -1)
+        for pos in range(n_prompt, len(ids)):
+            total -= logp[pos - 1, ids[pos]].item()
+            count += 1
+    assert fast == pytest.approx(total / count, rel=1e-4)

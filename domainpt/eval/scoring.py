@@ -18,7 +18,7 @@ def prompt_ids(tokenizer, prompt: str, bos: int) -> list[int]:
 def choice_logliks(model, prompt: list[int], choices: list[list[int]], device) -> list[float]:
     """Sum of log-probabilities of each choice's tokens given the prompt."""
     p = torch.tensor([prompt], device=device)
-    out = model(input_ids=p, use_cache=True)
+    out = model(input_ids=p, use_cache=True, logits_to_keep=1)
     last = F.log_softmax(out.logits[0, -1].float(), -1)  # predicts each choice's first token
     cache = out.past_key_values
     C, L = len(choices), max(len(c) for c in choices)
