@@ -73,3 +73,13 @@ def test_left_padded_answer_loss_equals_plain_labelled_loss(tiny_model):
             total -= logp[pos - 1, ids[pos]].item()
             count += 1
     assert fast == pytest.approx(total / count, rel=1e-4)
+
+
+def test_batched_scoring_with_uneven_prompts_and_choice_counts(tiny_model):
+    from domainpt.eval.scoring import batch_choice_logliks
+
+    prompts = [[0, 5, 6], [0, 523, 77, 1203, 9, 44, 45, 46], [0, 99]]
+    choices = [[[5], [17, 901]], [[3000, 12, 8], [4], [70, 71]], [[8, 9, 10, 11]]]
+    got = batch_choice_logliks(tiny_model, prompts, choices, torch.device("cpu"))
+    for p, cs, g in zip(prompts, choices, got):
+        assert g == pytest.approx([naive_loglik(tiny_model, p, c) for c in cs], abs=1e-4)

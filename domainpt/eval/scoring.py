@@ -1,9 +1,11 @@
 """Log-likelihood scoring of choices after a prompt (the lm-evaluation-harness way).
 
-The prompt runs once; its KV cache is repeated for every choice, so an example with C choices costs
-about one prompt plus C short continuations instead of C full sequences.
+Prompts run once (batched); their KV cache is reused for every choice, so an example with C choices
+costs about one prompt plus C short continuations instead of C full sequences.
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch.nn import functional as F
@@ -15,43 +17,72 @@ def prompt_ids(tokenizer, prompt: str, bos: int) -> list[int]:
 
 
 @torch.no_grad()
-def choice_logliks(model, prompt: list[int], choices: list[list[int]], device) -> list[float]:
-    """Sum of log-probabilities of each choice's tokens given the prompt."""
-    p = torch.tensor([prompt], device=device)
-    out = model(input_ids=p, use_cache=True, logits_to_keep=1)
-    last = F.log_softmax(out.logits[0, -1].float(), -1)  # predicts each choice's first token
-    cache = out.past_key_values
-    C, L = len(choices), max(len(c) for c in choices)
-    cache.batch_repeat_interleave(C)
-    ids = torch.zeros((C, L), dtype=torch.long, device=device)
-    mask = torch.zeros((C, len(prompt) + L), dtype=torch.long, device=device)
-    mask[:, :len(prompt)] = 1
-    for i, c in enumerate(choices):
-        ids[i, :len(c)] = torch.tensor(c, device=device)
-        mask[i, len(prompt):len(prompt) + len(c)] = 1
-    logp = F.log_softmax(model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True).logits.float(), -1)
-    scores = []
-    for i, c in enumerate(choices):
-        s = last[c[0]].item()
-        for j in range(1, len(c)):
-            s += logp[i, j - 1, c[j]].item()
-        scores.append(s)
+def batch_choice_logliks(model, prompts: list[list[int]], choices: list[list[list[int]]], device) -> list[list[float]]:
+    """Sum of log-probabilities of each choice's tokens given its prompt, for a batch of examples.
+
+    Prompts run once, left-padded (position ids follow the padding); the cache rows are then selected
+    per (example, choice) pair and all choices run in one more forward pass.
+    """
+    B, Lp = len(prompts), max(len(p) for p in prompts)
+    ids = torch.zeros((B, Lp), dtype=torch.long)
+    mask = torch.zeros((B, Lp), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, Lp - len(p):] = torch.tensor(p)
+        mask[b, Lp - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    last = F.log_softmax(out.logits[:, -1].float(), -1)  # predicts each choice's first token
+    pairs = [(b, c) for b in range(B) for c in range(len(choices[b]))]
+    rows = torch.tensor([b for b, _ in pairs], device=device)
+    cache = out.get("cache") or out.get("past_key_values")  # renamed in transformers 5.2x
+    cache.batch_select_indices(rows)
+    Lc = max(len(choices[b][c]) for b, c in pairs)
+    cids = torch.zeros((len(pairs), Lc), dtype=torch.long)
+    cmask = torch.zeros((len(pairs), Lc), dtype=torch.long)
+    for r, (b, c) in enumerate(pairs):
+        cids[r, :len(choices[b][c])] = torch.tensor(choices[b][c])
+        cmask[r, :len(choices[b][c])] = 1
+    cids, cmask = cids.to(device), cmask.to(device)
+    cpos = mask.sum(-1)[rows, None] + torch.arange(Lc, device=device)[None]
+    logp = F.log_softmax(model(input_ids=cids, attention_mask=torch.cat([mask[rows], cmask], 1), position_ids=cpos,
+                               use_cache=True, **{_cache_kwarg(model): cache}).logits.float(), -1)
+    scores = [[] for _ in range(B)]
+    for r, (b, c) in enumerate(pairs):
+        toks = choices[b][c]
+        s = last[b, toks[0]].item()
+        for j in range(1, len(toks)):
+            s += logp[r, j - 1, toks[j]].item()
+        scores[b].append(s)
     return scores
 
 
-def score_examples(model, tokenizer, examples: list[dict], bos: int, desc: str = "score") -> list[dict]:
+def _cache_kwarg(model) -> str:
+    """'cache' in recent transformers, 'past_key_values' before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def choice_logliks(model, prompt: list[int], choices: list[list[int]], device) -> list[float]:
+    return batch_choice_logliks(model, [prompt], [choices], device)[0]
+
+
+def score_examples(model, tokenizer, examples: list[dict], bos: int, desc: str = "score", batch_size: int = 8) -> list[dict]:
     """Per-example predictions: argmax of summed log-likelihood (acc) and of per-byte log-likelihood (acc_norm)."""
     model.eval()
     device = next(model.parameters()).device
     choice_cache: dict[str, list[int]] = {}
     rows = []
-    for ex in tqdm(examples, desc=desc, unit="ex", leave=False):
-        toks = [choice_cache.setdefault(c, tokenizer(c, add_special_tokens=False)["input_ids"]) for c in ex["choices"]]
-        ll = choice_logliks(model, prompt_ids(tokenizer, ex["prompt"], bos), toks, device)
-        norm = [l / max(1, len(c.encode("utf-8"))) for l, c in zip(ll, ex["choices"])]
-        pred = max(range(len(ll)), key=ll.__getitem__)
-        pred_norm = max(range(len(norm)), key=norm.__getitem__)
-        rows.append({"id": ex["id"], "answer": ex["answer"], "pred": pred, "pred_norm": pred_norm,
-                     "correct": int(pred == ex["answer"]), "correct_norm": int(pred_norm == ex["answer"]),
-                     "logliks": [round(x, 5) for x in ll]})
+    for start in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch", leave=False):
+        batch = examples[start:start + batch_size]
+        toks = [[choice_cache.setdefault(c, tokenizer(c, add_special_tokens=False)["input_ids"]) for c in ex["choices"]]
+                for ex in batch]
+        lls = batch_choice_logliks(model, [prompt_ids(tokenizer, ex["prompt"], bos) for ex in batch], toks, device)
+        for ex, ll in zip(batch, lls):
+            norm = [l / max(1, len(c.encode("utf-8"))) for l, c in zip(ll, ex["choices"])]
+            pred = max(range(len(ll)), key=ll.__getitem__)
+            pred_norm = max(range(len(norm)), key=norm.__getitem__)
+            rows.append({"id": ex["id"], "answer": ex["answer"], "pred": pred, "pred_norm": pred_norm,
+                         "correct": int(pred == ex["answer"]), "correct_norm": int(pred_norm == ex["answer"]),
+                         "logliks": [round(x, 5) for x in ll]})
     return rows

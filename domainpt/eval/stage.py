@@ -65,7 +65,8 @@ def run_evaluate(recipe) -> dict:
         for task in recipe.tasks:
             entry = scores["tasks"].setdefault(task.name, {"metric": task.metric}).setdefault(model_name, {})
             if ec.zero_shot:
-                rows = score_examples(model, tok, tests[task.name], bos, desc=f"zero-shot {task.name} {model_name}")
+                rows = score_examples(model, tok, tests[task.name], bos, desc=f"zero-shot {task.name} {model_name}",
+                                     batch_size=ec.batch_size)
                 _write_rows(out / "predictions" / task.name / model_name / "zero_shot.jsonl", rows)
                 entry["zero_shot"] = task_metric(task.metric, rows)
         del model
@@ -75,7 +76,8 @@ def run_evaluate(recipe) -> dict:
             for seed in recipe.lora.seeds:
                 base = load_model(paths[model_name], "clm", recipe.model.trust_remote_code).to(device)
                 peft_model = PeftModel.from_pretrained(base, str(ft_dir / task.name / model_name / f"seed{seed}" / "adapter"))
-                rows = score_examples(peft_model, tok, tests[task.name], bos, desc=f"lora {task.name} {model_name} seed{seed}")
+                rows = score_examples(peft_model, tok, tests[task.name], bos, desc=f"lora {task.name} {model_name} seed{seed}",
+                                     batch_size=ec.batch_size)
                 _write_rows(out / "predictions" / task.name / model_name / f"seed{seed}.jsonl", rows)
                 entry["finetuned"][str(seed)] = task_metric(task.metric, rows)
                 del peft_model, base
