@@ -105,7 +105,7 @@ def build_results(recipe) -> dict:
         "confidence": recipe.report.confidence,
         "versions": versions(),
         "recipe": recipe.to_dict(),
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "command": "domainpt " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     }
 
 
@@ -155,13 +155,13 @@ def sections(res: dict, out: Path, metrics: list[dict]) -> list[Section]:
                           "difference (domain - general)", "p"], rows), imgs))
     if metrics:
         secs.append(Section("Training curve", ["Training loss, and held-out perplexities measured during continued pre-training."],
-                            images=[("training curves", plots.training_curves(metrics, out / "training.png"))]))
+                            images=[("training curves", plots.training_curves(metrics, res["pretrain_eval_history"], out / "training.png"))]))
     c, st = res["cost"], res["stages"]
     rows = [[s, f"{v['tokens']:,}", f"{v['wall_s']:.1f}", f"{v.get('flops', 0):.3g}" if v.get("flops") else "—",
              f"{v.get('gpu_hours', 0):.3f}"] for s, v in st.items()]
     secs.append(Section("Cost", [f"Continued pre-training processed {c['pretrain_tokens']:,} tokens ({c['pretrain_flops']:.3g} FLOPs) "
                                  f"on {c['pretrain_device']}. The same FLOPs on one {c['gpu_for_estimate']} at 40% MFU would take "
-                                 f"{(c['pretrain_gpu_hours_estimate_at_40pct_mfu'] or 0):.4f} GPU-hours.",
+                                 f"{(c['pretrain_gpu_hours_estimate_at_40pct_mfu'] or 0) * 3600:.3g} GPU-seconds.",
                                  f"Mean task gain per PFLOP of pre-training: {c['mean_task_gain_per_pflop']:.4g}" if c["mean_task_gain_per_pflop"] is not None else ""],
                         (["stage", "tokens", "wall s", "FLOPs", "GPU-hours"], rows)))
     d = res["data"]

@@ -9,21 +9,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def training_curves(metrics: list[dict], path: Path) -> Path:
-    """Training loss and the held-out domain/general perplexities over steps (the forgetting curve)."""
+def training_curves(metrics: list[dict], history: list[dict], path: Path) -> Path:
+    """Training loss and the held-out domain/general perplexities over steps (the forgetting curve);
+    `history` holds the held-out checks, including the one before the first step."""
     fig, ax1 = plt.subplots(figsize=(7, 3.5))
     ax1.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], color="#888888", lw=1, label="training loss")
     ax1.set_xlabel("optimizer step")
     ax1.set_ylabel("training loss")
     ax2 = ax1.twinx()
     for key, color, label in (("eval_domain_ppl", "#c0392b", "held-out domain ppl"), ("eval_general_ppl", "#2471a3", "held-out general ppl")):
-        pts = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
+        pts = [(m["step"], m[key]) for m in history if m.get(key) is not None]
         if pts:
             ax2.plot(*zip(*pts), marker="o", color=color, label=label)
     ax2.set_ylabel("perplexity")
     lines = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     labels = ax1.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
-    ax1.legend(lines, labels, loc="upper right", fontsize=8)
+    ax1.legend(lines, labels, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=8, frameon=False)
     ax1.set_title("Continued pre-training: loss and forgetting")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
