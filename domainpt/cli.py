@@ -66,9 +66,10 @@ def run_stage(recipe, stage: str, force: bool = False) -> None:
 
 
 def _barrier() -> None:
+    import torch
     from accelerate import PartialState
 
-    PartialState().wait_for_everyone()
+    PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -91,6 +91,9 @@ def _take_weighted(docs_by_source: dict, weights: dict, token_counts: dict) -> l
 
 def run_prepare(recipe) -> dict:
     started = time.time()
+    for src in recipe.data.domain + recipe.data.general + [t.source for t in recipe.tasks]:
+        if src.path and not Path(src.path).exists():  # fail before any work is done
+            raise DomainptError(f"data file not found: {src.path}")
     out = fresh_dir(stage_dir(recipe, "prepare"))
     cfg = recipe.data
     base = materialize_general_model(recipe, Path(recipe.out_dir) / "base_model")

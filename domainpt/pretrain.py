@@ -89,7 +89,8 @@ def run_pretrain(recipe) -> dict:
     mp = tc.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=mp)
+    # cpu=True on machines without a GPU: only then does Accelerate treat torchrun's processes as MULTI_CPU (gloo).
+    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=mp, cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)

