@@ -168,7 +168,6 @@ def run_pretrain(recipe) -> dict:
     start_general = history[0].get("eval_general_ppl") if history else None
 
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(total=tc.max_steps, initial=start_step, desc="pretrain", unit="step", disable=not main)
     stop_reason = None
     for step in range(start_step, tc.max_steps):
@@ -185,7 +184,8 @@ def run_pretrain(recipe) -> dict:
                 loss = model(**batch, use_cache=False).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and tc.grad_clip > 0:
-                    grad_norm = accelerator.clip_grad_norm_(params, tc.grad_clip)
+                    # model.parameters() itself, not a saved list: under FSDP2 the parameters become DTensors
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach().float()
