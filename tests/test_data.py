@@ -66,6 +66,11 @@ def test_each_pii_type_is_replaced(kind, planted):
     assert f"<{kind.upper()}>" in out
 
 
+def test_isbn_is_not_a_card_number():
+    out, counts = pii.scrub("Cornell University Press. ISBN 978-0-8014-3715-1.")
+    assert counts["credit_card"] == 0 and "978-0-8014-3715-1" in out
+
+
 def test_pii_checksums_reject_lookalikes():
     out, counts = pii.scrub("order 4111 1111 1111 1112 from 192.168.0.1 and GB00 WEST 1234 5698 7654 32")
     assert counts["credit_card"] == 0 and counts["iban"] == 0

@@ -43,7 +43,8 @@ def iban_ok(text: str) -> bool:
 def _valid(kind: str, match: str) -> bool:
     if kind == "credit_card":
         digits = re.sub(r"\D", "", match)
-        return 13 <= len(digits) <= 19 and luhn_ok(digits)
+        # Payment cards start with 2-6 (Mastercard, Amex, Visa, Discover...): ISBN-13s (978/979) pass Luhn too.
+        return 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn_ok(digits)
     if kind == "iban":
         return iban_ok(match)
     if kind == "ip":
