@@ -1,5 +1,5 @@
-# make demo   — set up .venv if needed, then run the legal demo end to end (offline, CPU, ~15 min)
-# make test   — set up .venv if needed, then run the test suite (~10 min on 2 cores)
+# make demo   — set up .venv if needed, then run the legal demo end to end (offline, CPU, ~18 min)
+# make test   — set up .venv if needed, then run the test suite (~6 min on 2 cores)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.domainpt-setup
