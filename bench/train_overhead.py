@@ -9,7 +9,6 @@ data loading, Accelerate's accumulate/clip and metric reduction); the bare loop 
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile

@@ -23,13 +23,9 @@ from domainpt.data.dedup import NearDuplicateIndex, exact_key
 from domainpt.data.ingest import BadRecords, iter_source
 from domainpt.data.pack import PackWriter, encode_batches
 from domainpt.errors import DomainptError
-from domainpt.eval.tasks import build_examples, split_examples, write_split
+from domainpt.eval.tasks import build_examples, seeded_rank, split_examples, write_split
 from domainpt.manifest import atomic_write_json, fresh_dir, stage_dir, write_manifest
 from domainpt.models import end_of_text_id, load_tokenizer, materialize_general_model
-
-
-def _rank(seed: int, text: str) -> str:
-    return hashlib.sha1(f"{seed}:{text}".encode()).hexdigest()
 
 
 def collect(sources, cfg, kind: str, counters: dict, bad: BadRecords, removed_samples: list) -> list[dict]:
@@ -127,7 +123,7 @@ def run_prepare(recipe) -> dict:
     for kind, docs in (("domain", domain), ("general", general)):
         if not docs:
             continue
-        docs.sort(key=lambda d: _rank(cfg.seed, d["text"]))
+        docs.sort(key=lambda d: seeded_rank(cfg.seed, d["text"]))
         if len(docs) <= cfg.heldout_docs:
             raise DomainptError(f"{kind} data has only {len(docs)} usable documents; need more than data.heldout_docs={cfg.heldout_docs}")
         heldout[kind], rest = docs[:cfg.heldout_docs], docs[cfg.heldout_docs:]

@@ -15,7 +15,8 @@ from domainpt.data.ingest import BadRecords, iter_source
 from domainpt.errors import DomainptError
 
 
-def _rank(seed: int, key: str) -> str:
+def seeded_rank(seed: int, key: str) -> str:
+    """A sort key that orders items the same way on every machine for a given seed."""
     return hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()
 
 
@@ -74,7 +75,7 @@ def build_examples(task, tokenizer, bad: BadRecords) -> list[dict]:
 def split_examples(examples: list[dict], test_size: int, train_size: int, seed: int) -> tuple[list, list]:
     """Stratified by label: each label gets test examples in proportion to its frequency (at least one)."""
     by_label = defaultdict(list)
-    for ex in sorted(examples, key=lambda e: _rank(seed, e["id"])):
+    for ex in sorted(examples, key=lambda e: seeded_rank(seed, e["id"])):
         by_label[ex["label"]].append(ex)
     n = len(examples)
     test, rest = [], []
@@ -82,8 +83,8 @@ def split_examples(examples: list[dict], test_size: int, train_size: int, seed: 
         k = min(len(items) - 1, max(1, math.floor(test_size * len(items) / n))) if len(items) > 1 else 0
         test += items[:k]
         rest += items[k:]
-    rest.sort(key=lambda e: _rank(seed + 1, e["id"]))
-    test.sort(key=lambda e: _rank(seed + 2, e["id"]))
+    rest.sort(key=lambda e: seeded_rank(seed + 1, e["id"]))
+    test.sort(key=lambda e: seeded_rank(seed + 2, e["id"]))
     return rest[:train_size], test[:test_size]
 
 
