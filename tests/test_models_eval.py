@@ -83,3 +83,33 @@ def test_batched_scoring_with_uneven_prompts_and_choice_counts(tiny_model):
     got = batch_choice_logliks(tiny_model, prompts, choices, torch.device("cpu"))
     for p, cs, g in zip(prompts, choices, got):
         assert g == pytest.approx([naive_loglik(tiny_model, p, c) for c in cs], abs=1e-4)
+
+
+def test_packed_rows_keep_attention_inside_documents(tiny_model):
+    """The training fast path (documents packed in one row, position ids restarting per document,
+    use_cache=False) gives each document the same logits and loss as running it alone, padded."""
+    from domainpt.data.pack import PackedBlocks, PackWriter
+
+    docs = [[5, 6, 7, 8, 9, 10, 11], [200, 201, 202], [3000, 3001, 3002, 3003, 3004]]
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        w = PackWriter(Path(d), vocab_size=tiny_model.config.vocab_size, eos_id=0)
+        w.add(docs)
+        w.close(seq_len=sum(len(x) + 1 for x in docs))
+        row = PackedBlocks(Path(d))[0]
+    ids = torch.from_numpy(row["input_ids"])[None]
+    pos = torch.from_numpy(row["position_ids"])[None]
+    packed = tiny_model(input_ids=ids, position_ids=pos, use_cache=False).logits[0]
+    L = max(len(x) + 1 for x in docs)
+    start = 0
+    for doc in docs:
+        n = len(doc) + 1
+        alone = torch.zeros((1, L), dtype=torch.long)
+        alone[0, :n] = ids[0, start:start + n]
+        mask = torch.zeros((1, L), dtype=torch.long)
+        mask[0, :n] = 1
+        ref = tiny_model(input_ids=alone, attention_mask=mask, use_cache=False).logits[0, :n]
+        assert torch.allclose(packed[start:start + n], ref, atol=1e-5), (doc, (packed[start:start + n] - ref).abs().max())
+        start += n
