@@ -49,6 +49,8 @@ def task_results(recipe) -> dict:
                 t[model]["zero_shot"] = bootstrap_mean(task.metric, zp[None], refs, rc.bootstrap_samples, rc.confidence)
                 stacks[model + "_zs"] = zp[None]
         t["n_test"] = int(len(refs))
+        # What always answering the most frequent test label would score: the floor a model must beat.
+        t["majority_baseline"] = float(np.bincount(refs).max() / len(refs)) if task.metric == "accuracy" else None
         t["difference"] = paired_difference(task.metric, stacks["general_model"], stacks["domain_model"], refs,
                                             rc.bootstrap_samples, rc.confidence)
         if "general_model_zs" in stacks:
@@ -150,7 +152,9 @@ def sections(res: dict, out: Path, metrics: list[dict]) -> list[Section]:
                      _fmt(t["general_model"]["finetuned"]), _fmt(t["domain_model"]["finetuned"]),
                      _fmt(t["difference"]), f"{t['difference']['p_value']:.3f}"])
     imgs = [("task scores", plots.task_bars(res["tasks"], out / "tasks.png"))]
-    secs.append(Section("Tasks", [f"Scores in percent with {level}% intervals."],
+    base = [f"{n}: always answering the most frequent label scores {100 * t['majority_baseline']:.1f}" for n, t in res["tasks"].items()
+            if t.get("majority_baseline") is not None]
+    secs.append(Section("Tasks", [f"Scores in percent with {level}% intervals." + (" Majority-label baseline — " + "; ".join(base) + "." if base else "")],
                         (["task", "metric", "general zero-shot", "domain zero-shot", "general + LoRA", "domain + LoRA",
                           "difference (domain - general)", "p"], rows), imgs))
     if metrics:
