@@ -10,6 +10,7 @@ for a given seed, the same steps and the same hyper-parameters: only the startin
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -140,8 +141,6 @@ def run_finetune(recipe) -> dict:
                     run_dir.mkdir(parents=True, exist_ok=True)
                     adapter = run_dir / "adapter"
                     if adapter.exists():
-                        import shutil
-
                         shutil.rmtree(adapter)
                     log = train_adapter(recipe, paths[model_name], feats, seed, adapter,
                                         desc=f"lora {task.name} {model_name} seed{seed}")

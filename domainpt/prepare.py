@@ -8,7 +8,6 @@ tasks/<name>/{train,test}.jsonl, stats.json, data_card.md, manifest.json (last).
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -24,7 +23,7 @@ from domainpt.data.ingest import BadRecords, iter_source
 from domainpt.data.pack import PackWriter, encode_batches
 from domainpt.errors import DomainptError
 from domainpt.eval.tasks import build_examples, seeded_rank, split_examples, write_split
-from domainpt.manifest import atomic_write_json, fresh_dir, stage_dir, write_manifest
+from domainpt.manifest import atomic_write_json, atomic_write_jsonl, fresh_dir, stage_dir, write_manifest
 from domainpt.models import end_of_text_id, load_tokenizer, materialize_general_model
 
 
@@ -128,10 +127,9 @@ def run_prepare(recipe) -> dict:
             raise DomainptError(f"{kind} data has only {len(docs)} usable documents; need more than data.heldout_docs={cfg.heldout_docs}")
         heldout[kind], rest = docs[:cfg.heldout_docs], docs[cfg.heldout_docs:]
         docs[:] = rest
-        with open(out / f"heldout_{kind}.jsonl", "w", encoding="utf-8") as f:
-            for d in heldout[kind]:
-                f.write(json.dumps({"text": d["text"], "source": d["source"]}, ensure_ascii=False) + "\n")
-                contam.add(d["text"])
+        atomic_write_jsonl(out / f"heldout_{kind}.jsonl", ({"text": d["text"], "source": d["source"]} for d in heldout[kind]))
+        for d in heldout[kind]:
+            contam.add(d["text"])
 
     contaminated = 0
     if cfg.decontam.enabled:

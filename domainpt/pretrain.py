@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from domainpt.data.pack import PackedBlocks
 from domainpt.errors import DomainptError
 from domainpt.eval.perplexity import perplexity
+from domainpt.eval.tasks import read_heldout
 from domainpt.flops import device_peak_flops, model_flops_per_token
 from domainpt.manifest import atomic_write_json, read_manifest, require_done, stage_dir, write_manifest
 from domainpt.models import end_of_text_id, load_model, load_tokenizer, objective_for
@@ -70,11 +71,6 @@ def _latest_checkpoint(ckpt_root: Path) -> Path | None:
     done = sorted((p for p in ckpt_root.glob("step_*") if (p / "trainer_state.json").is_file()),
                   key=lambda p: int(p.name.split("_")[1]))
     return done[-1] if done else None
-
-
-def _read_heldout(prep_dir: Path, kind: str) -> list[str]:
-    p = prep_dir / f"heldout_{kind}.jsonl"
-    return [json.loads(l)["text"] for l in open(p, encoding="utf-8")] if p.is_file() else []
 
 
 def run_pretrain(recipe) -> dict:
@@ -150,7 +146,7 @@ def run_pretrain(recipe) -> dict:
         metrics_path.write_text("".join(l + "\n" for l in kept))
     batches = iter(accelerator.skip_first_batches(loader, start_step * tc.grad_accum) if start_step else loader)
 
-    heldout = {k: _read_heldout(prep_dir, k) for k in ("domain", "general")}
+    heldout = read_heldout(prep_dir)
     bos = end_of_text_id(tok)
 
     def evaluate_heldout() -> dict:

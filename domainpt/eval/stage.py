@@ -7,28 +7,17 @@ out_dir/evaluate/predictions/<task>/<model>/<zero_shot|seedK>.jsonl (for paired 
 """
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import torch
 
 from domainpt.eval.metrics import compute
 from domainpt.eval.perplexity import perplexity
 from domainpt.eval.scoring import score_examples
-from domainpt.eval.tasks import read_split
+from domainpt.eval.tasks import read_heldout, read_split
 from domainpt.finetune import MODELS, model_paths
-from domainpt.manifest import atomic_write_json, require_done, stage_dir, write_manifest
+from domainpt.manifest import atomic_write_json, atomic_write_jsonl, require_done, stage_dir, write_manifest
 from domainpt.models import end_of_text_id, load_model, load_tokenizer
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    tmp.replace(path)
 
 
 def task_metric(metric: str, rows: list[dict]) -> dict:
@@ -51,8 +40,7 @@ def run_evaluate(recipe) -> dict:
     tok = load_tokenizer(paths["general_model"], recipe.model.trust_remote_code)
     bos = end_of_text_id(tok)
     ec = recipe.eval
-    heldout = {k: [json.loads(l)["text"] for l in open(prep_dir / f"heldout_{k}.jsonl", encoding="utf-8")]
-               for k in ("domain", "general") if (prep_dir / f"heldout_{k}.jsonl").is_file()}
+    heldout = read_heldout(prep_dir)
     tests = {t.name: read_split(prep_dir / "tasks" / t.name, "test") for t in recipe.tasks}
     scores = {"perplexity": {}, "tasks": {}}
     tokens = 0
@@ -67,7 +55,7 @@ def run_evaluate(recipe) -> dict:
             if ec.zero_shot:
                 rows = score_examples(model, tok, tests[task.name], bos, desc=f"zero-shot {task.name} {model_name}",
                                      batch_size=ec.batch_size)
-                _write_rows(out / "predictions" / task.name / model_name / "zero_shot.jsonl", rows)
+                atomic_write_jsonl(out / "predictions" / task.name / model_name / "zero_shot.jsonl", rows)
                 entry["zero_shot"] = task_metric(task.metric, rows)
         del model
         for task in recipe.tasks:
@@ -78,7 +66,7 @@ def run_evaluate(recipe) -> dict:
                 peft_model = PeftModel.from_pretrained(base, str(ft_dir / task.name / model_name / f"seed{seed}" / "adapter"))
                 rows = score_examples(peft_model, tok, tests[task.name], bos, desc=f"lora {task.name} {model_name} seed{seed}",
                                      batch_size=ec.batch_size)
-                _write_rows(out / "predictions" / task.name / model_name / f"seed{seed}.jsonl", rows)
+                atomic_write_jsonl(out / "predictions" / task.name / model_name / f"seed{seed}.jsonl", rows)
                 entry["finetuned"][str(seed)] = task_metric(task.metric, rows)
                 del peft_model, base
     atomic_write_json(out / "scores.json", scores)

@@ -6,13 +6,13 @@ scores each choice's words after the prompt, and `answer` is the index of the ri
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
 
 from domainpt.data.ingest import BadRecords, iter_source
 from domainpt.errors import DomainptError
+from domainpt.manifest import atomic_write_jsonl, read_jsonl
 
 
 def seeded_rank(seed: int, key: str) -> str:
@@ -89,13 +89,15 @@ def split_examples(examples: list[dict], test_size: int, train_size: int, seed: 
 
 
 def write_split(folder: Path, train: list, test: list) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("test", test)):
-        with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        atomic_write_jsonl(Path(folder) / f"{name}.jsonl", rows)
 
 
 def read_split(folder: Path, name: str) -> list[dict]:
-    with open(Path(folder) / f"{name}.jsonl", encoding="utf-8") as f:
-        return [json.loads(l) for l in f if l.strip()]
+    return read_jsonl(Path(folder) / f"{name}.jsonl")
+
+
+def read_heldout(prep_dir: Path) -> dict[str, list[str]]:
+    """Held-out texts written by prepare, by kind ('domain', 'general'); a kind without a file is absent."""
+    return {k: [r["text"] for r in read_jsonl(Path(prep_dir) / f"heldout_{k}.jsonl")]
+            for k in ("domain", "general") if (Path(prep_dir) / f"heldout_{k}.jsonl").is_file()}
