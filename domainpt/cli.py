@@ -3,6 +3,7 @@
     domainpt run recipes/demo/tiny.yaml                 # every stage; finished ones are skipped
     domainpt pretrain recipes/demo/legal.yaml train.max_steps=20
     torchrun --nproc_per_node 2 -m domainpt pretrain recipes/demo/tiny.yaml
+    domainpt run recipes/medical.yaml --dry-run --processes 8   # the plan and its cost; nothing runs
     domainpt keys                                       # every recipe key with its default and meaning
 
 Problems the user can fix end with a one-line `domainpt: error: ...` and exit code 2.
@@ -80,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("recipe", help="recipe YAML file")
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=20")
         s.add_argument("--force", action="store_true", help="redo this stage (and invalidate the later ones)")
+        if name == "run":
+            s.add_argument("--dry-run", action="store_true", help="validate the recipe and print the plan: steps, tokens, "
+                                                                 "FLOPs, GPU-hours, disk; downloads and writes nothing")
+            s.add_argument("--processes", type=int, default=1, help="--dry-run: number of GPUs (processes) to plan for")
+            s.add_argument("--gpu", default=None, help="--dry-run: GPU for the GPU-hour estimate (default: report.gpu)")
     sub.add_parser("keys", help="list every recipe key with its default and meaning")
     c = sub.add_parser("cards", help="write a data card per packaged corpus the recipes use (with measured counts)")
     c.add_argument("recipes", nargs="+", help="recipe YAML files")
@@ -101,6 +107,11 @@ def main(argv=None) -> None:
                 print(f"[domainpt] wrote {p}")
             return
         recipe = load_recipe(args.recipe, args.overrides)
+        if getattr(args, "dry_run", False):
+            from domainpt.plan import build_plan, format_plan
+
+            print(format_plan(build_plan(recipe, args.processes, args.gpu)), flush=True)
+            return
         stages = STAGES if args.command == "run" else (args.command,)
         lock = run_lock(recipe.out_dir) if _rank() == 0 else nullcontext()
         with lock:
@@ -111,7 +122,7 @@ def main(argv=None) -> None:
 
             print("\n".join(summary_lines(recipe)), flush=True)
     except DomainptError as e:
-        print(f"domainpt: error: {e}", file=sys.stderr, flush=True)
+        _error_line(str(e))
         sys.exit(2)
     except KeyboardInterrupt:
         print("domainpt: interrupted; rerun the same command to resume", file=sys.stderr)
@@ -125,9 +136,17 @@ def main(argv=None) -> None:
 
 
 def _out_of_memory() -> None:
-    print("domainpt: error: out of memory; lower train.batch_size (raise train.grad_accum to keep the global batch), "
-          "data.seq_len, lora.batch_size or eval.batch_size, or set train.gradient_checkpointing=true", file=sys.stderr)
+    _error_line("out of memory; lower train.batch_size (raise train.grad_accum to keep the global batch), "
+                "data.seq_len, lora.batch_size or eval.batch_size, or set train.gradient_checkpointing=true")
     sys.exit(2)
+
+
+def _error_line(message: str) -> None:
+    """One line, on a line of its own even when a progress bar was drawing (tqdm.write clears it first)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"domainpt: error: {' '.join(message.split())}", file=sys.stderr)
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -105,6 +105,9 @@ class DataConfig:
     heldout_docs: int = _f(20, "Documents of each kind (domain, general) held out for perplexity; never trained on.")
     seq_len: int = _f(512, "Tokens per packed training block.")
     seed: int = _f(0, "Seed for splits and shuffles in prepare.")
+    max_bad_share: float = _f(0.01, "Bad records (broken lines, invalid UTF-8, missing field) are skipped and counted; "
+                                    "more than this share of a source stops prepare with an error.")
+    max_record_mb: int = _f(64, "A record larger than this is a bad record (a runaway file is not a document).")
     clean: CleanConfig = field(default_factory=CleanConfig, metadata={"help": "Cleaning filters."})
     dedup: DedupConfig = field(default_factory=DedupConfig, metadata={"help": "Exact and near-duplicate removal."})
     pii: PIIConfig = field(default_factory=PIIConfig, metadata={"help": "PII scrubbing."})
@@ -119,13 +122,17 @@ class DataConfig:
             raise ValueError("replay_share > 0 needs general sources")
         if self.seq_len < 8 or self.heldout_docs < 1:
             raise ValueError("seq_len must be >= 8 and heldout_docs >= 1")
+        if not 0 <= self.max_bad_share <= 1 or self.max_record_mb <= 0:
+            raise ValueError("max_bad_share must be in [0, 1] and max_record_mb > 0")
 
 
 @dataclass
 class TaskConfig:
     name: str = _f(None, "Task name used in results and reports.")
     type: str = _f("classification", "'classification' (text -> label) or 'multiple_choice' (question, choices, answer).")
-    source: SourceConfig = _f(None, "Where the task's records come from.")
+    source: SourceConfig = _f(None, "Where the task's records come from (split into train and test unless test_source is set).")
+    test_source: SourceConfig | None = _f(None, "A separate test set (e.g. a benchmark's official test split).")
+    train_test_overlap: str = _f("error", "With test_source: training examples whose text is in the test set are an 'error' or are 'drop'ped.")
     text_field: str = _f("text", "Input text field (classification).")
     label_field: str = _f("label", "Label field (classification).")
     question_field: str = _f("question", "Question field (multiple choice).")
@@ -146,6 +153,8 @@ class TaskConfig:
             raise ValueError("type must be classification or multiple_choice")
         if self.source is None:
             raise ValueError("source is required")
+        if self.train_test_overlap not in ("error", "drop"):
+            raise ValueError("train_test_overlap must be error or drop")
         if self.metric not in ("accuracy", "f1"):
             raise ValueError("metric must be accuracy or f1")
         if self.test_size <= 0 or self.train_size <= 0 or self.max_prompt_tokens <= 0:
@@ -191,11 +200,14 @@ class TrainConfig:
     max_general_ppl_rise: float | None = _f(None, "Stop early when general perplexity rises above start x (1 + this).")
     save_every: int = _f(0, "Steps between checkpoints (0 = only at the end).")
     keep_last: int = _f(2, "Checkpoints kept.")
+    on_bad_step: str = _f("skip", "When the loss or gradient norm is NaN/inf: 'skip' the update, 'rollback' to the last "
+                                  "checkpoint and skip past the batches that caused it, or 'stop'.")
+    max_bad_steps: int = _f(5, "Stop with an error after this many bad steps in a row.")
     log_every: int = _f(1, "Steps between progress-bar updates.")
     seed: int = _f(0, "Seed for data order and dropout.")
 
     def __post_init__(self):
-        for k in ("max_steps", "batch_size", "grad_accum", "eval_tokens", "keep_last", "log_every"):
+        for k in ("max_steps", "batch_size", "grad_accum", "eval_tokens", "keep_last", "log_every", "max_bad_steps"):
             if getattr(self, k) <= 0:
                 raise ValueError(f"{k} must be > 0")
         if self.lr <= 0:
@@ -204,6 +216,11 @@ class TrainConfig:
             raise ValueError("schedule must be cosine, wsd or constant")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError("mixed_precision must be auto, no, bf16 or fp16")
+        if self.on_bad_step not in ("skip", "rollback", "stop"):
+            raise ValueError("on_bad_step must be skip, rollback or stop")
+        for k in ("warmup_steps", "eval_every", "save_every", "weight_decay", "grad_clip"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k} must be >= 0")
 
 
 @dataclass
@@ -239,7 +256,13 @@ class EvalConfig:
 class ReportConfig:
     bootstrap_samples: int = _f(2000, "Bootstrap resamples for intervals.")
     confidence: float = _f(0.95, "Interval confidence level.")
-    gpu: str = _f("H100", "GPU used for the GPU-hour estimate when the run was on CPU.")
+    gpu: str = _f("H100", "GPU used for the GPU-hour estimate when the run was on CPU (and by --dry-run).")
+    assumed_mfu: float = _f(0.25, "Model-FLOPs utilisation assumed by --dry-run's GPU-hour estimate "
+                                  "(0.20-0.24 measured on one H100 for a 0.5B Llama, BENCHMARKS.md).")
+
+    def __post_init__(self):
+        if not 0 < self.assumed_mfu <= 1 or not 0 < self.confidence < 1 or self.bootstrap_samples < 100:
+            raise ValueError("need 0 < assumed_mfu <= 1, 0 < confidence < 1 and bootstrap_samples >= 100")
 
 
 @dataclass
@@ -334,7 +357,7 @@ def _build(cls, data: Any, where: tuple[str, ...]):
             value = [_build(item_cls, v, key + (str(i),)) for i, v in enumerate(value)]
         elif dataclasses.is_dataclass(hint) or (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
             value = _build(hint, value, key)
-        elif name == "source" and cls is TaskConfig:
+        elif name in ("source", "test_source") and cls is TaskConfig and value is not None:
             value = _build(SourceConfig, value, key)
         elif not _type_ok(value, hint):
             raise ValueError(f"{'.'.join(key)}: expected {getattr(hint, '__name__', hint)}, got {type(value).__name__} {value!r}")

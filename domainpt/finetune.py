@@ -19,11 +19,11 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from domainpt.errors import DomainptError
 from domainpt.eval.scoring import prompt_ids
 from domainpt.eval.tasks import read_split
 from domainpt.manifest import atomic_write_json, require_done, stage_dir, write_manifest
 from domainpt.models import end_of_text_id, load_model, load_tokenizer
+from domainpt.preflight import check_lora_targets
 
 MODELS = ("general_model", "domain_model")
 
@@ -39,12 +39,7 @@ def lora_config(recipe, model):
 
     lc = recipe.lora
     targets = lc.target_modules
-    if targets != "all-linear":
-        names = {n.split(".")[-1] for n, _ in model.named_modules()}
-        missing = [t for t in (targets if isinstance(targets, list) else [targets]) if t not in names]
-        if missing:
-            raise DomainptError(f"lora.target_modules: {missing} not in the model (it has e.g. "
-                                f"{', '.join(sorted(n for n in names if n and not n.isdigit())[:12])})")
+    check_lora_targets(targets, {n.split(".")[-1] for n, _ in model.named_modules() if n}, model.name_or_path)
     return LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
                       task_type=TaskType.CAUSAL_LM)
 

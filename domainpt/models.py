@@ -107,9 +107,24 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tok
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weights_format(name: str) -> None:
+    """A local folder with only pickle weights is refused unless DOMAINPT_ALLOW_PICKLE=1: unpickling runs code."""
+    p = Path(name)
+    if not p.is_dir() or _allow_pickle() or any(p.glob("*.safetensors")):
+        return
+    pickled = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise DomainptError(f"{p} holds only pickle weights ({', '.join(pickled[:3])}), which can run code when loaded; "
+                            f"convert them to safetensors, or set DOMAINPT_ALLOW_PICKLE=1 if you trust their source")
+
+
 def load_model(name: str, objective: str, trust_remote_code: bool = False, dtype=torch.float32):
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
+    check_weights_format(name)
     cls = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
     kwargs = dict(trust_remote_code=trust_remote_code, dtype=dtype)
     if not _allow_pickle():

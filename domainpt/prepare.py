@@ -22,9 +22,10 @@ from domainpt.data.dedup import NearDuplicateIndex, exact_key
 from domainpt.data.ingest import BadRecords, iter_source
 from domainpt.data.pack import PackWriter, encode_batches
 from domainpt.errors import DomainptError
-from domainpt.eval.tasks import build_examples, seeded_rank, split_examples, write_split
+from domainpt.eval.tasks import seeded_rank, task_splits, write_split
 from domainpt.manifest import atomic_write_json, atomic_write_jsonl, fresh_dir, stage_dir, write_manifest
 from domainpt.models import end_of_text_id, load_tokenizer, materialize_general_model
+from domainpt.preflight import check_model
 
 
 def collect(sources, cfg, kind: str, counters: dict, bad: BadRecords, removed_samples: list) -> list[dict]:
@@ -86,15 +87,16 @@ def _take_weighted(docs_by_source: dict, weights: dict, token_counts: dict) -> l
 
 def run_prepare(recipe) -> dict:
     started = time.time()
-    for src in recipe.data.domain + recipe.data.general + [t.source for t in recipe.tasks]:
+    for src in recipe.data.domain + recipe.data.general + [s for t in recipe.tasks for s in (t.source, t.test_source) if s]:
         if src.path and not Path(src.path).exists():  # fail before any work is done
             raise DomainptError(f"data file not found: {src.path}")
     out = fresh_dir(stage_dir(recipe, "prepare"))
     cfg = recipe.data
     base = materialize_general_model(recipe, Path(recipe.out_dir) / "base_model")
+    check_model(recipe, base)
     tok = load_tokenizer(base, recipe.model.trust_remote_code)
     eot = end_of_text_id(tok)
-    bad = BadRecords()
+    bad = BadRecords(max_share=cfg.max_bad_share, max_record_bytes=cfg.max_record_mb * 1024 ** 2)
     counters = {"documents_in": 0, "cleaning_removed": Counter(), "exact_duplicates_removed": 0,
                 "near_duplicates_removed": 0, "pii_replaced": Counter()}
     removed_samples: list = []
@@ -103,15 +105,11 @@ def run_prepare(recipe) -> dict:
     contam = ContaminationIndex(cfg.decontam.ngram)
     task_stats = {}
     for task in recipe.tasks:
-        examples = build_examples(task, tok, bad)
-        train, test = split_examples(examples, task.test_size, task.train_size, cfg.seed)
-        test_texts = {e["text"] for e in test}
-        overlap = [e for e in train if e["text"] in test_texts]
-        train = [e for e in train if e["text"] not in test_texts]
+        train, test, overlap = task_splits(task, tok, bad, cfg.seed)
         write_split(out / "tasks" / task.name, train, test)
         for e in test:
             contam.add(e["text"])
-        task_stats[task.name] = {"train": len(train), "test": len(test), "train_test_overlap_removed": len(overlap),
+        task_stats[task.name] = {"train": len(train), "test": len(test), "train_test_overlap_removed": overlap,
                                  "labels": dict(Counter(e["label"] for e in train + test))}
 
     domain = collect(cfg.domain, cfg, "domain", counters, bad, removed_samples)
@@ -171,7 +169,7 @@ def run_prepare(recipe) -> dict:
                 token_counts[id(d)] = room
             replay.append(d)
             replay_tokens += token_counts[id(d)]
-        if replay_tokens < target:
+        if replay_tokens < int(target):
             print(f"[domainpt] warning: general text gives only {replay_tokens} replay tokens of {int(target)} wanted", flush=True)
     train_docs = domain + replay
     rng = np.random.default_rng(cfg.seed)

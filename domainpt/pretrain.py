@@ -22,23 +22,40 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from domainpt import faults
 from domainpt.data.pack import PackedBlocks
 from domainpt.errors import DomainptError
 from domainpt.eval.perplexity import perplexity
 from domainpt.eval.tasks import read_heldout
 from domainpt.flops import device_peak_flops, model_flops_per_token
-from domainpt.manifest import atomic_write_json, read_manifest, require_done, stage_dir, write_manifest
+from domainpt.manifest import atomic_write_json, atomic_write_text, read_manifest, require_done, stage_dir, write_manifest
 from domainpt.models import end_of_text_id, load_model, load_tokenizer, objective_for
+from domainpt.resources import checkpoint_bytes, ensure_free_space
 from domainpt.schedules import lr_multiplier
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """Block indices: a seeded permutation per epoch, concatenated, cut to `length`. Lazy, so the
+    margin kept for rollbacks costs no memory."""
+
+    def __init__(self, n_blocks: int, length: int, seed: int):
+        self.n_blocks, self.length, self.seed = n_blocks, length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        given, epoch = 0, 0
+        while given < self.length:
+            for i in np.random.default_rng(self.seed + epoch).permutation(self.n_blocks)[:self.length - given].tolist():
+                yield i
+                given += 1
+            epoch += 1
+
+
 def block_order(n_blocks: int, needed: int, seed: int) -> list[int]:
-    """Seeded permutations of the blocks, one per epoch, concatenated to `needed` indices."""
-    out, epoch = [], 0
-    while len(out) < needed:
-        out += np.random.default_rng(seed + epoch).permutation(n_blocks).tolist()
-        epoch += 1
-    return out[:needed]
+    """The first `needed` indices of EpochSampler (the data order of a run)."""
+    return list(EpochSampler(n_blocks, needed, seed))
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -73,6 +90,70 @@ def _latest_checkpoint(ckpt_root: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def _metrics_up_to(path: Path, step: int) -> list[str]:
+    """Lines of metrics.jsonl for steps <= `step`; a last line cut short by a kill is dropped."""
+    kept = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return kept
+
+
+def _any_rank(accelerator, flag: bool) -> bool:
+    """True on every process when `flag` is true on any: decisions all ranks must take together."""
+    t = torch.tensor(1.0 if flag else 0.0, device=accelerator.device)
+    return accelerator.reduce(t, reduction="sum").item() > 0
+
+
+class _Log:
+    """metrics.jsonl (one line per optimizer step) and events.jsonl (bad steps, rollbacks); main process only."""
+
+    def __init__(self, out: Path, main: bool):
+        self.metrics, self.events, self.main = out / "metrics.jsonl", out / "events.jsonl", main
+
+    def restart_at(self, step: int) -> None:
+        if self.main:
+            kept = _metrics_up_to(self.metrics, step) if step > 0 else []
+            atomic_write_text(self.metrics, "".join(l + "\n" for l in kept))
+
+    def _append(self, path: Path, rec: dict) -> None:
+        if self.main:
+            with open(path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def step(self, rec: dict) -> None:
+        self._append(self.metrics, rec)
+
+    def event(self, rec: dict) -> None:
+        self._append(self.events, rec)
+
+    def data_position_after_rollback(self, to_step: int) -> int | None:
+        """Where the data stream stood after the latest rollback to `to_step` (past the batches that caused it)."""
+        pos = None
+        if self.events.exists():
+            for line in self.events.read_text().splitlines():
+                try:
+                    e = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if e.get("event") == "rollback" and e.get("to_step") == to_step:
+                    pos = e["micro_batches"]
+        return pos
+
+
+def _load_checkpoint(accelerator, ckpt: Path) -> dict:
+    try:
+        accelerator.load_state(str(ckpt))
+        return json.loads((ckpt / "trainer_state.json").read_text())
+    except Exception as e:  # a corrupted checkpoint must not be trained on silently
+        raise DomainptError(f"checkpoint {ckpt} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+                            f"delete it to resume from the one before") from None
+
+
 def run_pretrain(recipe) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -88,8 +169,12 @@ def run_pretrain(recipe) -> dict:
     # cpu=True on machines without a GPU: only then does Accelerate treat torchrun's processes as MULTI_CPU (gloo).
     accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=mp, cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
+    ckpt_root = out / "checkpoints"
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in ckpt_root.glob(".tmp_step_*"):  # a checkpoint write cut short by a kill
+            shutil.rmtree(stale, ignore_errors=True)
+        _prune(ckpt_root, tc.keep_last)  # a kill may have come between a save and its pruning
     accelerator.wait_for_everyone()
     set_seed(tc.seed)
 
@@ -107,8 +192,9 @@ def run_pretrain(recipe) -> dict:
     blocks = PackedBlocks(prep_dir / "train", recipe.data.seq_len)
     world = accelerator.num_processes
     micro_total = tc.max_steps * tc.grad_accum * world
-    order = block_order(len(blocks), micro_total * tc.batch_size, tc.seed)
-    loader = torch.utils.data.DataLoader(blocks, batch_size=tc.batch_size, sampler=order,
+    # Twice the blocks a run needs: rollbacks skip past bad batches and must not run out of data.
+    sampler = EpochSampler(len(blocks), 2 * micro_total * tc.batch_size, tc.seed)
+    loader = torch.utils.data.DataLoader(blocks, batch_size=tc.batch_size, sampler=sampler,
                                          collate_fn=make_collate(objective, tok, tc.doc_isolation),
                                          num_workers=0, pin_memory=torch.cuda.is_available())
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
@@ -124,27 +210,18 @@ def run_pretrain(recipe) -> dict:
               f"{tc.max_steps} steps = {tokens_per_step * tc.max_steps:,} tokens ({epochs:.2f} epochs of {len(blocks)} blocks)\n"
               f"  ~{flops_tok:.3g} FLOPs/token, ~{flops_tok * tokens_per_step * tc.max_steps:.3g} FLOPs in all", flush=True)
 
+    log = _Log(out, main)
     # Resume from the newest complete checkpoint, if any.
-    ckpt_root = out / "checkpoints"
-    start_step, tokens_seen, history = 0, 0, []
+    step, tokens_seen, history, micro_done = 0, 0, [], 0
     ckpt = _latest_checkpoint(ckpt_root) if ckpt_root.exists() else None
     if ckpt is not None:
-        try:
-            accelerator.load_state(str(ckpt))
-            state = json.loads((ckpt / "trainer_state.json").read_text())
-        except Exception as e:  # a corrupted checkpoint must not be trained on silently
-            raise DomainptError(f"checkpoint {ckpt} cannot be loaded ({type(e).__name__}: {str(e)[:120]}); "
-                                f"delete it to resume from the one before") from None
-        start_step, tokens_seen, history = state["step"], state["tokens_seen"], state.get("eval_history", [])
+        state = _load_checkpoint(accelerator, ckpt)
+        step, tokens_seen, history = state["step"], state["tokens_seen"], state.get("eval_history", [])
+        micro_done = log.data_position_after_rollback(step) or state.get("micro_batches", step * tc.grad_accum)
         if main:
-            print(f"[domainpt] resuming from {ckpt} at step {start_step}", flush=True)
-    metrics_path = out / "metrics.jsonl"
-    if main:
-        kept = []
-        if metrics_path.exists() and start_step > 0:
-            kept = [l for l in metrics_path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= start_step]
-        metrics_path.write_text("".join(l + "\n" for l in kept))
-    batches = iter(accelerator.skip_first_batches(loader, start_step * tc.grad_accum) if start_step else loader)
+            print(f"[domainpt] resuming from {ckpt} at step {step}", flush=True)
+    log.restart_at(step)
+    batches = iter(accelerator.skip_first_batches(loader, micro_done) if micro_done else loader)
 
     heldout = read_heldout(prep_dir)
     bos = end_of_text_id(tok)
@@ -159,45 +236,80 @@ def run_pretrain(recipe) -> dict:
         model.train()
         return res
 
-    if start_step == 0 and objective == "clm":
+    if step == 0 and objective == "clm":
         history.append({"step": 0, **evaluate_heldout()})
     start_general = history[0].get("eval_general_ppl") if history else None
 
     model.train()
-    bar = tqdm(total=tc.max_steps, initial=start_step, desc="pretrain", unit="step", disable=not main)
-    stop_reason = None
-    for step in range(start_step, tc.max_steps):
+    bar = tqdm(total=tc.max_steps, initial=step, desc="pretrain", unit="step", disable=not main)
+    stop_reason, bad_in_a_row, bad_steps, last_bad_at = None, 0, 0, 0
+    while step < tc.max_steps:
         lr = tc.lr * lr_multiplier(step, tc.max_steps, tc.warmup_steps, tc.schedule, tc.min_lr_ratio, tc.decay_share)
         for g in optimizer.param_groups:
             g["lr"] = lr
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=accelerator.device)
         n_tok = torch.zeros((), device=accelerator.device)
-        grad_norm = None
         for _ in range(tc.grad_accum):
-            batch = next(batches)
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise DomainptError("the data order ran out after rollbacks; lower train.lr or check the data") from None
+            micro_done += 1
             with accelerator.accumulate(model):
                 loss = model(**batch, use_cache=False).loss
+                if faults.active("nan_loss", micro_done):  # a bad batch at this point of the data stream
+                    loss = loss * float("nan")
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and tc.grad_clip > 0:
-                    # model.parameters() itself, not a saved list: under FSDP2 the parameters become DTensors
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach().float()
             n_tok += batch["input_ids"].numel()
+        # The last micro-batch synchronised the gradients; the norm is global (DDP, FSDP).
+        # model.parameters() itself, not a saved list: under FSDP2 the parameters become DTensors.
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+        grad_norm = float(grad_norm) if grad_norm is not None else None
         step_loss = accelerator.reduce(loss_sum / tc.grad_accum, reduction="mean").item()
         step_tokens = int(accelerator.reduce(n_tok, reduction="sum").item())
-        if not math.isfinite(step_loss):
-            raise DomainptError(f"loss is {step_loss} at step {step + 1}; lower train.lr or check the data "
-                                f"(last good checkpoint: {_latest_checkpoint(ckpt_root) if ckpt_root.exists() else 'none'})")
+        bad = _bad_step_reason(step_loss, grad_norm, mp)
+        if bad is None or mp == "fp16":  # fp16: the loss scaler itself skips steps with non-finite gradients
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
         tokens_seen += step_tokens
-        rec = {"step": step + 1, "loss": round(step_loss, 6), "lr": lr, "tokens": step_tokens,
+
+        if bad is not None:
+            bad_steps += 1
+            bad_in_a_row += 1
+            last_bad_at = step + 1
+            log.event({"event": "bad_step", "step": step + 1, "reason": bad, "policy": tc.on_bad_step})
+            if main:
+                tqdm.write(f"[domainpt] step {step + 1}: {bad} ({tc.on_bad_step})")
+            last_ckpt = _latest_checkpoint(ckpt_root) if ckpt_root.exists() else None
+            if tc.on_bad_step == "stop" or bad_in_a_row >= tc.max_bad_steps:
+                why = "train.on_bad_step=stop" if tc.on_bad_step == "stop" else \
+                    f"{bad_in_a_row} bad steps without getting past step {last_bad_at}, train.max_bad_steps={tc.max_bad_steps}"
+                raise DomainptError(f"{bad} at step {step + 1} ({why}); lower train.lr or check the data; "
+                                    f"the last good checkpoint is {last_ckpt or 'none'}")
+            if tc.on_bad_step == "rollback":
+                if last_ckpt is None:
+                    raise DomainptError(f"{bad} at step {step + 1}: train.on_bad_step=rollback needs a checkpoint to go back to; "
+                                        f"set train.save_every")
+                state = _load_checkpoint(accelerator, last_ckpt)
+                log.event({"event": "rollback", "at_step": step + 1, "to_step": state["step"], "micro_batches": micro_done})
+                step, tokens_seen, history = state["step"], state["tokens_seen"], state.get("eval_history", [])
+                log.restart_at(step)
+                bar.n = step
+                bar.refresh()
+                continue
+        elif step + 1 > last_bad_at:  # progress past the last bad step (after a rollback, only then)
+            bad_in_a_row = 0
+
+        rec = {"step": step + 1, "loss": round(step_loss, 6) if bad is None else None, "lr": lr, "tokens": step_tokens,
                "tokens_seen": tokens_seen, "tokens_per_s": round(step_tokens / dt, 2),
-               "grad_norm": round(float(grad_norm), 6) if grad_norm is not None else None,
+               "grad_norm": round(grad_norm, 6) if grad_norm is not None and math.isfinite(grad_norm) else None,
                "mfu": round(flops_tok * step_tokens / dt / (peak * world), 4) if peak else None,
                "step_s": round(dt, 4)}
+        if bad is not None:
+            rec["skipped"] = bad
         last = step + 1 == tc.max_steps
         if (tc.eval_every and (step + 1) % tc.eval_every == 0) or last:
             ev = evaluate_heldout()
@@ -206,17 +318,18 @@ def run_pretrain(recipe) -> dict:
             g = ev.get("eval_general_ppl")
             if tc.max_general_ppl_rise is not None and start_general and g and g > start_general * (1 + tc.max_general_ppl_rise):
                 stop_reason = f"general perplexity {g:.2f} rose past {start_general:.2f} x (1 + {tc.max_general_ppl_rise})"
-        if main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+        log.step(rec)
+        faults.kill_point("pretrain.step_end", step + 1)
         if (step + 1) % tc.log_every == 0 or last:
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
         bar.update(1)
-        if (tc.save_every and (step + 1) % tc.save_every == 0) or last or stop_reason:
-            save_checkpoint(accelerator, ckpt_root, step + 1, tokens_seen, history, tc.keep_last)
+        step += 1
+        if (tc.save_every and step % tc.save_every == 0) or last or stop_reason:
+            save_checkpoint(accelerator, model, ckpt_root, step, {"tokens_seen": tokens_seen, "eval_history": history,
+                                                           "micro_batches": micro_done}, tc.keep_last)
         if stop_reason:
             if main:
-                print(f"[domainpt] early stop at step {step + 1}: {stop_reason}", flush=True)
+                print(f"[domainpt] early stop at step {step}: {stop_reason}", flush=True)
             break
     bar.close()
 
@@ -224,43 +337,68 @@ def run_pretrain(recipe) -> dict:
     unwrapped = accelerator.unwrap_model(model)
     state_dict = accelerator.get_state_dict(model)
     if main:
+        ensure_free_space(out, checkpoint_bytes(unwrapped, optimizer_states_per_param=0), "the final model",
+                          "free space, then rerun the same command (training resumes from the last checkpoint)")
         tmp = out / ".model.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
         unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tok.save_pretrained(tmp)
+        faults.kill_point("pretrain.final_model", step)
         if (out / "model").exists():
             shutil.rmtree(out / "model")
         tmp.rename(out / "model")
     accelerator.wait_for_everyone()
     manifest = None
     if main:
-        steps_done = len([l for l in metrics_path.read_text().splitlines() if l.strip()])
+        steps_done = len(_metrics_up_to(log.metrics, step))
         manifest = write_manifest(recipe, "pretrain", started, tokens=tokens_seen, steps=steps_done,
                                   flops=flops_tok * tokens_seen, flops_per_token=flops_tok, processes=world,
                                   device=str(accelerator.device), mixed_precision=mp, objective=objective,
-                                  stop_reason=stop_reason, eval_history=history,
+                                  stop_reason=stop_reason, eval_history=history, bad_steps=bad_steps,
                                   gpu_hours=(time.time() - started) * world / 3600 if accelerator.device.type == "cuda" else 0.0)
     accelerator.wait_for_everyone()
     return manifest or read_manifest(recipe, "pretrain")
 
 
-def save_checkpoint(accelerator, root: Path, step: int, tokens_seen: int, history: list, keep_last: int) -> None:
+def _bad_step_reason(loss: float, grad_norm: float | None, mixed_precision: str) -> str | None:
+    if not math.isfinite(loss):
+        return f"loss is {loss}"
+    if grad_norm is not None and not math.isfinite(grad_norm) and mixed_precision != "fp16":
+        return f"gradient norm is {grad_norm}"
+    return None
+
+
+def save_checkpoint(accelerator, model, root: Path, step: int, state: dict, keep_last: int) -> None:
     """save_state into a temporary folder, then rename: a kill mid-save leaves the previous checkpoint intact."""
     tmp, final = root / f".tmp_step_{step}", root / f"step_{step}"
+    short = False
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
+        try:
+            ensure_free_space(root, checkpoint_bytes(accelerator.unwrap_model(model)), f"checkpoint step_{step}",
+                              "free space or lower train.keep_last, then rerun the same command")
+        except DomainptError as e:
+            short = str(e)
+    if _any_rank(accelerator, bool(short)):
+        raise DomainptError(short or "not enough free disk for a checkpoint (see the main process)")
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_json(tmp / "trainer_state.json", {"step": step, "tokens_seen": tokens_seen, "eval_history": history})
+        faults.kill_point("checkpoint.saved_state", step)
+        atomic_write_json(tmp / "trainer_state.json", {"step": step, **state})
+        faults.kill_point("checkpoint.before_rename", step)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        done = sorted((p for p in root.glob("step_*")), key=lambda p: int(p.name.split("_")[1]))
-        for old in done[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        faults.kill_point("checkpoint.before_prune", step)
+        _prune(root, keep_last)
     accelerator.wait_for_everyone()
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    done = sorted((p for p in root.glob("step_*")), key=lambda p: int(p.name.split("_")[1]))
+    for old in done[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -114,7 +114,7 @@ def test_uint32_for_large_vocabularies(tmp_path):
 def test_bad_records_counted_with_file_and_line(tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_bytes(b'{"text": "good one"}\n{broken\n{"other": 1}\n{"text": 5}\n' + b'{"text": "\xff\xfe"}\n' + b'{"text": "fine"}\n')
-    bad = BadRecords()
+    bad = BadRecords(max_share=1.0)
     recs = list(iter_source(SourceConfig(path=str(p)), bad))
     assert [r["text"] for r in recs] == ["good one", "fine"]
     assert bad.total == 4

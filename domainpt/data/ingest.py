@@ -25,11 +25,15 @@ SUPPORTED = TEXT_SUFFIXES | {".jsonl", ".json", ".csv", ".parquet"}
 class BadRecords:
     """Where and why records were skipped; the first few examples are kept for the data card."""
 
+    max_share: float = 0.01  # more bad records than this share of a source is an error, not noise
+    max_record_bytes: int = 64 * 1024 ** 2
     counts: Counter = field(default_factory=Counter)
     examples: list = field(default_factory=list)
+    first: str | None = None
 
     def add(self, where: str, why: str) -> None:
         self.counts[why] += 1
+        self.first = self.first or f"{where}: {why}"
         if len(self.examples) < 20:
             self.examples.append(f"{where}: {why}")
 
@@ -85,7 +89,10 @@ def _records_in_file(path: Path, text_field: str, bad: BadRecords) -> Iterator[d
         return
     with _open_bytes(path) as raw:
         if kind in TEXT_SUFFIXES:
-            data = raw.read()
+            data = raw.read(bad.max_record_bytes + 1)
+            if len(data) > bad.max_record_bytes:
+                bad.add(str(path), f"document longer than data.max_record_mb ({bad.max_record_bytes >> 20} MB)")
+                return
             if b"\x00" in data[:8192]:
                 bad.add(str(path), "binary file")
                 return
@@ -96,16 +103,22 @@ def _records_in_file(path: Path, text_field: str, bad: BadRecords) -> Iterator[d
             return
         if kind == ".csv":
             text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+            csv.field_size_limit(bad.max_record_bytes)
+            reader = csv.DictReader(text)
             try:
-                reader = csv.DictReader(text)
                 if reader.fieldnames is None or text_field not in reader.fieldnames:
                     raise DomainptError(f"{path}: no column '{text_field}' (columns: {', '.join(reader.fieldnames or [])})")
-                for i, rec in enumerate(reader, start=2):
-                    yield from _checked(rec, text_field, f"{path}:{i}", bad)
+                for rec in reader:
+                    yield from _checked(rec, text_field, f"{path}:{reader.line_num}", bad)
             except UnicodeDecodeError:
-                bad.add(str(path), "invalid UTF-8 (rest of file skipped)")
+                bad.add(f"{path}:{reader.line_num + 1}", "invalid UTF-8 (rest of file skipped)")
+            except csv.Error as e:
+                bad.add(f"{path}:{reader.line_num}", f"broken CSV ({e}; rest of file skipped)")
             return
-        for i, line in enumerate(raw, start=1):  # .jsonl / .json (one object per line)
+        for i, line in enumerate(_bounded_lines(raw, bad.max_record_bytes), start=1):  # .jsonl / .json (one object per line)
+            if line is None:
+                bad.add(f"{path}:{i}", f"record longer than data.max_record_mb ({bad.max_record_bytes >> 20} MB)")
+                continue
             if not line.strip():
                 continue
             try:
@@ -117,6 +130,21 @@ def _records_in_file(path: Path, text_field: str, bad: BadRecords) -> Iterator[d
                 bad.add(f"{path}:{i}", "broken JSON line")
                 continue
             yield from _checked(rec, text_field, f"{path}:{i}", bad)
+
+
+def _bounded_lines(raw, limit: int) -> Iterator[bytes | None]:
+    """Lines of a binary stream, each read with a size cap: an over-long line yields None and is skipped
+    in chunks, so one runaway record cannot exhaust memory."""
+    while True:
+        line = raw.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith(b"\n"):
+            while (rest := raw.readline(limit)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+            continue
+        yield line
 
 
 def _checked(rec, text_field: str, where: str, bad: BadRecords) -> Iterator[dict]:
@@ -139,7 +167,8 @@ def iter_source(src, bad: BadRecords) -> Iterator[dict]:
         it = _hf_records(src)
     else:
         it = (r for f in _files(Path(src.path)) for r in _records_in_file(f, src.text_field, bad))
-    n = 0
+    n, bad_before, first_before = 0, bad.total, bad.first
+    bad.first = None
     keep = {k: set(v) if isinstance(v, list) else {v} for k, v in src.filter.items()}
     for rec in it:
         if keep and not all(rec.get(k) in allowed for k, allowed in keep.items()):
@@ -152,7 +181,12 @@ def iter_source(src, bad: BadRecords) -> Iterator[dict]:
         yield rec
         n += 1
         if src.max_docs and n >= src.max_docs:
-            return
+            break
+    n_bad = bad.total - bad_before
+    if n_bad and n_bad > bad.max_share * (n + n_bad):
+        raise DomainptError(f"source '{src.name}': {n_bad} of {n + n_bad} records are bad, more than data.max_bad_share="
+                            f"{bad.max_share}; first: {bad.first}")
+    bad.first = first_before or bad.first
 
 
 def _hf_records(src) -> Iterator[dict]:

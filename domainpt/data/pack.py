@@ -14,7 +14,9 @@ from typing import Iterable
 
 import numpy as np
 
+from domainpt import faults
 from domainpt.manifest import atomic_write_json
+from domainpt.resources import ensure_free_space
 
 
 def token_dtype(vocab_size: int):
@@ -22,27 +24,39 @@ def token_dtype(vocab_size: int):
 
 
 class PackWriter:
-    """Streams documents (token id lists) to disk; memory stays bounded by one batch."""
+    """Streams documents (token id lists) to disk; memory stays bounded by one batch.
 
-    def __init__(self, folder: Path, vocab_size: int, eos_id: int):
+    Files are written under temporary names and renamed by close(), meta.json last; free disk is
+    checked every `check_every` bytes so a full disk stops the run with a message, not a cut file."""
+
+    def __init__(self, folder: Path, vocab_size: int, eos_id: int, reserve_bytes: int = 256 * 1024 ** 2,
+                 check_every: int = 64 * 1024 ** 2):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.dtype, self.eos = token_dtype(vocab_size), eos_id
         self._fh = open(self.folder / "tokens.bin.tmp", "wb")
         self.doc_ends: list[int] = []
         self.n_tokens = 0
+        self.reserve, self.check_every, self._next_check = reserve_bytes, check_every, 0
 
     def add(self, docs: Iterable[list[int]]) -> None:
         for ids in docs:
             arr = np.asarray(list(ids) + [self.eos], dtype=self.dtype)
+            if self._fh.tell() >= self._next_check:
+                ensure_free_space(self.folder, self.reserve, "token shards",
+                                  "free space or point out_dir at a larger disk, then rerun prepare")
+                self._next_check = self._fh.tell() + self.check_every
             self._fh.write(arr.tobytes())
             self.n_tokens += len(arr)
             self.doc_ends.append(self.n_tokens)
+            faults.kill_point("pack.document", len(self.doc_ends))
 
     def close(self, seq_len: int, extra: dict | None = None) -> dict:
         self._fh.close()
         (self.folder / "tokens.bin.tmp").replace(self.folder / "tokens.bin")
-        np.save(self.folder / "doc_ends.npy", np.asarray(self.doc_ends, dtype=np.uint64))
+        with open(self.folder / "doc_ends.npy.tmp", "wb") as f:
+            np.save(f, np.asarray(self.doc_ends, dtype=np.uint64))
+        (self.folder / "doc_ends.npy.tmp").replace(self.folder / "doc_ends.npy")
         meta = {"dtype": np.dtype(self.dtype).name, "seq_len": seq_len, "tokens": self.n_tokens,
                 "documents": len(self.doc_ends), "blocks": self.n_tokens // seq_len,
                 "tokens_dropped_tail": self.n_tokens % seq_len, **(extra or {})}

@@ -25,26 +25,36 @@ def _truncate(tokenizer, text: str, max_tokens: int) -> str:
     return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens]).rstrip() + " ..."
 
 
-def build_examples(task, tokenizer, bad: BadRecords) -> list[dict]:
-    src = task.source
-    where = f"task '{task.name}'"
+def build_examples(task, tokenizer, bad: BadRecords, source=None, labels: list | None = None) -> tuple[list[dict], list | None]:
+    """Examples of one task from `source` (default: task.source), and the label list (classification).
+
+    `labels` fixes the label list (e.g. the training split's, when the test split is a separate file)."""
+    src = source or task.source
+    where = f"task '{task.name}' ({src.path or src.builtin or src.hf})"
     examples = []
     if task.type == "classification":
-        labels = list(task.labels) if task.labels else None
         records = list(iter_source(src, bad))
         if not records:
             raise DomainptError(f"{where}: its source gave no records")
         if any(task.label_field not in r for r in records):
             raise DomainptError(f"{where}: records have no field '{task.label_field}'")
         seen = sorted({str(r[task.label_field]) for r in records})
-        labels = labels or seen
+        if labels is not None and not task.labels:
+            unknown = [l for l in seen if l not in labels]
+            if unknown:
+                raise DomainptError(f"{where}: test labels {unknown} never occur in the training source")
+        labels = list(task.labels) if task.labels else (labels or seen)
         verb = dict(task.verbalizers or {})
-        missing = [l for l in verb if l not in labels]
-        if missing:
-            raise DomainptError(f"{where}: verbalizers name labels not in the task: {missing}")
-        unknown = [l for l in labels if l not in seen]
-        if unknown:
-            raise DomainptError(f"{where}: labels {unknown} do not occur in field '{task.label_field}'")
+        extra = [l for l in verb if l not in labels]
+        if extra:
+            raise DomainptError(f"{where}: tasks.verbalizers name labels not in the task: {extra}")
+        uncovered = [l for l in labels if verb and l not in verb]
+        if uncovered:
+            raise DomainptError(f"{where}: labels {uncovered} have no entry in the task's verbalizers")
+        if source is None:
+            absent = [l for l in labels if l not in seen]
+            if absent:
+                raise DomainptError(f"{where}: labels {absent} do not occur in field '{task.label_field}'")
         choices = [" " + verb.get(l, l) for l in labels]
         for r in records:
             lab = str(r[task.label_field])
@@ -69,7 +79,30 @@ def build_examples(task, tokenizer, bad: BadRecords) -> list[dict]:
                              "choices": [" " + str(c) for c in ch], "answer": a})
     if not examples:
         raise DomainptError(f"{where}: no usable examples")
-    return examples
+    return examples, labels
+
+
+def task_splits(task, tokenizer, bad: BadRecords, seed: int) -> tuple[list, list, int]:
+    """(train, test, overlapping examples removed from train). A task with a test_source keeps that file as
+    its test set; otherwise the source is split. Train texts that also occur in the test set are a leak:
+    from a split they are dropped (duplicates in one source), from a separate test file they are an error
+    unless tasks.train_test_overlap says 'drop'."""
+    examples, labels = build_examples(task, tokenizer, bad)
+    if task.test_source is None:
+        train, test = split_examples(examples, task.test_size, task.train_size, seed)
+        policy = "drop"
+    else:
+        test_ex, _ = build_examples(task, tokenizer, bad, task.test_source, labels)
+        test = sorted(test_ex, key=lambda e: seeded_rank(seed + 2, e["id"]))[:task.test_size]
+        train = sorted(examples, key=lambda e: seeded_rank(seed + 1, e["id"]))[:task.train_size]
+        policy = task.train_test_overlap
+    test_texts = {e["text"] for e in test}
+    overlap = [e for e in train if e["text"] in test_texts]
+    if overlap and policy == "error":
+        raise DomainptError(f"task '{task.name}': {len(overlap)} training examples also appear in the test set "
+                            f"({task.test_source.path or task.test_source.hf}), e.g. {overlap[0]['id']}; "
+                            f"fix the data or set train_test_overlap: drop on the task")
+    return [e for e in train if e["text"] not in test_texts], test, len(overlap)
 
 
 def split_examples(examples: list[dict], test_size: int, train_size: int, seed: int) -> tuple[list, list]:

@@ -1,0 +1,156 @@
+"""`domainpt run RECIPE --dry-run`: validate the recipe and print what the run will do and cost,
+without downloading or computing anything.
+
+    domainpt run recipes/medical.yaml --dry-run --processes 8 --gpu H100
+
+Model sizes come from the model's config: a local folder, the Hugging Face cache, or (offline) a
+config snapshot shipped in domainpt/hub_configs/. FLOPs use the same formula as training's MFU
+(6N + 12·L·H·T per trained token, PaLM appendix B); LoRA steps count 4N (no weight gradients for
+the frozen base); scoring counts 2N per token.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from domainpt.errors import DomainptError
+from domainpt.flops import PEAK_FLOPS, flops_per_token, matmul_params
+from domainpt.models import PACKAGED, is_encoder, objective_for
+
+SNAPSHOTS = Path(__file__).parent / "hub_configs"
+# Packaged models are conversions of these hub checkpoints (same architecture).
+PACKAGED_HUB_ID = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M"}
+GB = 1e9
+
+
+def offline_config(base: str, trust_remote_code: bool = False):
+    """(config, where it came from) without network access."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    p = Path(base).expanduser()
+    if p.is_dir():
+        return AutoConfig.from_pretrained(p, trust_remote_code=trust_remote_code), f"local folder {p}"
+    hub_id = PACKAGED_HUB_ID.get(base, base)
+    if base in PACKAGED:
+        from domainpt.models import cache_root
+
+        converted = cache_root() / "models" / base
+        if (converted / "config.json").is_file():
+            return AutoConfig.from_pretrained(converted), f"packaged model {base} ({converted})"
+    try:
+        return AutoConfig.from_pretrained(hub_id, local_files_only=True, trust_remote_code=trust_remote_code), \
+            f"Hugging Face cache ({hub_id})"
+    except (OSError, ValueError):
+        pass
+    snap = SNAPSHOTS / (hub_id.replace("/", "__") + ".json")
+    if snap.is_file():
+        d = {k: v for k, v in json.loads(snap.read_text()).items() if not k.startswith("_")}
+        cls = AutoConfig.for_model(d["model_type"]).__class__
+        return cls(**{k: v for k, v in d.items() if k != "model_type"}), f"snapshot {snap.relative_to(SNAPSHOTS.parent.parent)}"
+    if base.startswith((".", "/", "~")):
+        raise DomainptError(f"model not found: {base}")
+    raise DomainptError(f"--dry-run needs the config of '{base}' offline: run once with network access (it is cached), "
+                        f"or point model.base at a local folder")
+
+
+def model_shape(recipe) -> dict:
+    config, where = offline_config(recipe.model.base, recipe.model.trust_remote_code)
+    for k, v in recipe.model.config_overrides.items() if recipe.model.init == "random" else ():
+        if not hasattr(config, k):
+            raise DomainptError(f"model.config_overrides.{k}: {config.model_type} config has no such key")
+        setattr(config, k, v)
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    objective = objective_for(config, recipe.model.objective)
+    cls = AutoModelForMaskedLM if is_encoder(config) else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"config_from": where, "model_type": config.model_type, "objective": objective, "params": n_params,
+            "matmul_params": matmul_params(model), "layers": config.num_hidden_layers, "hidden": config.hidden_size,
+            "vocab": config.vocab_size, "context": getattr(config, "max_position_embeddings", None)}
+
+
+def build_plan(recipe, processes: int = 1, gpu: str | None = None) -> dict:
+    gpu = gpu or recipe.report.gpu
+    if gpu not in PEAK_FLOPS:
+        raise DomainptError(f"unknown GPU '{gpu}' (known: {', '.join(PEAK_FLOPS)})")
+    shape = model_shape(recipe)
+    tc, lc, ec, dc = recipe.train, recipe.lora, recipe.eval, recipe.data
+    if shape["context"] and dc.seq_len > shape["context"]:
+        raise DomainptError(f"data.seq_len={dc.seq_len} is longer than the model's context ({shape['context']} positions)")
+    tokens_per_step = tc.batch_size * tc.grad_accum * processes * dc.seq_len
+    train_tokens = tokens_per_step * tc.max_steps
+    per_token = flops_per_token(shape["matmul_params"], shape["layers"], shape["hidden"], dc.seq_len)
+    pretrain_flops = per_token * train_tokens
+    # LoRA: forward 2N + activation gradients 2N per token (the frozen base gets no weight gradients).
+    ft_len = max(t.max_prompt_tokens for t in recipe.tasks) + 16 if recipe.tasks else 0
+    ft_tokens = len(recipe.tasks) * 2 * len(lc.seeds) * lc.steps * lc.batch_size * ft_len
+    ft_flops = 4 * shape["matmul_params"] * ft_tokens
+    eval_tokens = 2 * 2 * ec.ppl_max_tokens + sum(2 * (1 + len(lc.seeds)) * t.test_size * (t.max_prompt_tokens + 16)
+                                                  for t in recipe.tasks)
+    eval_flops = 2 * shape["matmul_params"] * eval_tokens
+    peak, mfu = PEAK_FLOPS[gpu], recipe.report.assumed_mfu
+    gpu_h = {k: f / (peak * mfu) / 3600 for k, f in (("pretrain", pretrain_flops), ("finetune", ft_flops), ("evaluate", eval_flops))}
+    token_bytes = 2 if shape["vocab"] <= 65536 else 4
+    n = shape["params"]
+    disk = {"token_shards": train_tokens * token_bytes,
+            "checkpoints": tc.keep_last * n * (4 + 8),  # fp32 weights + AdamW's two fp32 moments
+            "models": n * 4 * (2 if recipe.model.init == "random" else 1),
+            "hub_download": n * 2 if recipe.model.base not in PACKAGED and not Path(recipe.model.base).exists() else 0}
+    return {"recipe": recipe.name, "domain": recipe.domain, "out_dir": recipe.out_dir, "model": {"base": recipe.model.base, **shape},
+            "processes": processes, "gpu": gpu, "assumed_mfu": mfu,
+            "data": {"domain_sources": [_src(s) for s in dc.domain], "general_sources": [_src(s) for s in dc.general],
+                     "replay_share": dc.replay_share, "seq_len": dc.seq_len},
+            "pretrain": {"steps": tc.max_steps, "tokens_per_step": tokens_per_step, "tokens": train_tokens,
+                         "flops_per_token": per_token, "flops": pretrain_flops, "gpu_hours": gpu_h["pretrain"],
+                         "schedule": tc.schedule, "lr": tc.lr, "warmup_steps": tc.warmup_steps},
+            "finetune": {"runs": len(recipe.tasks) * 2 * len(lc.seeds), "tokens": ft_tokens, "flops": ft_flops,
+                         "gpu_hours": gpu_h["finetune"]},
+            "evaluate": {"tokens": eval_tokens, "flops": eval_flops, "gpu_hours": gpu_h["evaluate"]},
+            "tasks": [{"name": t.name, "type": t.type, "source": _src(t.source),
+                       "test_source": _src(t.test_source) if t.test_source else None} for t in recipe.tasks],
+            "total_flops": pretrain_flops + ft_flops + eval_flops, "total_gpu_hours": sum(gpu_h.values()),
+            "disk_bytes": disk, "disk_total_bytes": sum(disk.values())}
+
+
+def _n(x: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= size:
+            return f"{x / size:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _src(s) -> str:
+    where = s.path or (f"builtin:{s.builtin}" if s.builtin else f"hf:{s.hf}" + (f" ({s.hf_config})" if s.hf_config else ""))
+    return where + (f", at most {s.max_docs:,} docs" if s.max_docs else "")
+
+
+def format_plan(p: dict) -> str:
+    m, pt, ft, ev = p["model"], p["pretrain"], p["finetune"], p["evaluate"]
+    lines = [
+        f"[domainpt] dry run of '{p['recipe']}' ({p['domain']}) -> {p['out_dir']}; nothing downloaded or computed",
+        f"  model     {m['base']}: {m['model_type']}, {m['params'] / 1e6:,.1f}M parameters, {m['layers']} layers, "
+        f"hidden {m['hidden']}, vocab {m['vocab']:,}, context {m['context']} (config: {m['config_from']})",
+        "  stages    prepare -> pretrain -> finetune -> evaluate -> compare",
+        f"  prepare   domain: {'; '.join(p['data']['domain_sources'])}",
+        f"            general (replay {p['data']['replay_share']:.0%} + forgetting check): {'; '.join(p['data']['general_sources']) or 'none'}",
+        f"  pretrain  {m['objective']}, {pt['steps']:,} steps x {pt['tokens_per_step']:,} tokens/step on {p['processes']} process(es) "
+        f"= {_n(pt['tokens'])} tokens; {pt['schedule']} schedule, peak lr {pt['lr']:g}, warm-up {pt['warmup_steps']}",
+        f"            {pt['flops_per_token']:.3g} FLOPs/token -> {pt['flops']:.3g} FLOPs = {pt['gpu_hours']:,.3g} {p['gpu']}-hours at {p['assumed_mfu']:.0%} MFU",
+        f"  finetune  {ft['runs']} LoRA runs ({len(p['tasks'])} task(s) x 2 models x seeds), ~{_n(ft['tokens'])} tokens, "
+        f"{ft['flops']:.3g} FLOPs = {ft['gpu_hours']:.3g} {p['gpu']}-hours",
+        f"  evaluate  ~{_n(ev['tokens'])} tokens scored, {ev['flops']:.3g} FLOPs = {ev['gpu_hours']:.3g} {p['gpu']}-hours",
+    ]
+    for t in p["tasks"]:
+        lines.append(f"  task      {t['name']} ({t['type']}): {t['source']}" + (f"; test: {t['test_source']}" if t["test_source"] else ""))
+    d = p["disk_bytes"]
+    lines += [f"  total     {p['total_flops']:.3g} FLOPs, {p['total_gpu_hours']:,.3g} {p['gpu']}-hours "
+              f"(wall time on {p['processes']} GPU(s): ~{p['total_gpu_hours'] / p['processes']:,.3g} h)",
+              f"  disk      ~{p['disk_total_bytes'] / GB:,.3g} GB: token shards {d['token_shards'] / GB:,.3g}, checkpoints "
+              f"{d['checkpoints'] / GB:,.3g}, models {d['models'] / GB:,.3g}, download {d['hub_download'] / GB:,.3g} "
+              f"(corpora streamed, not stored)"]
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""Checks of the recipe against the model, run before any data is read: a mistake found after an hour
+of preparation or a day of training is a day lost.
+
+Builds the model on the meta device (no weights loaded), so the checks take a second even for 7B.
+"""
+from __future__ import annotations
+
+import torch
+
+from domainpt.errors import DomainptError
+from domainpt.models import check_weights_format, load_tokenizer, objective_for
+
+
+def module_names(config, objective: str, trust_remote_code: bool) -> set[str]:
+    """Last name parts of every module, e.g. {'q_proj', 'k_proj', 'mlp', ...}, without loading weights."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    cls = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = cls.from_config(config, trust_remote_code=trust_remote_code)
+    return {n.split(".")[-1] for n, _ in model.named_modules() if n}
+
+
+def check_lora_targets(targets, names: set[str], model_name: str) -> None:
+    if targets == "all-linear":
+        return
+    wanted = targets if isinstance(targets, list) else [targets]
+    missing = [t for t in wanted if t not in names]
+    if missing:
+        have = sorted(n for n in names if not n.isdigit() and n.endswith(("proj", "fc1", "fc2", "dense", "query", "key", "value",
+                                                                         "c_attn", "c_proj", "c_fc", "out_proj", "wq", "wk", "wv", "wo")))
+        raise DomainptError(f"lora.target_modules: {missing} not in {model_name} (its linear layers include: "
+                            f"{', '.join(have[:12]) or ', '.join(sorted(names)[:12])})")
+
+
+def check_model(recipe, base: str) -> None:
+    """The tokenizer fits the embedding, blocks fit the context, LoRA targets exist."""
+    from transformers import AutoConfig
+
+    m = recipe.model
+    if m.init == "pretrained":
+        check_weights_format(base)
+    try:
+        config = AutoConfig.from_pretrained(base, trust_remote_code=m.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise DomainptError(f"cannot load model config '{base}': {str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
+    tok = load_tokenizer(base, m.trust_remote_code)
+    vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", None)
+    if vocab is not None and len(tok) > vocab:
+        raise DomainptError(f"{base}: the tokenizer has {len(tok)} tokens but the model's embedding has {vocab} rows; "
+                            f"the tokenizer does not belong to this model")
+    max_pos = getattr(config, "max_position_embeddings", None)
+    for key, n in (("data.seq_len", recipe.data.seq_len), ("eval.ppl_window", recipe.eval.ppl_window)):
+        if max_pos and n > max_pos:
+            raise DomainptError(f"{key}={n} is longer than the model's context ({max_pos} positions, {base})")
+    objective = objective_for(config, m.objective)
+    if recipe.tasks:
+        check_lora_targets(recipe.lora.target_modules, module_names(config, objective, m.trust_remote_code), base)

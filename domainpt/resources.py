@@ -1,0 +1,30 @@
+"""Free-disk checks before large writes (checkpoints, token shards): fail with advice, not a half-written file."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from domainpt.errors import DomainptError
+
+GB = 1024 ** 3
+
+
+def free_bytes(path: Path) -> int:
+    path = Path(path)
+    while not path.exists():  # the folder may not exist yet: ask about the nearest parent
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def ensure_free_space(path: Path, needed: int, what: str, advice: str) -> None:
+    free = free_bytes(path)
+    if free < needed:
+        raise DomainptError(f"not enough free disk for {what} in {path}: about {needed / GB:.2f} GB needed, "
+                            f"{free / GB:.2f} GB free; {advice}")
+
+
+def checkpoint_bytes(model, optimizer_states_per_param: int = 2) -> int:
+    """Size of save_state: weights in their dtype plus AdamW's two fp32 moments for trainable weights, +10%."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    moments = sum(p.numel() * 4 * optimizer_states_per_param for p in model.parameters() if p.requires_grad)
+    return int((weights + moments) * 1.1) + 16 * 1024 ** 2
