@@ -27,7 +27,7 @@ GB = 1e9
 
 def offline_config(base: str, trust_remote_code: bool = False):
     """(config, where it came from) without network access."""
-    from transformers import AutoConfig, PretrainedConfig
+    from transformers import AutoConfig
 
     p = Path(base).expanduser()
     if p.is_dir():
@@ -125,7 +125,8 @@ def _n(x: float) -> str:
 
 
 def _src(s) -> str:
-    where = s.path or (f"builtin:{s.builtin}" if s.builtin else f"hf:{s.hf}" + (f" ({s.hf_config})" if s.hf_config else ""))
+    where = s.path or (f"builtin:{s.builtin}" if s.builtin else
+                       f"hf:{s.hf}" + (f" ({s.hf_config})" if s.hf_config else "") + (f" [{s.split}]" if s.split != "train" else ""))
     return where + (f", at most {s.max_docs:,} docs" if s.max_docs else "")
 
 

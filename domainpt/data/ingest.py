@@ -159,6 +159,18 @@ def _checked(rec, text_field: str, where: str, bad: BadRecords) -> Iterator[dict
         yield rec
 
 
+def field_value(rec: dict, dotted: str):
+    """`rec['a']['b']` for 'a.b'; a list of strings (e.g. PubMedQA's context.contexts) is joined by newlines."""
+    value = rec
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return "\n".join(value)
+    return value
+
+
 def iter_source(src, bad: BadRecords) -> Iterator[dict]:
     """Yield records of one SourceConfig, each with 'text' set from its text field."""
     if src.builtin:
@@ -174,7 +186,7 @@ def iter_source(src, bad: BadRecords) -> Iterator[dict]:
         if keep and not all(rec.get(k) in allowed for k, allowed in keep.items()):
             continue
         if src.text_field != "text":
-            rec = {**rec, "text": rec.get(src.text_field)}
+            rec = {**rec, "text": field_value(rec, src.text_field)}
         if not isinstance(rec.get("text"), str):
             bad.add(str(rec.get("id", src.name)), f"missing field '{src.text_field}'")
             continue
@@ -190,12 +202,17 @@ def iter_source(src, bad: BadRecords) -> Iterator[dict]:
 
 
 def _hf_records(src) -> Iterator[dict]:
+    """Stream a hub dataset (or a local dataset folder); class-label columns come back as their names."""
     import datasets
 
     try:
         ds = datasets.load_dataset(src.hf, src.hf_config, split=src.split, streaming=True)
     except Exception as e:  # network, auth or name errors all surface here
         raise DomainptError(f"cannot load hub dataset '{src.hf}': {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    names = {k: f for k, f in (ds.features or {}).items() if isinstance(f, datasets.ClassLabel)}
     for i, rec in enumerate(ds):
-        rec.setdefault("id", f"{src.hf}:{i}")
+        for k, f in names.items():
+            if isinstance(rec.get(k), int) and 0 <= rec[k] < f.num_classes:
+                rec[k] = f.int2str(rec[k])
+        rec.setdefault("id", f"{src.hf}:{src.split}:{i}")
         yield rec

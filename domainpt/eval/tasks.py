@@ -5,12 +5,13 @@ scores each choice's words after the prompt, and `answer` is the index of the ri
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections import defaultdict
 from pathlib import Path
 
-from domainpt.data.ingest import BadRecords, iter_source
+from domainpt.data.ingest import BadRecords, field_value, iter_source
 from domainpt.errors import DomainptError
 from domainpt.manifest import atomic_write_jsonl, read_jsonl
 
@@ -25,24 +26,33 @@ def _truncate(tokenizer, text: str, max_tokens: int) -> str:
     return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens]).rstrip() + " ..."
 
 
+def _prompt(task, record: dict, **fill) -> str:
+    """The task's prompt with {text}/{question} and any other top-level text field of the record filled in."""
+    fields = {k: v for k, v in record.items() if isinstance(v, str)}
+    try:
+        return task.prompt.format(**{**fields, **fill})
+    except (KeyError, IndexError) as e:
+        raise DomainptError(f"task '{task.name}': the prompt names {e} but the records have no such text field") from None
+
+
 def build_examples(task, tokenizer, bad: BadRecords, source=None, labels: list | None = None) -> tuple[list[dict], list | None]:
     """Examples of one task from `source` (default: task.source), and the label list (classification).
 
     `labels` fixes the label list (e.g. the training split's, when the test split is a separate file)."""
     src = source or task.source
+    if src.text_field == "text":  # the source's main text is the task's input field unless the source names one
+        src = dataclasses.replace(src, text_field=task.question_field if task.type == "multiple_choice" else task.text_field)
     where = f"task '{task.name}' ({src.path or src.builtin or src.hf})"
     examples = []
     if task.type == "classification":
         records = list(iter_source(src, bad))
         if not records:
             raise DomainptError(f"{where}: its source gave no records")
-        if any(task.label_field not in r for r in records):
+        if any(field_value(r, task.label_field) is None for r in records):
             raise DomainptError(f"{where}: records have no field '{task.label_field}'")
-        seen = sorted({str(r[task.label_field]) for r in records})
+        seen = sorted({str(field_value(r, task.label_field)) for r in records})
         if labels is not None and not task.labels:
-            unknown = [l for l in seen if l not in labels]
-            if unknown:
-                raise DomainptError(f"{where}: test labels {unknown} never occur in the training source")
+            labels = labels + [l for l in seen if l not in labels]  # a label only the test set has still gets a choice
         labels = list(task.labels) if task.labels else (labels or seen)
         verb = dict(task.verbalizers or {})
         extra = [l for l in verb if l not in labels]
@@ -57,25 +67,30 @@ def build_examples(task, tokenizer, bad: BadRecords, source=None, labels: list |
                 raise DomainptError(f"{where}: labels {absent} do not occur in field '{task.label_field}'")
         choices = [" " + verb.get(l, l) for l in labels]
         for r in records:
-            lab = str(r[task.label_field])
+            lab = str(field_value(r, task.label_field))
             if lab not in labels:
                 continue
-            text = r[task.text_field] if task.text_field in r else r["text"]
+            text = field_value(r, task.text_field) if field_value(r, task.text_field) is not None else r["text"]
             examples.append({"id": str(r.get("id")), "text": text, "label": lab,
-                             "prompt": task.prompt.format(text=_truncate(tokenizer, text, task.max_prompt_tokens)),
+                             "prompt": _prompt(task, r, text=_truncate(tokenizer, text, task.max_prompt_tokens)),
                              "choices": choices, "answer": labels.index(lab)})
     else:
         for r in iter_source(src, bad):
             try:
-                q, ch, a = r[task.question_field], list(r[task.choices_field]), int(r[task.answer_field])
+                q, a = field_value(r, task.question_field), int(field_value(r, task.answer_field))
+                cf = task.choices_field
+                ch = [field_value(r, f) for f in cf] if isinstance(cf, list) else list(field_value(r, cf))
+                if not isinstance(q, str) or any(c is None for c in ch):
+                    raise TypeError
             except (KeyError, TypeError, ValueError):
                 bad.add(str(r.get("id")), f"multiple-choice record lacks {task.question_field}/{task.choices_field}/{task.answer_field}")
                 continue
             if not 0 <= a < len(ch):
                 bad.add(str(r.get("id")), "answer index out of range")
                 continue
+            short = _truncate(tokenizer, q, task.max_prompt_tokens)
             examples.append({"id": str(r.get("id")), "text": q, "label": str(a),
-                             "prompt": task.prompt.format(question=_truncate(tokenizer, q, task.max_prompt_tokens), text=q),
+                             "prompt": _prompt(task, r, question=short, text=short),
                              "choices": [" " + str(c) for c in ch], "answer": a})
     if not examples:
         raise DomainptError(f"{where}: no usable examples")
@@ -92,7 +107,10 @@ def task_splits(task, tokenizer, bad: BadRecords, seed: int) -> tuple[list, list
         train, test = split_examples(examples, task.test_size, task.train_size, seed)
         policy = "drop"
     else:
-        test_ex, _ = build_examples(task, tokenizer, bad, task.test_source, labels)
+        test_ex, all_labels = build_examples(task, tokenizer, bad, task.test_source, labels)
+        if task.type == "classification" and all_labels != labels:  # same choices, same order, for both splits
+            for e in examples:
+                e["choices"], e["answer"] = test_ex[0]["choices"], all_labels.index(e["label"])
         test = sorted(test_ex, key=lambda e: seeded_rank(seed + 2, e["id"]))[:task.test_size]
         train = sorted(examples, key=lambda e: seeded_rank(seed + 1, e["id"]))[:task.train_size]
         policy = task.train_test_overlap
