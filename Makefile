@@ -1,11 +1,11 @@
 # make demo   — set up .venv if needed, then run the legal demo end to end (offline, CPU, ~18 min)
-# make test   — set up .venv if needed, then run the test suite (~6 min on 2 cores)
+# make test   — set up .venv (and chromium) if needed, then run the test suite (~10 min on 2 cores)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.domainpt-setup
 DEMO ?= recipes/demo/legal.yaml
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean browser
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -20,7 +20,15 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m domainpt run $(DEMO)
 
-test: $(STAMP)
+# The report test opens report.html in headless Chromium: Debian's package, installed when missing (root + apt only).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium for the report screenshot test"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1) || \
+	  echo "could not install chromium: the screenshot test will be skipped (or fail under DOMAINPT_REQUIRE_CHROMIUM)"; fi
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
 clean:

@@ -4,6 +4,7 @@
     domainpt pretrain recipes/demo/legal.yaml train.max_steps=20
     torchrun --nproc_per_node 2 -m domainpt pretrain recipes/demo/tiny.yaml
     domainpt run recipes/medical.yaml --dry-run --processes 8   # the plan and its cost; nothing runs
+    domainpt compare runs/medical runs/legal --to runs/cmp     # several finished runs in one report
     domainpt keys                                       # every recipe key with its default and meaning
 
 Problems the user can fix end with a one-line `domainpt: error: ...` and exit code 2.
@@ -15,6 +16,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 from domainpt.config import field_docs, load_recipe
 from domainpt.errors import DomainptError
@@ -78,9 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name in STAGES + ("run",):
         s = sub.add_parser(name, help=f"run the {name} stage" if name != "run" else "run every stage, skipping finished ones")
-        s.add_argument("recipe", help="recipe YAML file")
+        s.add_argument("recipe", help="recipe YAML file" + (" (or, for compare, two or more run folders)" if name == "compare" else ""))
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=20")
         s.add_argument("--force", action="store_true", help="redo this stage (and invalidate the later ones)")
+        if name == "compare":
+            s.add_argument("--to", default=None, help="with several RUN_DIRs: the folder for the joint report")
         if name == "run":
             s.add_argument("--dry-run", action="store_true", help="validate the recipe and print the plan: steps, tokens, "
                                                                  "FLOPs, GPU-hours, disk; downloads and writes nothing")
@@ -105,6 +109,14 @@ def main(argv=None) -> None:
 
             for p in write_cards([load_recipe(r) for r in args.recipes], args.to):
                 print(f"[domainpt] wrote {p}")
+            return
+        if args.command == "compare" and Path(args.recipe).is_dir():  # domainpt compare RUN_DIR RUN_DIR ...
+            from domainpt.report.multi import compare_runs
+
+            runs = [args.recipe, *args.overrides]
+            to = Path(args.to or Path(args.recipe).parent / "comparison")
+            compare_runs(runs, to)
+            print(f"[domainpt] compared {len(runs)} runs: {to / 'report.html'} (also report.md, results.json, cost_vs_gain.png)")
             return
         recipe = load_recipe(args.recipe, args.overrides)
         if getattr(args, "dry_run", False):

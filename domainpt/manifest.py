@@ -9,8 +9,10 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -130,6 +132,7 @@ def write_manifest(recipe, stage: str, started: float, **extra) -> dict:
         "host": socket.gethostname(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "wall_s": round(time.time() - started, 3),
+        "command": " ".join(["domainpt"] + [shlex.quote(a) for a in sys.argv[1:]]),
         **extra,
     }
     atomic_write_json(stage_dir(recipe, stage) / "manifest.json", m)

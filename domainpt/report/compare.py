@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from domainpt.flops import PEAK_FLOPS
-from domainpt.manifest import STAGES, atomic_write_json, atomic_write_text, read_manifest, require_done, stage_dir, versions, write_manifest
+from domainpt.manifest import (STAGES, atomic_write_json, atomic_write_text, file_sha256, read_manifest, require_done, stage_dir,
+                               versions, write_manifest)
 from domainpt.report import plots
 from domainpt.report.render import Section, to_html, to_markdown
 from domainpt.report.stats import bootstrap_mean, paired_difference
@@ -71,6 +72,13 @@ def stage_costs(recipe) -> dict:
     return out
 
 
+def data_hashes(recipe) -> dict:
+    """SHA-256 of everything the comparison rests on: the training tokens, held-out texts, task splits."""
+    prep = stage_dir(recipe, "prepare")
+    files = [prep / "train" / "tokens.bin", *sorted(prep.glob("heldout_*.jsonl")), *sorted((prep / "tasks").rglob("*.jsonl"))]
+    return {str(f.relative_to(prep)): file_sha256(f) for f in files if f.is_file()}
+
+
 def build_results(recipe) -> dict:
     scores = json.loads((stage_dir(recipe, "evaluate") / "scores.json").read_text())
     ppl = {k: {m: v[m]["ppl"] for m in v} for k, v in scores["perplexity"].items()}
@@ -83,6 +91,13 @@ def build_results(recipe) -> dict:
     pre_flops = pre.get("flops", 0.0)
     peak = PEAK_FLOPS.get(recipe.report.gpu)
     est_gpu_h = pre_flops / (peak * 0.4) / 3600 if peak else None  # at 40% MFU, a good large-scale figure
+    mfu = recipe.report.assumed_mfu
+    est_gpu_h_assumed = pre_flops / (peak * mfu) / 3600 if peak else None
+    curve = [json.loads(l) for l in open(stage_dir(recipe, "pretrain") / "metrics.jsonl")] \
+        if (stage_dir(recipe, "pretrain") / "metrics.jsonl").is_file() else []
+    measured_mfu = [m["mfu"] for m in curve if m.get("mfu")]
+    gpu_h = pre.get("gpu_hours") or est_gpu_h_assumed
+    mean_gain = float(np.mean(gains)) if gains else None
     return {
         "schema_version": SCHEMA_VERSION,
         "name": recipe.name,
@@ -98,12 +113,19 @@ def build_results(recipe) -> dict:
                  "pretrain_gpu_hours": pre.get("gpu_hours", 0.0),
                  "gpu_for_estimate": recipe.report.gpu,
                  "pretrain_gpu_hours_estimate_at_40pct_mfu": est_gpu_h,
-                 "mean_task_gain": float(np.mean(gains)) if gains else None,
-                 "mean_task_gain_per_pflop": float(np.mean(gains)) / (pre_flops / 1e15) if gains and pre_flops else None},
+                 "mean_task_gain": mean_gain,
+                 "mean_task_gain_per_pflop": mean_gain / (pre_flops / 1e15) if gains and pre_flops else None,
+                 "assumed_mfu": mfu, "pretrain_gpu_hours_estimate": est_gpu_h_assumed,
+                 "measured_mfu": float(np.median(measured_mfu)) if measured_mfu else None,
+                 "gpu_hours_basis": "measured" if pre.get("gpu_hours") else f"estimate on {recipe.report.gpu} at {mfu:.0%} MFU",
+                 "mean_task_gain_per_gpu_hour": mean_gain / gpu_h if gains and gpu_h else None},
         "data": {k: prep_stats.get(k) for k in ("documents_in", "documents_out", "tokens_out", "exact_duplicates_removed",
                                                    "near_duplicates_removed", "contaminated_found", "contaminated_removed",
                                                    "pii_replaced", "replay_share_actual", "sources")},
         "pretrain_eval_history": pre.get("eval_history", []),
+        "training_curve": [{"step": m["step"], "loss": m["loss"]} for m in curve],
+        "data_hashes": data_hashes(recipe),
+        "stage_commands": {s: (read_manifest(recipe, s) or {}).get("command") for s in STAGES[:-1]},
         "confidence": recipe.report.confidence,
         "versions": versions(),
         "recipe": recipe.to_dict(),
@@ -118,7 +140,7 @@ def _fmt(e: dict | None, pct: bool = True) -> str:
     return f"{f(e['mean'])} [{f(e['ci'][0])}, {f(e['ci'][1])}]"
 
 
-def sections(res: dict, out: Path, metrics: list[dict]) -> list[Section]:
+def sections(res: dict, out: Path) -> list[Section]:
     level = int(round(res["confidence"] * 100))
     p = res["perplexity"]
     secs = []
@@ -137,6 +159,13 @@ def sections(res: dict, out: Path, metrics: list[dict]) -> list[Section]:
         g = p["general"]
         verdict.insert(1, f"Held-out **general** perplexity (forgetting): {g['general_model']:.2f} → {g['domain_model']:.2f} "
                           f"({100 * (g['domain_model'] / g['general_model'] - 1):+.1f}%).")
+    secs.append(Section("How to read this report", [
+        f"The *general model* is the checkpoint the run started from; the *domain model* is the same checkpoint after continued "
+        f"pre-training on {res['domain']} text. Both were then fine-tuned on each task with LoRA (small adapter weights) under "
+        "identical settings, and scored on the same held-out test examples.",
+        "Perplexity measures how well a model predicts held-out text (lower is better): domain text shows what was gained, "
+        "general text what was forgotten. Task differences are domain minus general in percentage points; the interval is "
+        f"a {level}% bootstrap interval — when it includes zero, the data do not show a reliable difference."]))
     secs.append(Section("Verdict", verdict + [
         "Both models were fine-tuned with the same LoRA settings, seeds, data order and step budget; only the starting "
         "weights differ. Intervals: percentile bootstrap over test examples, paired across models and averaged over seeds."]))
@@ -157,26 +186,46 @@ def sections(res: dict, out: Path, metrics: list[dict]) -> list[Section]:
     secs.append(Section("Tasks", [f"Scores in percent with {level}% intervals." + (" Majority-label baseline — " + "; ".join(base) + "." if base else "")],
                         (["task", "metric", "general zero-shot", "domain zero-shot", "general + LoRA", "domain + LoRA",
                           "difference (domain - general)", "p"], rows), imgs))
-    if metrics:
-        secs.append(Section("Training curve", ["Training loss, and held-out perplexities measured during continued pre-training."],
-                            images=[("training curves", plots.training_curves(metrics, res["pretrain_eval_history"], out / "training.png"))]))
+    if res.get("training_curve"):
+        secs.append(Section("Training curve", ["Training loss, and held-out perplexities measured during continued pre-training "
+                                               "(the forgetting curve: general perplexity should not climb)."],
+                            images=[("training curves", plots.training_curves(res["training_curve"], res["pretrain_eval_history"],
+                                                                              out / "training.png"))]))
     c, st = res["cost"], res["stages"]
     rows = [[s, f"{v['tokens']:,}", f"{v['wall_s']:.1f}", f"{v.get('flops', 0):.3g}" if v.get("flops") else "—",
              f"{v.get('gpu_hours', 0):.3f}"] for s, v in st.items()]
-    secs.append(Section("Cost", [f"Continued pre-training processed {c['pretrain_tokens']:,} tokens ({c['pretrain_flops']:.3g} FLOPs) "
-                                 f"on {c['pretrain_device']}. The same FLOPs on one {c['gpu_for_estimate']} at 40% MFU would take "
-                                 f"{(c['pretrain_gpu_hours_estimate_at_40pct_mfu'] or 0) * 3600:.3g} GPU-seconds.",
-                                 f"Mean task gain per PFLOP of pre-training: {c['mean_task_gain_per_pflop']:.4g}" if c["mean_task_gain_per_pflop"] is not None else ""],
-                        (["stage", "tokens", "wall s", "FLOPs", "GPU-hours"], rows)))
+    est = c.get("pretrain_gpu_hours_estimate", c["pretrain_gpu_hours_estimate_at_40pct_mfu"])
+    cost_lines = [f"Continued pre-training processed {c['pretrain_tokens']:,} tokens ({c['pretrain_flops']:.3g} FLOPs) "
+                  f"on {c['pretrain_device']}" + (f", at a median MFU of {c['measured_mfu']:.1%}." if c.get("measured_mfu") else
+                                                  f"; the same FLOPs on one {c['gpu_for_estimate']} at {c.get('assumed_mfu', 0.4):.0%} MFU "
+                                                  f"would take {(est or 0):.3g} GPU-hours.")]
+    if c.get("mean_task_gain_per_gpu_hour") is not None:
+        cost_lines.append(f"Mean task gain: {100 * c['mean_task_gain']:+.2f} points, i.e. {100 * c['mean_task_gain_per_gpu_hour']:+.3g} "
+                          f"points per GPU-hour of pre-training ({c.get('gpu_hours_basis', '')}); "
+                          f"{100 * c['mean_task_gain_per_pflop']:+.3g} points per PFLOP.")
+    secs.append(Section("Cost", cost_lines, (["stage", "tokens", "wall s", "FLOPs", "GPU-hours"], rows)))
     d = res["data"]
     secs.append(Section("Data", [f"{d['documents_in']:,} documents read, {d['documents_out']:,} trained on ({d['tokens_out']:,} tokens); "
                                  f"{d['exact_duplicates_removed']} exact and {d['near_duplicates_removed']} near duplicates removed; "
                                  f"{d['contaminated_found']} documents overlapped evaluation texts ({d['contaminated_removed']} dropped); "
                                  f"PII replaced: {d['pii_replaced']}; replay share {d['replay_share_actual']:.1%}. "
                                  "See prepare/data_card.md."]))
-    secs.append(Section("Reproducibility", [f"Command: `{res['command']}`", f"Versions: {json.dumps(res['versions'])}"],
-                        code=json.dumps(res["recipe"], indent=2)))
+    repro = [f"Report command: `{res['command']}`"]
+    repro += [f"{s}: `{cmd}`" for s, cmd in res.get("stage_commands", {}).items() if cmd]
+    repro += [f"Versions: {json.dumps(res['versions'])}"]
+    repro += ["Data (SHA-256): " + "; ".join(f"{k} {v[:16]}" for k, v in res.get("data_hashes", {}).items())]
+    secs.append(Section("Reproducibility", repro + ["The recipe:"], code=json.dumps(res["recipe"], indent=2)))
     return secs
+
+
+def render_report(res: dict, out: Path) -> None:
+    """report.md and report.html (with PNG plots, inlined in the HTML) from a results.json dict alone."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    secs = sections(res, out)
+    title = f"domainpt report: {res['name']} ({res['domain']})"
+    atomic_write_text(out / "report.md", to_markdown(title, secs))
+    atomic_write_text(out / "report.html", to_html(title, secs))
 
 
 def run_compare(recipe) -> dict:
@@ -185,13 +234,8 @@ def run_compare(recipe) -> dict:
     out = stage_dir(recipe, "compare")
     out.mkdir(parents=True, exist_ok=True)
     res = build_results(recipe)
-    mpath = stage_dir(recipe, "pretrain") / "metrics.jsonl"
-    metrics = [json.loads(l) for l in open(mpath)] if mpath.is_file() else []
-    secs = sections(res, out, metrics)
-    title = f"domainpt report: {recipe.name} ({recipe.domain})"
     atomic_write_json(out / "results.json", res)
-    atomic_write_text(out / "report.md", to_markdown(title, secs))
-    atomic_write_text(out / "report.html", to_html(title, secs))
+    render_report(res, out)
     return write_manifest(recipe, "compare", started, tokens=0)
 
 

@@ -13,7 +13,8 @@ def training_curves(metrics: list[dict], history: list[dict], path: Path) -> Pat
     """Training loss and the held-out domain/general perplexities over steps (the forgetting curve);
     `history` holds the held-out checks, including the one before the first step."""
     fig, ax1 = plt.subplots(figsize=(7, 3.5))
-    ax1.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], color="#888888", lw=1, label="training loss")
+    good = [m for m in metrics if m.get("loss") is not None]  # skipped (NaN) steps carry no loss
+    ax1.plot([m["step"] for m in good], [m["loss"] for m in good], color="#888888", lw=1, label="training loss")
     ax1.set_xlabel("optimizer step")
     ax1.set_ylabel("training loss")
     ax2 = ax1.twinx()
