@@ -129,7 +129,8 @@ class DataConfig:
 @dataclass
 class TaskConfig:
     name: str = _f(None, "Task name used in results and reports.")
-    type: str = _f("classification", "'classification' (text -> label) or 'multiple_choice' (question, choices, answer).")
+    type: str = _f("classification", "'classification' (text -> label), 'multiple_choice' (question, choices, answer) or "
+                                      "'qa' (question, context, answers: a short answer generated and scored by exact match / token F1).")
     source: SourceConfig = _f(None, "Where the task's records come from (split into train and test unless test_source is set).")
     test_source: SourceConfig | None = _f(None, "A separate test set (e.g. a benchmark's official test split).")
     train_test_overlap: str = _f("error", "With test_source: training examples whose text is in the test set are an 'error' or are 'drop'ped.")
@@ -138,6 +139,9 @@ class TaskConfig:
     question_field: str = _f("question", "Question field (multiple choice).")
     choices_field: Any = _f("choices", "List-of-choices field, or a list of fields holding one choice each (multiple choice).")
     answer_field: str = _f("answer", "Index of the right choice (multiple choice).")
+    context_field: str = _f("context", "Passage the answer comes from (qa; may be absent for closed-book questions).")
+    answers_field: str = _f("answers", "Accepted answers (qa): a string, a list of strings, or SQuAD's {text: [...]}.")
+    max_answer_tokens: int = _f(32, "Tokens generated for a qa answer (greedy, stopped at end-of-text or a newline).")
     labels: list | None = _f(None, "Keep only these labels (default: all). Their order fixes the label ids.")
     verbalizers: dict | None = _f(None, "label -> words the model must produce (default: the label itself).")
     prompt: str = _f("{text}\nAnswer:", "Prompt template: {text} or {question} (truncated to max_prompt_tokens) and any other "
@@ -145,19 +149,25 @@ class TaskConfig:
     max_prompt_tokens: int = _f(128, "Truncate the input text so the prompt fits this many tokens.")
     test_size: int = _f(100, "Test examples (stratified by label, chosen by a seeded hash).")
     train_size: int = _f(400, "Training examples (the rest after the test split, capped).")
-    metric: str = _f("accuracy", "Main metric: accuracy or f1 (macro).")
+    metric: str = _f("accuracy", "Main metric: accuracy or f1 (macro) for classification and multiple choice; "
+                                 "token_f1 (the qa default) or exact_match for qa.")
 
     def __post_init__(self):
         if not self.name:
             raise ValueError("name is required")
-        if self.type not in ("classification", "multiple_choice"):
-            raise ValueError("type must be classification or multiple_choice")
+        if self.type not in ("classification", "multiple_choice", "qa"):
+            raise ValueError("type must be classification, multiple_choice or qa")
+        if self.type == "qa" and self.metric == "accuracy":
+            self.metric = "token_f1"
         if self.source is None:
             raise ValueError("source is required")
         if self.train_test_overlap not in ("error", "drop"):
             raise ValueError("train_test_overlap must be error or drop")
-        if self.metric not in ("accuracy", "f1"):
-            raise ValueError("metric must be accuracy or f1")
+        allowed = ("exact_match", "token_f1") if self.type == "qa" else ("accuracy", "f1")
+        if self.metric not in allowed:
+            raise ValueError(f"metric must be {' or '.join(allowed)} for a {self.type} task")
+        if self.max_answer_tokens <= 0:
+            raise ValueError("max_answer_tokens must be > 0")
         if self.test_size <= 0 or self.train_size <= 0 or self.max_prompt_tokens <= 0:
             raise ValueError("test_size, train_size and max_prompt_tokens must be > 0")
 
@@ -180,6 +190,11 @@ class ModelConfig:
             raise ValueError("objective must be auto, clm or mlm")
 
 
+# Accelerate tracker name -> the module it needs.
+TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml", "aim": "aim",
+                   "clearml": "clearml", "dvclive": "dvclive"}
+
+
 @dataclass
 class TrainConfig:
     max_steps: int = _f(100, "Optimizer steps of continued pre-training.")
@@ -187,7 +202,9 @@ class TrainConfig:
     grad_accum: int = _f(1, "Micro-batches per optimizer step.")
     lr: float = _f(1e-4, "Peak learning rate (continued pre-training uses ~10x lower than from scratch).")
     min_lr_ratio: float = _f(0.1, "Final LR as a share of the peak (cosine/WSD).")
-    warmup_steps: int = _f(10, "Linear re-warm-up steps.")
+    warmup_steps: int = _f(10, "Linear re-warm-up steps (0 = start at the peak LR: no re-warming).")
+    warmup_start_lr: float = _f(0.0, "LR the warm-up starts from: 0, or the base checkpoint's final LR to re-warm from where "
+                                     "its pre-training ended (Ibrahim et al. 2024 compare both).")
     schedule: str = _f("cosine", "'cosine', 'wsd' (warm-up, stable, decay) or 'constant'.")
     decay_share: float = _f(0.2, "WSD: share of steps spent decaying.")
     weight_decay: float = _f(0.1, "AdamW weight decay (not applied to norms and biases).")
@@ -205,6 +222,8 @@ class TrainConfig:
                                   "checkpoint and skip past the batches that caused it, or 'stop'.")
     max_bad_steps: int = _f(5, "Stop with an error after this many bad steps in a row.")
     log_every: int = _f(1, "Steps between progress-bar updates.")
+    report_to: list = _f([], "Accelerate trackers that also get every metrics.jsonl line: tensorboard, wandb, mlflow, "
+                             "comet_ml, aim, clearml, dvclive (each needs its package).")
     seed: int = _f(0, "Seed for data order and dropout.")
 
     def __post_init__(self):
@@ -217,11 +236,30 @@ class TrainConfig:
             raise ValueError("schedule must be cosine, wsd or constant")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError("mixed_precision must be auto, no, bf16 or fp16")
+        if not 0 <= self.warmup_start_lr <= self.lr:
+            raise ValueError("warmup_start_lr must be in [0, lr]")
+        unknown = [t for t in self.report_to if t not in TRACKER_MODULES]
+        if unknown:
+            raise ValueError(f"report_to: unknown tracker {unknown[0]!r} (known: {', '.join(TRACKER_MODULES)})")
         if self.on_bad_step not in ("skip", "rollback", "stop"):
             raise ValueError("on_bad_step must be skip, rollback or stop")
         for k in ("warmup_steps", "eval_every", "save_every", "weight_decay", "grad_clip"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must be >= 0")
+
+
+@dataclass
+class TokenizerConfig:
+    extend: bool = _f(False, "Add frequent domain words that the tokenizer splits into many pieces as new tokens "
+                             "(mean-of-pieces init) before continued pre-training.")
+    max_new_tokens: int = _f(500, "At most this many new tokens.")
+    min_count: int = _f(20, "A word must occur at least this often in the sampled domain text.")
+    min_pieces: int = _f(3, "A word must currently take at least this many tokens.")
+    sample_docs: int = _f(20000, "Domain documents scanned for candidate words.")
+
+    def __post_init__(self):
+        if self.max_new_tokens <= 0 or self.min_count <= 0 or self.min_pieces < 2 or self.sample_docs <= 0:
+            raise ValueError("need max_new_tokens, min_count, sample_docs > 0 and min_pieces >= 2")
 
 
 @dataclass
@@ -234,6 +272,10 @@ class LoraConfig:
     batch_size: int = _f(8, "Examples per step.")
     lr: float = _f(2e-4, "Learning rate (linear decay after 10% warm-up).")
     seeds: list = _f([0, 1, 2], "One fine-tuning run per seed, for both models.")
+    merge_export: bool = _f(False, "Also save every adapter merged into its base model (adapter's sibling merged/, safetensors), "
+                                   "for serving without peft; one full model per task, model and seed.")
+    train_new_tokens: bool = _f(False, "With tokenizer.extend: also train the new tokens' embedding rows during LoRA "
+                                       "(peft trainable_token_indices; the general model has none).")
 
     def __post_init__(self):
         if self.r <= 0 or self.steps <= 0 or self.batch_size <= 0 or not self.seeds:
@@ -246,11 +288,15 @@ class EvalConfig:
     ppl_stride: int = _f(256, "Sliding-window stride (tokens scored per window after the first).")
     ppl_max_tokens: int = _f(20000, "Held-out tokens scored per kind (domain, general).")
     zero_shot: bool = _f(True, "Score both base models on every task before fine-tuning.")
+    few_shot: int = _f(0, "Training examples (prompt + answer) shown before each test prompt in that scoring before "
+                          "fine-tuning: 0 = zero-shot, k = k-shot; the same examples for both models.")
     batch_size: int = _f(8, "Sequences per forward pass.")
 
     def __post_init__(self):
         if not 0 < self.ppl_stride <= self.ppl_window:
             raise ValueError("need 0 < ppl_stride <= ppl_window")
+        if self.few_shot < 0:
+            raise ValueError("few_shot must be >= 0")
 
 
 @dataclass
@@ -274,6 +320,7 @@ class Recipe:
     model: ModelConfig = _f(None, "The general checkpoint.")
     data: DataConfig = _f(None, "Corpora and the prepare pipeline.")
     tasks: list = _f([], "Domain tasks for fine-tuning and evaluation.")
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig, metadata={"help": "Optional vocabulary extension."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Continued pre-training."})
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA fine-tuning."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
@@ -294,7 +341,12 @@ class Recipe:
         """Stable hash of some sections, counting only values that differ from the defaults: a finished
         stage stays valid when a newer domainpt adds keys with defaults."""
         d = {k: _non_default(getattr(self, k)) for k in sections}
+        d = {k: v for k, v in d.items() if not (k in _LATER_SECTIONS and v == {})}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# Sections added after the first release: left at their defaults they do not change a run's fingerprint.
+_LATER_SECTIONS = {"tokenizer"}
 
 
 def _non_default(obj):

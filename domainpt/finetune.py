@@ -34,14 +34,16 @@ def model_paths(recipe) -> dict:
     return {"general_model": prep["base_model"], "domain_model": str(stage_dir(recipe, "pretrain") / "model")}
 
 
-def lora_config(recipe, model):
+def lora_config(recipe, model, new_token_ids: list[int] | None = None):
+    """peft LoraConfig; `new_token_ids` (an extended vocabulary) also get their embedding rows trained."""
     from peft import LoraConfig, TaskType
 
     lc = recipe.lora
     targets = lc.target_modules
     check_lora_targets(targets, {n.split(".")[-1] for n, _ in model.named_modules() if n}, model.name_or_path)
+    extra = {"trainable_token_indices": list(new_token_ids)} if new_token_ids else {}
     return LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
-                      task_type=TaskType.CAUSAL_LM)
+                      task_type=TaskType.CAUSAL_LM, **extra)
 
 
 def training_features(tokenizer, examples: list[dict], bos: int, eot: int) -> list[tuple[list[int], int]]:
@@ -78,7 +80,7 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1), ignore_index=-100)
 
 
-def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str) -> dict:
+def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str, new_token_ids=None) -> dict:
     """One LoRA run; returns its log. Deterministic given the seed (data order and LoRA init)."""
     from peft import get_peft_model
 
@@ -86,7 +88,7 @@ def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(base_path, "clm", recipe.model.trust_remote_code).to(device)
     torch.manual_seed(seed)
-    model = get_peft_model(model, lora_config(recipe, model))
+    model = get_peft_model(model, lora_config(recipe, model, new_token_ids))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lc.lr, weight_decay=0.0)
     warm = max(1, lc.steps // 10)
@@ -112,6 +114,11 @@ def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str
     tmp = out.parent / f".{out.name}.tmp"
     model.save_pretrained(tmp)
     tmp.rename(out)
+    if lc.merge_export:  # the adapter folded into the base weights: a plain model for serving
+        merged, tmp = out.parent / "merged", out.parent / ".merged.tmp"
+        model.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+        load_tokenizer(base_path, recipe.model.trust_remote_code).save_pretrained(tmp)
+        tmp.rename(merged)
     return {"losses": losses, "tokens": tokens, "wall_s": round(time.time() - t0, 3)}
 
 
@@ -121,12 +128,17 @@ def run_finetune(recipe) -> dict:
     prep_dir = stage_dir(recipe, "prepare")
     out = stage_dir(recipe, "finetune")
     out.mkdir(parents=True, exist_ok=True)
-    tok = load_tokenizer(paths["general_model"], recipe.model.trust_remote_code)
-    bos = eot = end_of_text_id(tok)
+    # Each model reads the examples with its own tokenizer (the domain model's may be extended).
+    toks = {m: load_tokenizer(paths[m], recipe.model.trust_remote_code) for m in MODELS}
+    prep = require_done(recipe, "prepare", "finetune")
+    new_ids = {"general_model": None, "domain_model": prep.get("added_token_ids") if recipe.lora.train_new_tokens else None}
     runs, tokens = {}, 0
     for task in recipe.tasks:
-        feats = training_features(tok, read_split(prep_dir / "tasks" / task.name, "train"), bos, eot)
+        examples = read_split(prep_dir / "tasks" / task.name, "train")
         for model_name in MODELS:
+            tok = toks[model_name]
+            bos = eot = end_of_text_id(tok)
+            feats = training_features(tok, examples, bos, eot)
             for seed in recipe.lora.seeds:
                 run_dir = out / task.name / model_name / f"seed{seed}"
                 log_path = run_dir / "train_log.json"
@@ -135,10 +147,11 @@ def run_finetune(recipe) -> dict:
                 else:
                     run_dir.mkdir(parents=True, exist_ok=True)
                     adapter = run_dir / "adapter"
-                    if adapter.exists():
-                        shutil.rmtree(adapter)
+                    for stale in (adapter, run_dir / "merged"):
+                        if stale.exists():
+                            shutil.rmtree(stale)
                     log = train_adapter(recipe, paths[model_name], feats, seed, adapter,
-                                        desc=f"lora {task.name} {model_name} seed{seed}")
+                                        desc=f"lora {task.name} {model_name} seed{seed}", new_token_ids=new_ids[model_name])
                     atomic_write_json(log_path, log)
                 runs[f"{task.name}/{model_name}/seed{seed}"] = {"first_loss": log["losses"][0], "last_loss": log["losses"][-1],
                                                                   "tokens": log["tokens"], "wall_s": log["wall_s"]}

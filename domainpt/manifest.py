@@ -24,11 +24,11 @@ from domainpt.errors import DomainptError
 STAGES = ("prepare", "pretrain", "finetune", "evaluate", "compare")
 # Which recipe sections each stage depends on: changing one invalidates the stage and all after it.
 STAGE_SECTIONS = {
-    "prepare": ("model", "data", "tasks"),
-    "pretrain": ("model", "data", "tasks", "train"),
-    "finetune": ("model", "data", "tasks", "train", "lora"),
-    "evaluate": ("model", "data", "tasks", "train", "lora", "eval"),
-    "compare": ("model", "data", "tasks", "train", "lora", "eval", "report"),
+    "prepare": ("model", "data", "tasks", "tokenizer"),
+    "pretrain": ("model", "data", "tasks", "tokenizer", "train"),
+    "finetune": ("model", "data", "tasks", "tokenizer", "train", "lora"),
+    "evaluate": ("model", "data", "tasks", "tokenizer", "train", "lora", "eval"),
+    "compare": ("model", "data", "tasks", "tokenizer", "train", "lora", "eval", "report"),
 }
 _PACKAGES = ("domainpt", "torch", "transformers", "peft", "accelerate", "datasets", "evaluate", "numpy")
 

@@ -85,6 +85,34 @@ def _take_weighted(docs_by_source: dict, weights: dict, token_counts: dict) -> l
     return out
 
 
+def extend_for_domain(recipe, base: str, tok, domain: list[dict], heldout_domain: list[dict], out: Path):
+    """New tokens for frequent, badly split domain words -> out/extended_model (the model pretrain starts from)."""
+    from domainpt.models import load_model, objective_for
+    from domainpt.tokenizer import candidate_words, extend_vocabulary, tokens_per_word
+    from transformers import AutoConfig
+
+    tc = recipe.tokenizer
+    texts = [d["text"] for d in domain[:tc.sample_docs]]
+    probe = [d["text"] for d in heldout_domain] or texts[:200]
+    before = tokens_per_word(tok, probe)
+    words = candidate_words(tok, texts, tc.max_new_tokens, tc.min_count, tc.min_pieces)
+    if not words:
+        raise DomainptError(f"tokenizer.extend: no domain word occurs {tc.min_count}+ times and takes {tc.min_pieces}+ tokens; "
+                            f"lower tokenizer.min_count or tokenizer.min_pieces, or turn extension off")
+    config = AutoConfig.from_pretrained(base, trust_remote_code=recipe.model.trust_remote_code)
+    model = load_model(base, objective_for(config, recipe.model.objective), recipe.model.trust_remote_code)
+    new_ids = extend_vocabulary(model, tok, [w["word"] for w in words])
+    target = out / "extended_model"
+    tmp = out / ".extended_model.tmp"
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    tmp.rename(target)
+    print(f"[domainpt] vocabulary extension: {len(new_ids)} tokens added; tokens per domain word "
+          f"{before:.3f} -> {tokens_per_word(tok, probe):.3f}", flush=True)
+    return str(target), tok, {"added": len(new_ids), "new_token_ids": new_ids, "words": words,
+                              "tokens_per_word_before": round(before, 4), "tokens_per_word_after": round(tokens_per_word(tok, probe), 4)}
+
+
 def run_prepare(recipe) -> dict:
     started = time.time()
     for src in recipe.data.domain + recipe.data.general + [s for t in recipe.tasks for s in (t.source, t.test_source) if s]:
@@ -143,6 +171,10 @@ def run_prepare(recipe) -> dict:
         domain, general = kept["domain"], kept["general"]
     if not domain:
         raise DomainptError("no domain documents left for training after cleaning, dedup and decontamination")
+
+    pretrain_init, vocab = base, None
+    if recipe.tokenizer.extend:
+        pretrain_init, tok, vocab = extend_for_domain(recipe, base, tok, domain, heldout.get("domain", []), out)
 
     # Tokenize, weight the domain sources, add replay, shuffle documents, pack.
     all_docs = domain + general
@@ -208,7 +240,10 @@ def run_prepare(recipe) -> dict:
         "base_model": base,
         "doc_lengths": [token_counts[id(d)] for d in train_docs],
     }
+    if vocab:
+        stats["vocabulary_extension"] = vocab
     atomic_write_json(out / "stats.json", {k: v for k, v in stats.items() if k != "doc_lengths"})
     write_card(out, recipe, stats, removed_samples, domain, general, tok)
-    return write_manifest(recipe, "prepare", started, tokens=pack_meta["tokens"], base_model=base,
+    return write_manifest(recipe, "prepare", started, tokens=pack_meta["tokens"], base_model=base, pretrain_init=pretrain_init,
+                          added_token_ids=vocab["new_token_ids"] if vocab else [],
                           outputs={"train_tokens_sha256": hashlib.sha256((out / "train" / "tokens.bin").read_bytes()).hexdigest()})

@@ -11,6 +11,8 @@ metrics.jsonl (one line per optimizer step), checkpoints/step_N, model/ (safeten
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -23,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from domainpt import faults
+from domainpt.config import TRACKER_MODULES
 from domainpt.data.pack import PackedBlocks
 from domainpt.errors import DomainptError
 from domainpt.eval.perplexity import perplexity
@@ -78,7 +81,11 @@ def make_collate(objective: str, tokenizer, doc_isolation: bool):
         ids = torch.from_numpy(np.stack([it["input_ids"] for it in items]))
         batch = {"input_ids": ids, "labels": ids.clone()}
         if doc_isolation:
-            batch["position_ids"] = torch.from_numpy(np.stack([it["position_ids"] for it in items]))
+            pos = torch.from_numpy(np.stack([it["position_ids"] for it in items]))
+            batch["position_ids"] = pos
+            # A document's first token is not predicted from the previous document (its end-of-text):
+            # the packed loss is then exactly the mean over documents run one by one.
+            batch["labels"][pos == 0] = -100
         return batch
 
     return collate
@@ -167,7 +174,11 @@ def run_pretrain(recipe) -> dict:
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     # cpu=True on machines without a GPU: only then does Accelerate treat torchrun's processes as MULTI_CPU (gloo).
-    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=mp, cpu=not torch.cuda.is_available())
+    missing = [t for t in tc.report_to if importlib.util.find_spec(TRACKER_MODULES[t]) is None]
+    if missing:
+        raise DomainptError(f"train.report_to: {missing[0]} is not installed (pip install {TRACKER_MODULES[missing[0]]})")
+    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=mp, cpu=not torch.cuda.is_available(),
+                              log_with=list(tc.report_to) or None, project_dir=str(out / "logs"))
     main = accelerator.is_main_process
     ckpt_root = out / "checkpoints"
     if main:
@@ -178,7 +189,7 @@ def run_pretrain(recipe) -> dict:
     accelerator.wait_for_everyone()
     set_seed(tc.seed)
 
-    base = prep["base_model"]
+    base = prep.get("pretrain_init") or prep["base_model"]  # the extended model when tokenizer.extend is on
     tok = load_tokenizer(base, recipe.model.trust_remote_code)
     from transformers import AutoConfig
 
@@ -211,6 +222,9 @@ def run_pretrain(recipe) -> dict:
               f"  ~{flops_tok:.3g} FLOPs/token, ~{flops_tok * tokens_per_step * tc.max_steps:.3g} FLOPs in all", flush=True)
 
     log = _Log(out, main)
+    if tc.report_to:
+        accelerator.init_trackers(recipe.name, config={f"train.{k}": v for k, v in dataclasses.asdict(tc).items()
+                                                       if isinstance(v, (int, float, str, bool))})
     # Resume from the newest complete checkpoint, if any.
     step, tokens_seen, history, micro_done = 0, 0, [], 0
     ckpt = _latest_checkpoint(ckpt_root) if ckpt_root.exists() else None
@@ -244,17 +258,21 @@ def run_pretrain(recipe) -> dict:
     bar = tqdm(total=tc.max_steps, initial=step, desc="pretrain", unit="step", disable=not main)
     stop_reason, bad_in_a_row, bad_steps, last_bad_at = None, 0, 0, 0
     while step < tc.max_steps:
-        lr = tc.lr * lr_multiplier(step, tc.max_steps, tc.warmup_steps, tc.schedule, tc.min_lr_ratio, tc.decay_share)
+        lr = tc.lr * lr_multiplier(step, tc.max_steps, tc.warmup_steps, tc.schedule, tc.min_lr_ratio, tc.decay_share,
+                                   tc.warmup_start_lr / tc.lr)
         for g in optimizer.param_groups:
             g["lr"] = lr
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=accelerator.device)
         n_tok = torch.zeros((), device=accelerator.device)
+        data_wait = 0.0
         for _ in range(tc.grad_accum):
+            t_data = time.perf_counter()
             try:
                 batch = next(batches)
             except StopIteration:
                 raise DomainptError("the data order ran out after rollbacks; lower train.lr or check the data") from None
+            data_wait += time.perf_counter() - t_data
             micro_done += 1
             with accelerator.accumulate(model):
                 loss = model(**batch, use_cache=False).loss
@@ -307,7 +325,7 @@ def run_pretrain(recipe) -> dict:
                "tokens_seen": tokens_seen, "tokens_per_s": round(step_tokens / dt, 2),
                "grad_norm": round(grad_norm, 6) if grad_norm is not None and math.isfinite(grad_norm) else None,
                "mfu": round(flops_tok * step_tokens / dt / (peak * world), 4) if peak else None,
-               "step_s": round(dt, 4)}
+               "step_s": round(dt, 4), "data_wait_s": round(data_wait, 5)}
         if bad is not None:
             rec["skipped"] = bad
         last = step + 1 == tc.max_steps
@@ -319,6 +337,8 @@ def run_pretrain(recipe) -> dict:
             if tc.max_general_ppl_rise is not None and start_general and g and g > start_general * (1 + tc.max_general_ppl_rise):
                 stop_reason = f"general perplexity {g:.2f} rose past {start_general:.2f} x (1 + {tc.max_general_ppl_rise})"
         log.step(rec)
+        if tc.report_to:
+            accelerator.log({k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"}, step=step + 1)
         faults.kill_point("pretrain.step_end", step + 1)
         if (step + 1) % tc.log_every == 0 or last:
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
@@ -332,6 +352,8 @@ def run_pretrain(recipe) -> dict:
                 print(f"[domainpt] early stop at step {step}: {stop_reason}", flush=True)
             break
     bar.close()
+    if tc.report_to:
+        accelerator.end_training()
 
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)

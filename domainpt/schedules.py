@@ -4,15 +4,18 @@ from __future__ import annotations
 import math
 
 
-def lr_multiplier(step: int, total: int, warmup: int, schedule: str, min_ratio: float = 0.1, decay_share: float = 0.2) -> float:
+def lr_multiplier(step: int, total: int, warmup: int, schedule: str, min_ratio: float = 0.1, decay_share: float = 0.2,
+                  start_ratio: float = 0.0) -> float:
     """LR at optimizer step `step` (0-based) as a share of the peak.
 
-    cosine:   linear warm-up, then cosine from 1 to min_ratio at the last step.
+    The warm-up rises linearly from start_ratio (0, or the checkpoint's final LR over the peak when
+    re-warming from where the base model's pre-training ended) to 1 at step `warmup`.
+    cosine:   warm-up, then cosine from 1 to min_ratio at the last step.
     wsd:      warm-up, stable at 1, then linear decay to min_ratio over the last decay_share of steps.
     constant: warm-up, then 1.
     """
     if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
+        return start_ratio + (1 - start_ratio) * (step + 1) / warmup
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":

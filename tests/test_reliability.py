@@ -80,9 +80,18 @@ def test_killed_at_many_points_including_mid_checkpoint_then_rerun_equals_uninte
 
 def test_nan_loss_is_skipped_logged_and_training_goes_on(tiny_run, tmp_path):
     run = _prepared_copy(tiny_run[0], tmp_path / "run")
-    r = cli("pretrain", TINY, f"out_dir={run}", "train.eval_every=0", env={"DOMAINPT_FAULT": "nan_loss@6"})
+    r = cli("pretrain", TINY, f"out_dir={run}", "train.eval_every=0", "train.report_to=[tensorboard]",
+            env={"DOMAINPT_FAULT": "nan_loss@6"})
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(l) for l in open(run / "pretrain" / "metrics.jsonl")]
+    # The same numbers went to TensorBoard through Accelerate's tracker (no loss for the skipped step).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((run / "pretrain" / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("loss")}
+    assert sorted(logged) == [s for s in range(1, 13) if s != 6]
+    assert logged[7] == pytest.approx(rows[6]["loss"], rel=1e-5)
     assert [x["step"] for x in rows] == list(range(1, 13))
     assert rows[5]["loss"] is None and rows[5]["skipped"] == "loss is nan"
     assert all(x["loss"] is not None and x["loss"] == x["loss"] for i, x in enumerate(rows) if i != 5)

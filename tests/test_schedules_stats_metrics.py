@@ -24,6 +24,14 @@ def test_wsd_and_constant_schedule_values():
     assert lr_multiplier(500, 1000, 10, "constant") == 1.0
 
 
+def test_rewarm_from_the_checkpoints_final_lr_or_not_at_all():
+    # Re-warm from 0.1 x peak (the base model's final LR) over 10 steps: 0.1 + 0.9 * (s + 1) / 10.
+    f = lambda s: lr_multiplier(s, total=100, warmup=10, schedule="cosine", min_ratio=0.1, start_ratio=0.1)
+    assert f(0) == pytest.approx(0.19) and f(4) == pytest.approx(0.55) and f(9) == pytest.approx(1.0)
+    # No warm-up: the first step is already at the peak.
+    assert lr_multiplier(0, 100, 0, "cosine") == pytest.approx(1.0)
+
+
 def test_shipped_metrics_match_hand_values():
     assert compute("accuracy", [0, 1, 1, 2], [0, 1, 2, 2]) == pytest.approx(0.75)
     # per-label F1: 0 -> 1.0, 1 -> 2/3, 2 -> 2/3

@@ -87,6 +87,12 @@ def write_card(out: Path, recipe, stats: dict, removed_samples: list, domain, ge
         lines.append(f"- **{s['reason']}**: {s['text'][:200].replace(chr(10), ' ')!s}")
     if stats["bad_record_examples"]:
         lines += ["", "## Bad records", ""] + [f"- {e}" for e in stats["bad_record_examples"]]
+    v = stats.get("vocabulary_extension")
+    if v:
+        lines += ["", "## Vocabulary extension", "",
+                  f"{v['added']} domain words added as tokens (mean-of-pieces init); tokens per word on held-out domain text "
+                  f"{v['tokens_per_word_before']:.3f} -> {v['tokens_per_word_after']:.3f}. Most frequent: "
+                  + ", ".join(f"{w['word']} ({w['count']}x, was {w['pieces']} tokens)" for w in v["words"][:20])]
     atomic_write_text(out / "data_card.md", "\n".join(lines) + "\n")
 
 

@@ -13,18 +13,37 @@ import torch
 
 from domainpt.eval.metrics import compute
 from domainpt.eval.perplexity import perplexity
-from domainpt.eval.scoring import score_examples
-from domainpt.eval.tasks import read_heldout, read_split
+from domainpt.eval.scoring import generate_answers, score_examples
+from domainpt.eval.tasks import read_heldout, read_split, seeded_rank
 from domainpt.finetune import MODELS, model_paths
 from domainpt.manifest import atomic_write_json, atomic_write_jsonl, require_done, stage_dir, write_manifest
 from domainpt.models import end_of_text_id, load_model, load_tokenizer
 
 
 def task_metric(metric: str, rows: list[dict]) -> dict:
+    if metric in ("exact_match", "token_f1"):  # qa: through the shipped module, from the saved answers
+        preds, refs = [r["prediction"] for r in rows], [r["answers"] for r in rows]
+        return {m: compute(m, preds, refs) for m in ("exact_match", "token_f1")}
     preds, refs = [r["pred"] for r in rows], [r["answer"] for r in rows]
     out = {metric: compute(metric, preds, refs)}
     out["acc_norm"] = compute("accuracy", [r["pred_norm"] for r in rows], refs)
     return out
+
+
+def with_shots(tests: list[dict], train: list[dict], k: int) -> list[dict]:
+    """Test examples with k solved training examples (chosen by a seeded hash) prepended to each prompt."""
+    if k <= 0:
+        return tests
+    shots = sorted(train, key=lambda e: seeded_rank(0, e["id"]))[:k]
+    demo = "".join(f"{e['prompt']}{e['choices'][e['answer']]}\n\n" for e in shots)
+    return [{**e, "prompt": demo + e["prompt"]} for e in tests]
+
+
+def score_task(task, model, tok, examples, bos: int, batch_size: int, desc: str) -> list[dict]:
+    """Per-example rows: log-likelihood choice for classification / multiple choice, a generated answer for qa."""
+    if task.type == "qa":
+        return generate_answers(model, tok, examples, bos, end_of_text_id(tok), task.max_answer_tokens, batch_size, desc)
+    return score_examples(model, tok, examples, bos, desc=desc, batch_size=batch_size)
 
 
 def run_evaluate(recipe) -> dict:
@@ -37,14 +56,17 @@ def run_evaluate(recipe) -> dict:
     out = stage_dir(recipe, "evaluate")
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tok = load_tokenizer(paths["general_model"], recipe.model.trust_remote_code)
-    bos = end_of_text_id(tok)
     ec = recipe.eval
     heldout = read_heldout(prep_dir)
     tests = {t.name: read_split(prep_dir / "tasks" / t.name, "test") for t in recipe.tasks}
+    # k-shot scoring before fine-tuning: the same k training examples in front of every test prompt, for both models.
+    before_ft = {t.name: with_shots(tests[t.name], read_split(prep_dir / "tasks" / t.name, "train"), ec.few_shot)
+                 for t in recipe.tasks}
     scores = {"perplexity": {}, "tasks": {}}
     tokens = 0
     for model_name in MODELS:
+        tok = load_tokenizer(paths[model_name], recipe.model.trust_remote_code)  # the domain model's may be extended
+        bos = end_of_text_id(tok)
         model = load_model(paths[model_name], "clm", recipe.model.trust_remote_code).to(device)
         for kind, texts in heldout.items():
             r = perplexity(model, tok, texts, ec.ppl_window, ec.ppl_stride, ec.ppl_max_tokens, ec.batch_size, bos, device)
@@ -53,19 +75,18 @@ def run_evaluate(recipe) -> dict:
         for task in recipe.tasks:
             entry = scores["tasks"].setdefault(task.name, {"metric": task.metric}).setdefault(model_name, {})
             if ec.zero_shot:
-                rows = score_examples(model, tok, tests[task.name], bos, desc=f"zero-shot {task.name} {model_name}",
-                                     batch_size=ec.batch_size)
+                rows = score_task(task, model, tok, before_ft[task.name], bos, ec.batch_size,
+                                  f"{ec.few_shot}-shot {task.name} {model_name}")
                 atomic_write_jsonl(out / "predictions" / task.name / model_name / "zero_shot.jsonl", rows)
-                entry["zero_shot"] = task_metric(task.metric, rows)
+                entry["zero_shot"] = {**task_metric(task.metric, rows), "shots": ec.few_shot}
         del model
-        for task in recipe.tasks:
+        for task in recipe.tasks:  # (tok and bos are still this model's)
             entry = scores["tasks"][task.name][model_name]
             entry["finetuned"] = {}
             for seed in recipe.lora.seeds:
                 base = load_model(paths[model_name], "clm", recipe.model.trust_remote_code).to(device)
                 peft_model = PeftModel.from_pretrained(base, str(ft_dir / task.name / model_name / f"seed{seed}" / "adapter"))
-                rows = score_examples(peft_model, tok, tests[task.name], bos, desc=f"lora {task.name} {model_name} seed{seed}",
-                                     batch_size=ec.batch_size)
+                rows = score_task(task, peft_model, tok, tests[task.name], bos, ec.batch_size, f"lora {task.name} {model_name} seed{seed}")
                 atomic_write_jsonl(out / "predictions" / task.name / model_name / f"seed{seed}.jsonl", rows)
                 entry["finetuned"][str(seed)] = task_metric(task.metric, rows)
                 del peft_model, base
