@@ -159,14 +159,15 @@ def _checked(rec, text_field: str, where: str, bad: BadRecords) -> Iterator[dict
         yield rec
 
 
-def field_value(rec: dict, dotted: str):
-    """`rec['a']['b']` for 'a.b'; a list of strings (e.g. PubMedQA's context.contexts) is joined by newlines."""
+def field_value(rec: dict, dotted: str, join: bool = True):
+    """`rec['a']['b']` for 'a.b'; a list of strings (e.g. PubMedQA's context.contexts) is joined by newlines
+    unless join=False."""
     value = rec
     for part in dotted.split("."):
         if not isinstance(value, dict) or part not in value:
             return None
         value = value[part]
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+    if join and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return "\n".join(value)
     return value
 

@@ -86,3 +86,32 @@ def score_examples(model, tokenizer, examples: list[dict], bos: int, desc: str =
                          "correct": int(pred == ex["answer"]), "correct_norm": int(pred_norm == ex["answer"]),
                          "logliks": [round(x, 5) for x in ll]})
     return rows
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, examples: list[dict], bos: int, eot: int, max_new_tokens: int,
+                     batch_size: int = 8, desc: str = "generate") -> list[dict]:
+    """Greedy short answers (qa): prompts left-padded in batches, generation stopped at end-of-text,
+    the answer cut at its first newline; scored per example by exact match and token F1."""
+    from domainpt.eval.metrics import qa_scores
+
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
+    rows = []
+    for start in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch", leave=False):
+        batch = examples[start:start + batch_size]
+        prompts = [prompt_ids(tokenizer, ex["prompt"], bos) for ex in batch]
+        L = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), L), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, p in enumerate(prompts):
+            ids[b, L - len(p):] = torch.tensor(p)
+            mask[b, L - len(p):] = 1
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=eot, pad_token_id=pad)
+        for ex, new in zip(batch, out[:, L:].tolist()):
+            new = new[:new.index(eot)] if eot in new else new
+            answer = tokenizer.decode(new, skip_special_tokens=True).strip().split("\n")[0].strip()
+            rows.append({"id": ex["id"], "prediction": answer, "answers": ex["answers"], **qa_scores(answer, ex["answers"])})
+    return rows

@@ -41,7 +41,7 @@ def build_examples(task, tokenizer, bad: BadRecords, source=None, labels: list |
     `labels` fixes the label list (e.g. the training split's, when the test split is a separate file)."""
     src = source or task.source
     if src.text_field == "text":  # the source's main text is the task's input field unless the source names one
-        src = dataclasses.replace(src, text_field=task.question_field if task.type == "multiple_choice" else task.text_field)
+        src = dataclasses.replace(src, text_field=task.text_field if task.type == "classification" else task.question_field)
     where = f"task '{task.name}' ({src.path or src.builtin or src.hf})"
     examples = []
     if task.type == "classification":
@@ -74,6 +74,21 @@ def build_examples(task, tokenizer, bad: BadRecords, source=None, labels: list |
             examples.append({"id": str(r.get("id")), "text": text, "label": lab,
                              "prompt": _prompt(task, r, text=_truncate(tokenizer, text, task.max_prompt_tokens)),
                              "choices": choices, "answer": labels.index(lab)})
+    elif task.type == "qa":
+        for r in iter_source(src, bad):
+            q, ctx = field_value(r, task.question_field), field_value(r, task.context_field)
+            answers = field_value(r, task.answers_field, join=False)
+            if isinstance(answers, dict):  # SQuAD: {"text": [...], "answer_start": [...]}
+                answers = answers.get("text")
+            answers = [answers] if isinstance(answers, str) else answers
+            if not isinstance(q, str) or not answers or not all(isinstance(a, str) and a.strip() for a in answers) \
+                    or not isinstance(ctx, (str, type(None))):
+                bad.add(str(r.get("id")), f"qa record lacks {task.question_field}/{task.answers_field} (or they are not text)")
+                continue
+            short = _truncate(tokenizer, ctx or "", task.max_prompt_tokens)
+            examples.append({"id": str(r.get("id")), "text": f"{ctx or ''}\n{q}".strip(), "label": "qa",
+                             "prompt": _prompt(task, r, question=q, context=short, text=short),
+                             "choices": [" " + answers[0].strip()], "answer": 0, "answers": list(answers)})
     else:
         for r in iter_source(src, bad):
             try:

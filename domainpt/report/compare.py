@@ -26,8 +26,11 @@ from domainpt.report.stats import bootstrap_mean, paired_difference
 SCHEMA_VERSION = 1
 
 
-def _preds(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _preds(path: Path, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, references) per example; for qa the per-example scores of `metric` (references unused)."""
     rows = [json.loads(l) for l in open(path)]
+    if metric in ("exact_match", "token_f1"):
+        return np.array([r[metric] for r in rows], dtype=float), np.zeros(len(rows))
     return np.array([r["pred"] for r in rows]), np.array([r["answer"] for r in rows])
 
 
@@ -39,19 +42,20 @@ def task_results(recipe) -> dict:
         t = {"metric": task.metric}
         stacks = {}
         for model in ("general_model", "domain_model"):
-            per_seed = [_preds(ev / task.name / model / f"seed{s}.jsonl") for s in recipe.lora.seeds]
+            per_seed = [_preds(ev / task.name / model / f"seed{s}.jsonl", task.metric) for s in recipe.lora.seeds]
             preds = np.stack([p for p, _ in per_seed])
             refs = per_seed[0][1]
             stacks[model] = preds
             t[model] = {"finetuned": bootstrap_mean(task.metric, preds, refs, rc.bootstrap_samples, rc.confidence)}
             zs = ev / task.name / model / "zero_shot.jsonl"
             if zs.is_file():
-                zp, _ = _preds(zs)
+                zp, _ = _preds(zs, task.metric)
                 t[model]["zero_shot"] = bootstrap_mean(task.metric, zp[None], refs, rc.bootstrap_samples, rc.confidence)
+                t["shots"] = recipe.eval.few_shot  # 0: the zero_shot entries are zero-shot; k: k-shot
                 stacks[model + "_zs"] = zp[None]
         t["n_test"] = int(len(refs))
         # What always answering the most frequent test label would score: the floor a model must beat.
-        t["majority_baseline"] = float(np.bincount(refs).max() / len(refs)) if task.metric == "accuracy" else None
+        t["majority_baseline"] = float(np.bincount(refs.astype(int)).max() / len(refs)) if task.metric == "accuracy" else None
         t["difference"] = paired_difference(task.metric, stacks["general_model"], stacks["domain_model"], refs,
                                             rc.bootstrap_samples, rc.confidence)
         if "general_model_zs" in stacks:
@@ -177,7 +181,8 @@ def sections(res: dict, out: Path) -> list[Section]:
                         (["text", "ppl general", "ppl domain", "bpb general", "bpb domain"], rows)))
     rows = []
     for name, t in res["tasks"].items():
-        rows.append([name, t["metric"], _fmt(t["general_model"].get("zero_shot")), _fmt(t["domain_model"].get("zero_shot")),
+        rows.append([name + (f" ({t['shots']}-shot before LoRA)" if t.get("shots") else ""), t["metric"],
+                     _fmt(t["general_model"].get("zero_shot")), _fmt(t["domain_model"].get("zero_shot")),
                      _fmt(t["general_model"]["finetuned"]), _fmt(t["domain_model"]["finetuned"]),
                      _fmt(t["difference"]), f"{t['difference']['p_value']:.3f}"])
     imgs = [("task scores", plots.task_bars(res["tasks"], out / "tasks.png"))]

@@ -1,0 +1,71 @@
+"""LoRA fine-tuning details: same seed -> same adapter, merged export equals the adapter, k-shot scoring."""
+import json
+import shutil
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY, cli
+
+
+def _setup(tiny_run):
+    from domainpt.config import load_recipe
+    from domainpt.eval.tasks import read_split
+    from domainpt.finetune import training_features
+    from domainpt.models import load_tokenizer
+
+    out = tiny_run[0]
+    base = str(out / "base_model")
+    tok = load_tokenizer(base)
+    feats = training_features(tok, read_split(out / "prepare" / "tasks" / "licence-category", "train"), 0, 0)
+    return load_recipe(TINY, [f"out_dir={out}"]), base, tok, feats
+
+
+def test_same_seed_gives_the_same_adapter_and_another_seed_does_not(tiny_run, tmp_path):
+    from domainpt.finetune import train_adapter
+
+    recipe, base, _, feats = _setup(tiny_run)
+    logs = [train_adapter(recipe, base, feats, seed, tmp_path / f"a{i}", desc="t") for i, seed in enumerate((0, 0, 1))]
+    a, b, c = (load_file(str(tmp_path / f"a{i}" / "adapter_model.safetensors")) for i in range(3))
+    assert logs[0]["losses"] == logs[1]["losses"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_merged_export_predicts_like_the_adapter(tiny_run, tmp_path):
+    from peft import PeftModel
+
+    from domainpt.finetune import train_adapter
+    from domainpt.models import load_model
+
+    recipe, base, tok, feats = _setup(tiny_run)
+    recipe.lora.merge_export = True
+    train_adapter(recipe, base, feats, 0, tmp_path / "adapter", desc="t")
+    merged = load_model(str(tmp_path / "merged"), "clm").eval()
+    peft = PeftModel.from_pretrained(load_model(base, "clm"), str(tmp_path / "adapter")).eval()
+    ids = torch.tensor([feats[0][0]])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, peft(input_ids=ids).logits, atol=1e-4)
+    assert (tmp_path / "merged" / "model.safetensors").is_file() and (tmp_path / "merged" / "tokenizer.json").is_file()
+
+
+def test_k_shot_scoring_puts_the_same_solved_examples_before_every_prompt(tiny_run, tmp_path):
+    from domainpt.eval.stage import with_shots
+
+    ref = tiny_run[0]
+    run = tmp_path / "run"
+    run.mkdir()
+    for stage in ("prepare", "pretrain", "finetune"):
+        shutil.copytree(ref / stage, run / stage)
+    r = cli("evaluate", TINY, f"out_dir={run}", "eval.few_shot=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    scores = json.loads((run / "evaluate" / "scores.json").read_text())["tasks"]["licence-category"]
+    assert scores["general_model"]["zero_shot"]["shots"] == 2 == scores["domain_model"]["zero_shot"]["shots"]
+    zs = [json.loads(l) for l in open(run / "evaluate" / "predictions" / "licence-category" / "domain_model" / "zero_shot.jsonl")]
+    base_zs = [json.loads(l) for l in open(ref / "evaluate" / "predictions" / "licence-category" / "domain_model" / "zero_shot.jsonl")]
+    assert [z["id"] for z in zs] == [z["id"] for z in base_zs] and [z["logliks"] for z in zs] != [z["logliks"] for z in base_zs]
+    tests = [{"id": "t", "prompt": "P:", "choices": [" a", " b"], "answer": 1}]
+    train = [{"id": str(i), "prompt": f"Q{i}:", "choices": [" a", " b"], "answer": i % 2} for i in range(5)]
+    shot = with_shots(tests, train, 2)[0]["prompt"]
+    assert shot.endswith("P:") and shot.count("\n\n") == 2 and shot == with_shots(tests, list(reversed(train)), 2)[0]["prompt"]
+    assert with_shots(tests, train, 0) == tests
