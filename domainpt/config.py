@@ -212,6 +212,7 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "Clip the global gradient norm to this (0 = off).")
     mixed_precision: str = _f("auto", "'auto' (bf16 on GPU, fp32 on CPU), 'no', 'bf16' or 'fp16'.")
     gradient_checkpointing: bool = _f(False, "Recompute activations to save memory.")
+    whole_word_mask: bool = _f(False, "MLM (encoders): mask all pieces of a chosen word together instead of single tokens.")
     doc_isolation: bool = _f(True, "Keep attention inside each document of a packed block (position ids reset per doc).")
     eval_every: int = _f(0, "Steps between held-out perplexity checks (0 = only at the end).")
     eval_tokens: int = _f(4096, "Held-out tokens per kind scored at each check.")

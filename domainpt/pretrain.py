@@ -70,7 +70,11 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_collate(objective: str, tokenizer, doc_isolation: bool):
+def make_collate(objective: str, tokenizer, doc_isolation: bool, whole_word_mask: bool = False):
+    if objective == "mlm" and whole_word_mask:
+        from domainpt.masking import WholeWordMasker
+
+        return WholeWordMasker(tokenizer)
     if objective == "mlm":
         from transformers import DataCollatorForLanguageModeling
 
@@ -206,7 +210,7 @@ def run_pretrain(recipe) -> dict:
     # Twice the blocks a run needs: rollbacks skip past bad batches and must not run out of data.
     sampler = EpochSampler(len(blocks), 2 * micro_total * tc.batch_size, tc.seed)
     loader = torch.utils.data.DataLoader(blocks, batch_size=tc.batch_size, sampler=sampler,
-                                         collate_fn=make_collate(objective, tok, tc.doc_isolation),
+                                         collate_fn=make_collate(objective, tok, tc.doc_isolation, tc.whole_word_mask),
                                          num_workers=0, pin_memory=torch.cuda.is_available())
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)

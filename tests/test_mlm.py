@@ -68,3 +68,44 @@ def test_encoder_model_trains_with_masked_lm(tmp_path):
     losses = [json.loads(l)["loss"] for l in open(tmp_path / "run" / "pretrain" / "metrics.jsonl")]
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5, losses
     assert (tmp_path / "run" / "pretrain" / "model" / "model.safetensors").is_file()
+
+
+def test_whole_word_masking_masks_every_piece_of_a_chosen_word(tmp_path):
+    """WordPiece vocabulary: '##' pieces continue a word. Chosen words are masked whole, ~15% of tokens."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from domainpt.pretrain import make_collate
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(100)] + [f"##p{i}" for i in range(100)]
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]")),
+                                  pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    rng = np.random.default_rng(0)
+
+    def row():  # words of 1-4 pieces: a start token then '##' continuations, with [SEP] between documents
+        out = []
+        while len(out) < 64:
+            out += [int(rng.integers(5, 105))] + [int(x) for x in rng.integers(105, 205, rng.integers(0, 4))]
+            if rng.random() < 0.05:
+                out.append(3)
+        return np.array(out[:64])
+
+    torch.manual_seed(0)
+    items = [{"input_ids": row(), "position_ids": np.arange(64)} for _ in range(300)]
+    batch = make_collate("mlm", tok, doc_isolation=True, whole_word_mask=True)(items)
+    original = torch.from_numpy(np.stack([it["input_ids"] for it in items]))
+    chosen = batch["labels"] != -100
+    assert torch.equal(batch["labels"][chosen], original[chosen])
+    for r in range(len(items)):
+        ids, c = original[r].tolist(), chosen[r].tolist()
+        start = 0
+        for i in range(1, len(ids) + 1):
+            if i == len(ids) or ids[i] < 105:  # the word ids[start:i] ends here
+                if ids[start] != 3:
+                    assert len(set(c[start:i])) == 1, (r, start, i)  # all pieces or none
+                start = i
+    assert not chosen[original == 3].any()  # special tokens are never targets
+    share = chosen.float().mean().item()
+    assert 0.12 < share < 0.18
+    masked = (batch["input_ids"] == 4) & chosen
+    assert abs(masked.sum().item() / chosen.sum().item() - 0.8) < 0.03
