@@ -143,3 +143,18 @@ def test_packed_batches_give_the_same_loss_as_padded_documents(tiny_model):
     padded = tiny_model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
     assert packed.item() == pytest.approx(padded.item(), abs=1e-5)
     assert int((batch["labels"][:, 1:] != -100).sum()) == int((labels[:, 1:] != -100).sum()) == 32  # same predicted tokens
+
+
+def test_length_sorted_batches_give_the_same_rows_in_the_original_order(tiny_model, tokenizer):
+    from domainpt.eval.scoring import length_sorted_batches
+
+    examples = [{"id": str(i), "prompt": "word " * (3 + (7 * i) % 11), "choices": [" yes", " no", " maybe"], "answer": i % 3}
+                for i in range(10)]
+    batched = score_examples(tiny_model, tokenizer, examples, bos=0, batch_size=4)
+    one_by_one = [score_examples(tiny_model, tokenizer, [e], bos=0, batch_size=1)[0] for e in examples]
+    assert [r["id"] for r in batched] == [e["id"] for e in examples]
+    assert [x for r in batched for x in r["logliks"]] == pytest.approx([x for r in one_by_one for x in r["logliks"]], abs=1e-4)
+    lens = [len(p.split()) for p in (e["prompt"] for e in examples)]
+    batches = length_sorted_batches([[0] * n for n in lens], 4)
+    assert sorted(i for b in batches for i in b) == list(range(10))
+    assert all(max(lens[i] for i in b) - min(lens[i] for i in b) <= 4 for b in batches)  # similar lengths together

@@ -63,7 +63,10 @@ def test_lora_changes_only_adapter_weights_and_reloads_identically(tiny_run):
         assert torch.equal(base_after[key], v), k
     tok = load_tokenizer(str(base_dir))
     tests = read_split(out / "prepare" / "tasks" / "licence-category", "test")
-    rows = score_examples(model, tok, tests, bos=0)
-    saved = [json.loads(l) for l in open(out / "evaluate" / "predictions" / "licence-category" / "domain_model" / "seed0.jsonl")]
-    assert [r["pred"] for r in rows] == [r["pred"] for r in saved]
-    assert [x for r in rows for x in r["logliks"]] == pytest.approx([x for r in saved for x in r["logliks"]], abs=1e-3)
+    for seed in (0, 1):  # evaluate loads every seed's adapter into one base model: each must match a fresh load
+        if seed:
+            model = PeftModel.from_pretrained(load_model(str(base_dir), "clm"), str(out / "finetune" / "licence-category" / "domain_model" / "seed1" / "adapter"))
+        rows = score_examples(model, tok, tests, bos=0)
+        saved = [json.loads(l) for l in open(out / "evaluate" / "predictions" / "licence-category" / "domain_model" / f"seed{seed}.jsonl")]
+        assert [r["pred"] for r in rows] == [r["pred"] for r in saved]
+        assert [x for r in rows for x in r["logliks"]] == pytest.approx([x for r in saved for x in r["logliks"]], abs=1e-3)

@@ -72,20 +72,28 @@ def score_examples(model, tokenizer, examples: list[dict], bos: int, desc: str =
     model.eval()
     device = next(model.parameters()).device
     choice_cache: dict[str, list[int]] = {}
-    rows = []
-    for start in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch", leave=False):
-        batch = examples[start:start + batch_size]
+    prompts = [prompt_ids(tokenizer, ex["prompt"], bos) for ex in examples]
+    rows = [None] * len(examples)
+    for idx in tqdm(length_sorted_batches(prompts, batch_size), desc=desc, unit="batch", leave=False):
+        batch = [examples[i] for i in idx]
         toks = [[choice_cache.setdefault(c, tokenizer(c, add_special_tokens=False)["input_ids"]) for c in ex["choices"]]
                 for ex in batch]
-        lls = batch_choice_logliks(model, [prompt_ids(tokenizer, ex["prompt"], bos) for ex in batch], toks, device)
-        for ex, ll in zip(batch, lls):
+        lls = batch_choice_logliks(model, [prompts[i] for i in idx], toks, device)
+        for i, ex, ll in zip(idx, batch, lls):
             norm = [l / max(1, len(c.encode("utf-8"))) for l, c in zip(ll, ex["choices"])]
             pred = max(range(len(ll)), key=ll.__getitem__)
             pred_norm = max(range(len(norm)), key=norm.__getitem__)
-            rows.append({"id": ex["id"], "answer": ex["answer"], "pred": pred, "pred_norm": pred_norm,
-                         "correct": int(pred == ex["answer"]), "correct_norm": int(pred_norm == ex["answer"]),
-                         "logliks": [round(x, 5) for x in ll]})
+            rows[i] = {"id": ex["id"], "answer": ex["answer"], "pred": pred, "pred_norm": pred_norm,
+                       "correct": int(pred == ex["answer"]), "correct_norm": int(pred_norm == ex["answer"]),
+                       "logliks": [round(x, 5) for x in ll]}
     return rows
+
+
+def length_sorted_batches(sequences: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Index batches of similar lengths (longest first, so memory trouble shows at once): little padding.
+    Callers put results back in the original order."""
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
 
 
 @torch.no_grad()
@@ -98,10 +106,10 @@ def generate_answers(model, tokenizer, examples: list[dict], bos: int, eot: int,
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
-    rows = []
-    for start in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch", leave=False):
-        batch = examples[start:start + batch_size]
-        prompts = [prompt_ids(tokenizer, ex["prompt"], bos) for ex in batch]
+    all_prompts = [prompt_ids(tokenizer, ex["prompt"], bos) for ex in examples]
+    rows = [None] * len(examples)
+    for idx in tqdm(length_sorted_batches(all_prompts, batch_size), desc=desc, unit="batch", leave=False):
+        batch, prompts = [examples[i] for i in idx], [all_prompts[i] for i in idx]
         L = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), L), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -110,8 +118,8 @@ def generate_answers(model, tokenizer, examples: list[dict], bos: int, eot: int,
             mask[b, L - len(p):] = 1
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              do_sample=False, eos_token_id=eot, pad_token_id=pad)
-        for ex, new in zip(batch, out[:, L:].tolist()):
+        for i, ex, new in zip(idx, batch, out[:, L:].tolist()):
             new = new[:new.index(eot)] if eot in new else new
             answer = tokenizer.decode(new, skip_special_tokens=True).strip().split("\n")[0].strip()
-            rows.append({"id": ex["id"], "prediction": answer, "answers": ex["answers"], **qa_scores(answer, ex["answers"])})
+            rows[i] = {"id": ex["id"], "prediction": answer, "answers": ex["answers"], **qa_scores(answer, ex["answers"])}
     return rows

@@ -83,12 +83,18 @@ def run_evaluate(recipe) -> dict:
         for task in recipe.tasks:  # (tok and bos are still this model's)
             entry = scores["tasks"][task.name][model_name]
             entry["finetuned"] = {}
+            peft_model = None  # one base model per task, one adapter per seed loaded into it
             for seed in recipe.lora.seeds:
-                base = load_model(paths[model_name], "clm", recipe.model.trust_remote_code).to(device)
-                peft_model = PeftModel.from_pretrained(base, str(ft_dir / task.name / model_name / f"seed{seed}" / "adapter"))
+                adapter, name = str(ft_dir / task.name / model_name / f"seed{seed}" / "adapter"), f"seed{seed}"
+                if peft_model is None:
+                    base = load_model(paths[model_name], "clm", recipe.model.trust_remote_code).to(device)
+                    peft_model = PeftModel.from_pretrained(base, adapter, adapter_name=name)
+                else:
+                    peft_model.load_adapter(adapter, adapter_name=name)
+                peft_model.set_adapter(name)
                 rows = score_task(task, peft_model, tok, tests[task.name], bos, ec.batch_size, f"lora {task.name} {model_name} seed{seed}")
                 atomic_write_jsonl(out / "predictions" / task.name / model_name / f"seed{seed}.jsonl", rows)
                 entry["finetuned"][str(seed)] = task_metric(task.metric, rows)
-                del peft_model, base
+            del peft_model, base
     atomic_write_json(out / "scores.json", scores)
     return write_manifest(recipe, "evaluate", started, tokens=tokens)
