@@ -107,10 +107,11 @@ def extend_for_domain(recipe, base: str, tok, domain: list[dict], heldout_domain
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     tmp.rename(target)
-    print(f"[domainpt] vocabulary extension: {len(new_ids)} tokens added; tokens per domain word "
-          f"{before:.3f} -> {tokens_per_word(tok, probe):.3f}", flush=True)
+    after = tokens_per_word(tok, probe)
+    print(f"[domainpt] vocabulary extension: {len(new_ids)} tokens added; tokens per domain word {before:.3f} -> {after:.3f}",
+          flush=True)
     return str(target), tok, {"added": len(new_ids), "new_token_ids": new_ids, "words": words,
-                              "tokens_per_word_before": round(before, 4), "tokens_per_word_after": round(tokens_per_word(tok, probe), 4)}
+                              "tokens_per_word_before": round(before, 4), "tokens_per_word_after": round(after, 4)}
 
 
 def run_prepare(recipe) -> dict:
