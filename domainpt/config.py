@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from domainpt.errors import DomainptError
+from domainpt.eval.metrics import QA_METRICS
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -163,7 +164,7 @@ class TaskConfig:
             raise ValueError("source is required")
         if self.train_test_overlap not in ("error", "drop"):
             raise ValueError("train_test_overlap must be error or drop")
-        allowed = ("exact_match", "token_f1") if self.type == "qa" else ("accuracy", "f1")
+        allowed = QA_METRICS if self.type == "qa" else ("accuracy", "f1")
         if self.metric not in allowed:
             raise ValueError(f"metric must be {' or '.join(allowed)} for a {self.type} task")
         if self.max_answer_tokens <= 0:

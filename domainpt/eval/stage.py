@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from domainpt.eval.metrics import compute
+from domainpt.eval.metrics import QA_METRICS, compute
 from domainpt.eval.perplexity import perplexity
 from domainpt.eval.scoring import generate_answers, score_examples
 from domainpt.eval.tasks import read_heldout, read_split, seeded_rank
@@ -21,9 +21,9 @@ from domainpt.models import end_of_text_id, load_model, load_tokenizer
 
 
 def task_metric(metric: str, rows: list[dict]) -> dict:
-    if metric in ("exact_match", "token_f1"):  # qa: through the shipped module, from the saved answers
+    if metric in QA_METRICS:  # qa: through the shipped module, from the saved answers
         preds, refs = [r["prediction"] for r in rows], [r["answers"] for r in rows]
-        return {m: compute(m, preds, refs) for m in ("exact_match", "token_f1")}
+        return {m: compute(m, preds, refs) for m in QA_METRICS}
     preds, refs = [r["pred"] for r in rows], [r["answer"] for r in rows]
     out = {metric: compute(metric, preds, refs)}
     out["acc_norm"] = compute("accuracy", [r["pred_norm"] for r in rows], refs)

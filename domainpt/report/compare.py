@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from domainpt.eval.metrics import QA_METRICS
 from domainpt.flops import PEAK_FLOPS
 from domainpt.manifest import (STAGES, atomic_write_json, atomic_write_text, file_sha256, read_manifest, require_done, stage_dir,
                                versions, write_manifest)
@@ -29,7 +30,7 @@ SCHEMA_VERSION = 1
 def _preds(path: Path, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """(predictions, references) per example; for qa the per-example scores of `metric` (references unused)."""
     rows = [json.loads(l) for l in open(path)]
-    if metric in ("exact_match", "token_f1"):
+    if metric in QA_METRICS:
         return np.array([r[metric] for r in rows], dtype=float), np.zeros(len(rows))
     return np.array([r["pred"] for r in rows]), np.array([r["answer"] for r in rows])
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from domainpt.eval.metrics import compute
+from domainpt.eval.metrics import QA_METRICS, compute
 
 
 def _metric_fn(metric: str):
     if metric == "accuracy":  # vectorised fast path, same value as the shipped module
         return lambda preds, refs: float(np.mean(preds == refs))
-    if metric in ("exact_match", "token_f1"):  # qa: `preds` already hold per-example scores
+    if metric in QA_METRICS:  # qa: `preds` already hold per-example scores
         return lambda preds, refs: float(np.mean(preds))
     return lambda preds, refs: compute(metric, preds.tolist(), refs.tolist())
 
