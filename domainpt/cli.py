@@ -4,6 +4,7 @@
     domainpt pretrain recipes/demo/legal.yaml train.max_steps=20
     torchrun --nproc_per_node 2 -m domainpt pretrain recipes/demo/tiny.yaml
     domainpt run recipes/medical.yaml --dry-run --processes 8   # the plan and its cost; nothing runs
+    domainpt prepare recipes/medical.yaml --shard 3/16  # one of 16 data tasks; then: prepare --merge
     domainpt compare runs/medical runs/legal --to runs/cmp     # several finished runs in one report
     domainpt keys                                       # every recipe key with its default and meaning
 
@@ -83,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("recipe", help="recipe YAML file" + (" (or, for compare, two or more run folders)" if name == "compare" else ""))
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=20")
         s.add_argument("--force", action="store_true", help="redo this stage (and invalidate the later ones)")
+        if name == "prepare":
+            s.add_argument("--shard", default=None, metavar="I/N", help="run only map task I of N (e.g. one Slurm array "
+                                                                        "task); then `prepare --merge` once all are done")
+            s.add_argument("--merge", action="store_true", help="finish prepare from the shards written by --shard tasks")
         if name == "compare":
             s.add_argument("--to", default=None, help="with several RUN_DIRs: the folder for the joint report")
         if name == "run":
@@ -123,6 +128,22 @@ def main(argv=None) -> None:
             from domainpt.plan import build_plan, format_plan
 
             print(format_plan(build_plan(recipe, args.processes, args.gpu)), flush=True)
+            return
+        if args.command == "prepare" and args.shard:  # no run lock: N tasks write N different folders at once
+            from domainpt.prepare import run_prepare_shard
+
+            run_prepare_shard(recipe, args.shard)
+            return
+        if args.command == "prepare" and args.merge:
+            from domainpt.prepare import run_prepare
+
+            with run_lock(recipe.out_dir):
+                if args.force:
+                    invalidate(recipe, "prepare")
+                if is_done(recipe, "prepare"):
+                    print(f"[domainpt] prepare: finished earlier, skipped ({recipe.out_dir}/prepare/manifest.json)", flush=True)
+                else:
+                    run_prepare(recipe, merge_only=True)
             return
         stages = STAGES if args.command == "run" else (args.command,)
         lock = run_lock(recipe.out_dir) if _rank() == 0 else nullcontext()

@@ -90,7 +90,8 @@ class PIIConfig:
 @dataclass
 class DecontamConfig:
     enabled: bool = _f(True, "Check training documents against every evaluation text (held-out text, task test sets).")
-    ngram: int = _f(13, "Word n-gram length; 13 is the usual choice (GPT-3, Llama reports).")
+    ngram: int = _f(13, "n-gram length: words against task test texts (13 is the usual choice: GPT-3, Llama reports), "
+                        "tokens against the held-out perplexity text.")
     action: str = _f("drop", "'drop' contaminated training documents or only 'report' them.")
 
     def __post_init__(self):
@@ -106,6 +107,8 @@ class DataConfig:
     heldout_docs: int = _f(20, "Documents of each kind (domain, general) held out for perplexity; never trained on.")
     seq_len: int = _f(512, "Tokens per packed training block.")
     seed: int = _f(0, "Seed for splits and shuffles in prepare.")
+    num_proc: int = _f(1, "Processes `prepare` runs on this machine (one shard each: read, clean, scrub, MinHash, tokenize). "
+                          "The output is byte-identical for any value, so it is not part of the run's fingerprint.")
     max_bad_share: float = _f(0.01, "Bad records (broken lines, invalid UTF-8, missing field) are skipped and counted; "
                                     "more than this share of a source stops prepare with an error.")
     max_record_mb: int = _f(64, "A record larger than this is a bad record (a runaway file is not a document).")
@@ -123,6 +126,8 @@ class DataConfig:
             raise ValueError("replay_share > 0 needs general sources")
         if self.seq_len < 8 or self.heldout_docs < 1:
             raise ValueError("seq_len must be >= 8 and heldout_docs >= 1")
+        if self.num_proc < 1:
+            raise ValueError("num_proc must be >= 1")
         if not 0 <= self.max_bad_share <= 1 or self.max_record_mb <= 0:
             raise ValueError("max_bad_share must be in [0, 1] and max_record_mb > 0")
 
@@ -344,11 +349,16 @@ class Recipe:
         stage stays valid when a newer domainpt adds keys with defaults."""
         d = {k: _non_default(getattr(self, k)) for k in sections}
         d = {k: v for k, v in d.items() if not (k in _LATER_SECTIONS and v == {})}
+        for section, key in _NOT_FINGERPRINTED:
+            if isinstance(d.get(section), dict):
+                d[section].pop(key, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # Sections added after the first release: left at their defaults they do not change a run's fingerprint.
 _LATER_SECTIONS = {"tokenizer"}
+# Keys that change how a stage runs but not what it produces.
+_NOT_FINGERPRINTED = {("data", "num_proc")}
 
 
 def _non_default(obj):

@@ -6,7 +6,7 @@ import pytest
 from domainpt.config import CleanConfig, SourceConfig
 from domainpt.data import clean, pii
 from domainpt.data.decontam import ContaminationIndex
-from domainpt.data.dedup import NearDuplicateIndex, exact_key
+from domainpt.data.dedup import exact_key, near_duplicates_in
 from domainpt.data.ingest import BadRecords, iter_source
 from domainpt.data.pack import PackedBlocks, PackWriter
 from domainpt.errors import DomainptError
@@ -42,13 +42,21 @@ def _mutate(text, share, seed):
     return " ".join(words)
 
 
+def _jaccard(a, b):
+    from domainpt.data.dedup import shingles
+
+    x, y = shingles(a, 5), shingles(b, 5)
+    return len(x & y) / len(x | y)
+
+
 def test_near_duplicates_removed_at_threshold_not_below():
     base = doc(1, 400)
-    idx = NearDuplicateIndex(threshold=0.7)
-    assert not idx.is_duplicate(base)
-    assert idx.is_duplicate(_mutate(base, 0.01, 0))      # ~95% shingle overlap: a near duplicate
-    assert not idx.is_duplicate(_mutate(base, 0.25, 1))  # most 5-gram shingles changed: kept
-    assert not idx.is_duplicate(doc(2, 400))             # unrelated
+    near, far = _mutate(base, 0.01, 0), _mutate(base, 0.04, 1)
+    assert _jaccard(base, near) > 0.9 and 0.6 < _jaccard(base, far) < 0.75
+    texts = [base, near, far, doc(2, 400)]
+    assert near_duplicates_in(texts, threshold=0.8).tolist() == [False, True, False, False]   # only the >= 0.8 copy
+    assert near_duplicates_in(texts, threshold=0.6).tolist() == [False, True, True, False]    # both at a lower bar
+    assert near_duplicates_in(texts, threshold=0.95).tolist() == [False, False, False, False]  # neither above 0.95
 
 
 @pytest.mark.parametrize("kind,planted", [

@@ -134,12 +134,16 @@ def test_rollback_returns_to_the_checkpoint_skips_the_bad_batches_and_survives_a
     assert _same_model(killed / "pretrain" / "model", clean / "pretrain" / "model")
 
 
-def test_prepare_killed_midway_reruns_to_the_same_shards(tiny_run, tmp_path):
+@pytest.mark.parametrize("point,left_behind", [
+    ("shard.document@60", "shards/.00000-of-00001.*/tokens.bin.tmp"),   # killed in the map (reading, tokenizing)
+    ("pack.document@60", "train/tokens.bin.tmp"),                        # killed in the merge (packing)
+])
+def test_prepare_killed_midway_reruns_to_the_same_shards(tiny_run, tmp_path, point, left_behind):
     ref = tiny_run[0]
     run = tmp_path / "run"
-    r = cli("prepare", TINY, f"out_dir={run}", env={"DOMAINPT_FAULT": "pack.document@60"})
+    r = cli("prepare", TINY, f"out_dir={run}", env={"DOMAINPT_FAULT": point})
     assert r.returncode == -signal.SIGKILL, r.stderr[-1500:]
-    assert (run / "prepare" / "train" / "tokens.bin.tmp").is_file() and not (run / "prepare" / "manifest.json").exists()
+    assert list((run / "prepare").glob(left_behind)) and not (run / "prepare" / "manifest.json").exists()
     r = cli("prepare", TINY, f"out_dir={run}")
     assert r.returncode == 0, r.stderr[-2000:]
     got, want = run / "prepare", ref / "prepare"
@@ -147,7 +151,7 @@ def test_prepare_killed_midway_reruns_to_the_same_shards(tiny_run, tmp_path):
     assert len(files) >= 6
     for f in files:
         assert (got / f).read_bytes() == (want / f).read_bytes(), f
-    assert not list(got.rglob("*.tmp"))
+    assert not list(got.rglob("*.tmp")) and not (got / "shards").exists()
 
 
 # --- resources -------------------------------------------------------------------------------------

@@ -45,10 +45,11 @@ def source_facts(src) -> dict:
     return {"where": where, "licence": src.licence or info.get("licence", "not declared"), **info}
 
 
-def write_card(out: Path, recipe, stats: dict, removed_samples: list, domain, general, tokenizer) -> None:
+def write_card(out: Path, recipe, stats: dict, removed_samples: list, samples: dict) -> float | None:
+    """Write data_card.md and doc_lengths.png; return the domain/general vocabulary overlap (on `samples`:
+    up to 2,000 randomly chosen texts per kind)."""
     length_histogram(stats["doc_lengths"], out / "doc_lengths.png")
-    overlap = vocab_overlap([d["text"] for d in domain[:2000]], [d["text"] for d in general[:2000]])
-    stats["vocab_overlap_domain_general"] = overlap
+    overlap = vocab_overlap(samples.get("domain", []), samples.get("general", []))
     lines = [f"# Data card: {recipe.name} ({recipe.domain})", "",
              "Produced by `domainpt prepare`; every number below was measured on this run.", "", "## Sources", "",
              "| kind | name | where | licence | tokens in training | share |", "|---|---|---|---|---|---|"]
@@ -69,10 +70,10 @@ def write_card(out: Path, recipe, stats: dict, removed_samples: list, domain, ge
               f"| read | {stats['documents_in']:,} |",
               f"| bad records skipped | {stats['bad_records']:,} |",
               f"| removed by cleaning filters | {clean_removed:,} ({', '.join(f'{k}: {v}' for k, v in stats['cleaning_removed'].items()) or 'none'}) |",
-              f"| exact duplicates removed | {stats['exact_duplicates_removed']:,} |",
-              f"| near duplicates removed (MinHash, threshold {recipe.data.dedup.threshold}) | {stats['near_duplicates_removed']:,} |",
+              f"| exact duplicates removed | {stats['exact_duplicates_removed']:,} ({stats['tokens_removed']['exact_duplicates']:,} tokens) |",
+              f"| near duplicates removed (MinHash, threshold {recipe.data.dedup.threshold}) | {stats['near_duplicates_removed']:,} ({stats['tokens_removed']['near_duplicates']:,} tokens) |",
               f"| held out for perplexity | {sum(stats['heldout_documents'].values()):,} |",
-              f"| contaminated ({recipe.data.decontam.ngram}-gram overlap with eval texts, action: {recipe.data.decontam.action}) | {stats['contaminated_found']:,} |",
+              f"| contaminated ({recipe.data.decontam.ngram}-word overlap with task test texts or {recipe.data.decontam.ngram}-token overlap with held-out text, action: {recipe.data.decontam.action}) | {stats['contaminated_found']:,} ({stats['tokens_removed']['contaminated']:,} tokens dropped) |",
               f"| in training | {stats['documents_out']:,} documents, {stats['tokens_out']:,} tokens, {stats['blocks']:,} blocks of {stats['seq_len']} |",
               "", f"PII replaced by typed placeholders: {stats['pii_replaced'] or 'scrubbing off'}.",
               f"Replay share of general text: requested {stats['replay_share_requested']:.0%}, actual {stats['replay_share_actual']:.1%}.",
@@ -94,6 +95,7 @@ def write_card(out: Path, recipe, stats: dict, removed_samples: list, domain, ge
                   f"{v['tokens_per_word_before']:.3f} -> {v['tokens_per_word_after']:.3f}. Most frequent: "
                   + ", ".join(f"{w['word']} ({w['count']}x, was {w['pieces']} tokens)" for w in v["words"][:20])]
     atomic_write_text(out / "data_card.md", "\n".join(lines) + "\n")
+    return overlap
 
 
 def corpus_card(name: str, recipes: list, runs: dict) -> str:

@@ -1,20 +1,35 @@
-"""Exact (normalised-hash) and near-duplicate (MinHash LSH via datasketch) removal.
+"""Exact (normalised-hash) and near-duplicate (MinHash + LSH bands) removal over a whole corpus.
 
-Documents are processed in order; the first of a duplicate group is kept.
+Signatures come from datasketch's MinHash and the band layout from its MinHashLSH (the (bands, rows)
+pair that minimises false positives + negatives for the threshold). The index itself is not
+datasketch's in-memory LSH: bands are hashed per shard, written to disk, and grouped by sorting in
+the merge (like datatrove's multi-stage MinHash), so the corpus never has to fit in one process.
+Candidate pairs are then checked against the signatures' estimated Jaccard similarity, and the
+documents of each connected group keep only their first member (lowest global order).
 """
 from __future__ import annotations
 
 import hashlib
 import re
 
+import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
+def _normal_words(text: str) -> bytes:
+    return " ".join(_WORD.findall(text.lower())).encode()
+
+
 def exact_key(text: str) -> str:
     """Hash of the lower-cased word sequence: whitespace and punctuation changes still match."""
-    return hashlib.sha1(" ".join(_WORD.findall(text.lower())).encode()).hexdigest()
+    return hashlib.sha1(_normal_words(text)).hexdigest()
+
+
+def word_key(text: str) -> int:
+    """exact_key as a 64-bit integer (what shards store; a collision needs ~4e9 documents to become likely)."""
+    return int.from_bytes(hashlib.blake2b(_normal_words(text), digest_size=8).digest(), "little")
 
 
 def shingles(text: str, n: int) -> set[bytes]:
@@ -24,22 +39,71 @@ def shingles(text: str, n: int) -> set[bytes]:
     return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
 
 
-class NearDuplicateIndex:
-    """Streaming near-duplicate detector: `is_duplicate(text)` answers and, if not, remembers the text."""
+def lsh_shape(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows per band) datasketch picks for this threshold."""
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    return lsh.b, lsh.r
 
-    def __init__(self, threshold: float, num_perm: int = 128, shingle_words: int = 5, seed: int = 1):
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        self.num_perm, self.n, self.seed, self.count = num_perm, shingle_words, seed, 0
 
-    def signature(self, text: str) -> MinHash:
-        m = MinHash(num_perm=self.num_perm, seed=self.seed)
-        m.update_batch(list(shingles(text, self.n)))
-        return m
+def signatures(texts: list[str], num_perm: int, shingle_words: int, seed: int = 1) -> np.ndarray:
+    """MinHash signatures (len(texts) x num_perm, uint32) of each text's word-shingle set."""
+    hs = MinHash.bulk([list(shingles(t, shingle_words)) for t in texts], num_perm=num_perm, seed=seed)
+    return np.stack([h.hashvalues for h in hs]).astype(np.uint32) if hs else np.zeros((0, num_perm), np.uint32)
 
-    def is_duplicate(self, text: str) -> bool:
-        m = self.signature(text)
-        if self.lsh.query(m):
-            return True
-        self.lsh.insert(str(self.count), m)
-        self.count += 1
-        return False
+
+def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """One uint64 per LSH band (FNV-style over the band's signature values); equal bands give equal hashes."""
+    out = np.full((sig.shape[0], bands), 1469598103934665603, dtype=np.uint64)
+    prime = np.uint64(1099511628211)
+    with np.errstate(over="ignore"):
+        for b in range(bands):
+            for r in range(rows):
+                out[:, b] = (out[:, b] ^ sig[:, b * rows + r].astype(np.uint64)) * prime
+    return out
+
+
+def candidate_pairs(band_columns) -> np.ndarray:
+    """(k, 2) index pairs that share at least one band hash (one column of hashes per band, read one at a
+    time so that only one is in memory): each member of an equal-hash group is linked to its first."""
+    pairs = []
+    for col in band_columns:
+        col = np.asarray(col)
+        order = np.argsort(col, kind="stable")
+        sorted_col = col[order]
+        same = np.flatnonzero(sorted_col[1:] == sorted_col[:-1]) + 1
+        if not len(same):
+            continue
+        starts = np.flatnonzero(np.r_[True, sorted_col[1:] != sorted_col[:-1]])
+        first = order[starts[np.searchsorted(starts, same, side="right") - 1]]
+        pairs.append(np.stack([first, order[same]], axis=1))
+    return np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), np.int64)
+
+
+def similar_pairs(pairs: np.ndarray, sig, threshold: float, chunk: int = 65536) -> np.ndarray:
+    """The candidate pairs whose signatures agree on at least `threshold` of their values."""
+    keep = []
+    for s in range(0, len(pairs), chunk):
+        p = pairs[s:s + chunk]
+        a, b = np.asarray(sig[p[:, 0]]), np.asarray(sig[p[:, 1]])
+        keep.append(p[(a == b).mean(axis=1) >= threshold])
+    return np.concatenate(keep) if keep else pairs
+
+
+def groups(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Connected-component label per document (scipy's union of the similar pairs)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not len(pairs):
+        return np.arange(n)
+    m = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(m, directed=False)[1]
+
+
+def near_duplicates_in(texts: list[str], threshold: float, num_perm: int = 128, shingle_words: int = 5) -> np.ndarray:
+    """Mask of the texts that are near duplicates of an earlier one: the merge's steps on an in-memory list."""
+    sig = signatures(texts, num_perm, shingle_words)
+    bands = band_hashes(sig, *lsh_shape(threshold, num_perm))
+    g = groups(len(texts), similar_pairs(candidate_pairs(bands.T), sig, threshold))
+    first = {}
+    return np.array([first.setdefault(int(x), i) != i for i, x in enumerate(g)], bool)

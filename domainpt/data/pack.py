@@ -9,6 +9,7 @@ Block i is tokens[i*seq_len:(i+1)*seq_len]; the tail that does not fill a block 
 from __future__ import annotations
 
 import json
+from array import array
 from pathlib import Path
 from typing import Iterable
 
@@ -30,32 +31,36 @@ class PackWriter:
     checked every `check_every` bytes so a full disk stops the run with a message, not a cut file."""
 
     def __init__(self, folder: Path, vocab_size: int, eos_id: int, reserve_bytes: int = 256 * 1024 ** 2,
-                 check_every: int = 64 * 1024 ** 2):
+                 check_every: int = 64 * 1024 ** 2, fault_point: str = "pack.document"):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.dtype, self.eos = token_dtype(vocab_size), eos_id
         self._fh = open(self.folder / "tokens.bin.tmp", "wb")
-        self.doc_ends: list[int] = []
+        self.doc_ends = array("Q")  # 8 bytes per document, not a Python int's 28+
         self.n_tokens = 0
         self.reserve, self.check_every, self._next_check = reserve_bytes, check_every, 0
+        self.fault_point = fault_point
 
-    def add(self, docs: Iterable[list[int]]) -> None:
+    def add(self, docs: Iterable) -> None:
+        """Append documents (lists or arrays of token ids); each gets the end-of-text id after it."""
         for ids in docs:
-            arr = np.asarray(list(ids) + [self.eos], dtype=self.dtype)
+            arr = np.empty(len(ids) + 1, dtype=self.dtype)
+            arr[:-1] = ids
+            arr[-1] = self.eos
             if self._fh.tell() >= self._next_check:
                 ensure_free_space(self.folder, self.reserve, "token shards",
                                   "free space or point out_dir at a larger disk, then rerun prepare")
                 self._next_check = self._fh.tell() + self.check_every
-            self._fh.write(arr.tobytes())
+            self._fh.write(arr.data)
             self.n_tokens += len(arr)
             self.doc_ends.append(self.n_tokens)
-            faults.kill_point("pack.document", len(self.doc_ends))
+            faults.kill_point(self.fault_point, len(self.doc_ends))
 
     def close(self, seq_len: int, extra: dict | None = None) -> dict:
         self._fh.close()
         (self.folder / "tokens.bin.tmp").replace(self.folder / "tokens.bin")
         with open(self.folder / "doc_ends.npy.tmp", "wb") as f:
-            np.save(f, np.asarray(self.doc_ends, dtype=np.uint64))
+            np.save(f, np.frombuffer(self.doc_ends, dtype=np.uint64) if self.doc_ends else np.zeros(0, np.uint64))
         (self.folder / "doc_ends.npy.tmp").replace(self.folder / "doc_ends.npy")
         meta = {"dtype": np.dtype(self.dtype).name, "seq_len": seq_len, "tokens": self.n_tokens,
                 "documents": len(self.doc_ends), "blocks": self.n_tokens // seq_len,
@@ -96,8 +101,15 @@ class PackedBlocks:
         return np.asarray(self.tokens[start:int(self.doc_ends[j]) - 1])
 
 
+def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens (documents are joined by end-of-text later).
+
+    transformers' batch call on the fast tokenizer; measured here it is as fast as calling the Rust
+    `encode_batch` directly (and faster than `encode_batch_fast`), see bench/data_prepare.py."""
+    return tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+
+
 def encode_batches(tokenizer, texts: list[str], batch_size: int = 256):
-    """Fast-tokenizer batch encoding without special tokens (documents are joined by end-of-text)."""
+    """encode_texts in batches, as a generator."""
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i:i + batch_size], add_special_tokens=False, return_attention_mask=False)
-        yield from enc["input_ids"]
+        yield from encode_texts(tokenizer, texts[i:i + batch_size])
