@@ -15,6 +15,7 @@ Prints `ratio <float>`: datatrove tokenize throughput / domainpt's.
 from __future__ import annotations
 
 import argparse
+from importlib import metadata
 import json
 import os
 import shutil
@@ -97,8 +98,13 @@ def main():
     ap.add_argument("--datatrove-site", required=True, help="site-packages of an environment with datatrove[processing] and spacy")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    sys.path.insert(0, args.datatrove_site)  # datatrove needs its own xxhash (str input); numpy etc. stay ours
+    for name in [m for m in sys.modules if m.split(".")[0] == "xxhash"]:
+        del sys.modules[name]
+    import xxhash  # noqa: F401
+    sys.path.remove(args.datatrove_site)
     sys.path.append(args.datatrove_site)
-    import datatrove
+
 
     from domainpt.data.builtin import read_builtin
     from domainpt.models import load_tokenizer, resolve
@@ -120,7 +126,7 @@ def main():
             theirs.append(n_theirs / t)
             shutil.rmtree(d / f"ours{rep}"), shutil.rmtree(d / f"theirs{rep}")
         print(f"tokenize+pack tokens/s (median of {args.repeats}): domainpt {statistics.median(ours):,.0f} "
-              f"({n_ours:,} tokens incl. end-of-text), datatrove {datatrove.__version__} {statistics.median(theirs):,.0f} "
+              f"({n_ours:,} tokens incl. end-of-text), datatrove {metadata.version('datatrove')} {statistics.median(theirs):,.0f} "
               f"({n_theirs:,} tokens)", flush=True)
         (dup_ours, t_ours), (dup_theirs, t_theirs) = timed(domainpt_minhash, texts), timed(datatrove_minhash, corpus, d / "mh")
         print(f"near-dedup on {len(texts)} documents: domainpt {t_ours:.1f} s ({dup_ours} removed, threshold 0.8 verified), "

@@ -164,8 +164,14 @@ def materialize_general_model(recipe, into: Path) -> str:
     cls = AutoModelForMaskedLM if objective_for(config, m.objective) == "mlm" else AutoModelForCausalLM
     model = cls.from_config(config)
     tok = load_tokenizer(base, m.trust_remote_code)
+    into.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=into.parent, prefix=".base_model."))
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    tmp.rename(into)
+    try:
+        tmp.rename(into)
+    except OSError:  # a concurrent `prepare --shard` task built the same model first
+        if not (into / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp)
     return str(into)

@@ -6,6 +6,7 @@ import unicodedata
 
 _SPACES = re.compile(r"[ \t\u00a0]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
+_LINE_EDGES = re.compile(r"[^\S\n]*\n[^\S\n]*")  # whitespace other than newlines around a newline
 
 
 def normalize(text: str, cfg) -> str:
@@ -13,16 +14,19 @@ def normalize(text: str, cfg) -> str:
         text = unicodedata.normalize("NFC", text)
     if cfg.collapse_whitespace:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-        text = "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+        text = _LINE_EDGES.sub("\n", _SPACES.sub(" ", text))  # one pass each, not one per line
         text = _BLANK_LINES.sub("\n\n", text)
     return text.strip()
 
 
+_NOT_SYMBOL = re.compile(r"[^\W_]+|\s+")  # letters and digits (\w without "_") or whitespace
+
+
 def symbol_ratio(text: str) -> float:
+    """Share of characters that are neither alphanumeric nor whitespace."""
     if not text:
         return 1.0
-    symbols = sum(1 for c in text if not (c.isalnum() or c.isspace()))
-    return symbols / len(text)
+    return len(_NOT_SYMBOL.sub("", text)) / len(text)
 
 
 def repeated_line_ratio(text: str) -> float:

@@ -15,7 +15,10 @@ import re
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
+from domainpt.data.ngrams import ngram_hashes, word_ids
+
 _WORD = re.compile(r"\w+", re.UNICODE)
+_SCHEME = "affine32"  # datasketch 2's default: 32-bit values, so a signature row is num_perm x 4 bytes
 
 
 def _normal_words(text: str) -> bytes:
@@ -45,10 +48,24 @@ def lsh_shape(threshold: float, num_perm: int) -> tuple[int, int]:
     return lsh.b, lsh.r
 
 
-def signatures(texts: list[str], num_perm: int, shingle_words: int, seed: int = 1) -> np.ndarray:
-    """MinHash signatures (len(texts) x num_perm, uint32) of each text's word-shingle set."""
-    hs = MinHash.bulk([list(shingles(t, shingle_words)) for t in texts], num_perm=num_perm, seed=seed)
-    return np.stack([h.hashvalues for h in hs]).astype(np.uint32) if hs else np.zeros((0, num_perm), np.uint32)
+def shingle_hashes(ids: np.ndarray, n: int) -> np.ndarray:
+    """32-bit hashes of the distinct word n-grams of a text's word ids (the whole text as one shingle when shorter)."""
+    return np.unique(ngram_hashes(ids, min(n, len(ids))) >> np.uint64(32)) if len(ids) else np.zeros(0, np.uint64)
+
+
+def signatures(texts: list, num_perm: int, shingle_words: int, seed: int = 1) -> np.ndarray:
+    """MinHash signatures (len(texts) x num_perm, uint32) of each text's word-shingle set (texts as
+    strings, or as their ngrams.word_ids arrays when the caller has them already).
+
+    datasketch's MinHash with its permutations made once (not per document) and the shingles already
+    hashed as arrays (its default hashes each shingle with a Python call): ~4x faster here, same math."""
+    perms = MinHash(num_perm=num_perm, seed=seed).permutations
+    out = np.empty((len(texts), num_perm), np.uint32)
+    for i, t in enumerate(texts):
+        m = MinHash(num_perm=num_perm, seed=seed, hashfunc=int, permutations=perms, scheme=_SCHEME)
+        m.update_batch(shingle_hashes(word_ids(t) if isinstance(t, str) else t, shingle_words))
+        out[i] = m.hashvalues
+    return out
 
 
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:

@@ -7,6 +7,7 @@ the result is byte-identical however many shards produced the input.
 """
 from __future__ import annotations
 
+import heapq
 import json
 from collections import Counter
 from pathlib import Path
@@ -258,27 +259,38 @@ def _held_texts(corpus: Corpus, shards, held, kind: int, tokenizer) -> list[dict
     docs = corpus.docs
     idx = np.flatnonzero(held & (docs["kind"] == kind))
     idx = idx[np.argsort(docs["rank"][idx], kind="stable")]
+    wanted = {(int(docs["rank"][i]), int(docs["order"][i])) for i in idx}
     texts = {}
-    for s in shards:
-        for row in s["info"]["lowest_ranked"][KINDS[kind]]:
-            texts[(int(row["rank"]), row["order"])] = row["text"]
-    names = all_sources_names(corpus)
-    return [{"text": texts.get((int(docs["rank"][i]), int(docs["order"][i])), None) or tokenizer.decode(corpus.tokens(i)),
+    for row in _sample_rows(shards, KINDS[kind]):
+        if len(texts) == len(wanted):
+            break
+        if (row["rank"], row["order"]) in wanted:
+            texts[(row["rank"], row["order"])] = row["text"]
+    names = corpus.shards[0]["info"]["source_names"]
+    return [{"text": texts.get((int(docs["rank"][i]), int(docs["order"][i]))) or tokenizer.decode(corpus.tokens(i)),
              "source": names[int(docs["source"][i])]} for i in idx]
 
 
-def all_sources_names(corpus: Corpus) -> list[str]:
-    return corpus.shards[0]["info"]["source_names"]
+def _sample_rows(shards, kind: str):
+    """Every shard's sample rows of one kind, merged in rank order, streamed from disk."""
+    files = [open(s["folder"] / f"sample_{kind}.jsonl", encoding="utf-8") for s in shards]
+    try:
+        yield from heapq.merge(*((json.loads(l) for l in f) for f in files), key=lambda r: (r["rank"], r["order"]))
+    finally:
+        for f in files:
+            f.close()
 
 
 def _lowest_texts(shards, kind: str, k: int) -> list[str]:
-    rows = sorted((int(r["rank"]), r["order"], r["text"]) for s in shards for r in s["info"]["lowest_ranked"][kind])
-    seen, out = set(), []
-    for rank, _, text in rows:
-        if rank not in seen:
-            seen.add(rank)
-            out.append(text)
-    return out[:k]
+    """The k lowest-ranked distinct texts of one kind: a random sample no sharding changes."""
+    out, last = [], None
+    for row in _sample_rows(shards, kind):
+        if len(out) == k:
+            break
+        if row["rank"] != last:
+            out.append(row["text"])
+            last = row["rank"]
+    return out
 
 
 def _removed_samples(corpus: Corpus, masks: dict, tokenizer, per_reason: int = 3) -> list[dict]:

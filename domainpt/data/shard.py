@@ -10,7 +10,8 @@ documents plus a fixed number of sample texts; what grows with the corpus goes t
     tokens.bin, doc_ends.npy, meta.json  each document's tokens + end-of-text (PackWriter format)
     docs.bin    one DOC_DTYPE row per document: global order, kind, source, exact hash, rank, tokens, task hit
     bands.bin   MinHash LSH band hashes (docs x bands, uint64); sig.bin the signatures (docs x num_perm, uint32)
-    shard.json  counters, bad records, removed-document samples, the lowest-ranked texts per kind
+    sample_{domain,general}.jsonl  the lowest-ranked texts per kind (held-out candidates, vocabulary sample)
+    shard.json  counters, bad records, removed-document samples
 The folder is written under a temporary name and renamed when complete: a shard folder that exists is finished.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from domainpt.data import clean, pii
 from domainpt.data.decontam import ContaminationIndex
 from domainpt.data.dedup import band_hashes, lsh_shape, signatures, word_key
 from domainpt.data.ingest import BadRecords, iter_source
+from domainpt.data.ngrams import word_ids
 from domainpt.data.pack import PackWriter, encode_texts
 from domainpt.errors import DomainptError
 from domainpt.manifest import atomic_write_json
@@ -102,8 +104,11 @@ class LowestRanked:
             return
         self.items[rank] = (order, text)
 
-    def rows(self) -> list[dict]:
-        return [{"rank": str(r), "order": o, "text": t} for r, (o, t) in sorted(self.items.items())]
+    def write(self, path: Path) -> None:
+        """One JSON line per text, in rank order (the merge streams these files side by side)."""
+        with open(path, "w", encoding="utf-8") as f:
+            for r, (o, t) in sorted(self.items.items()):
+                f.write(json.dumps({"rank": r, "order": o, "text": t}, ensure_ascii=False) + "\n")
 
 
 def process_shard(recipe, tokenizer, index: int, count: int, prep: Path, fingerprint: str, eval_texts: list[str]) -> Path:
@@ -148,14 +153,15 @@ def _write_shard(recipe, tok, index: int, count: int, out: Path, eval_texts: lis
     def flush():
         texts = [b[3] for b in batch]
         ids = encode_texts(tok, texts)
-        sig = signatures(texts, cfg.dedup.num_perm, cfg.dedup.shingle_words) if cfg.dedup.near else \
+        words = [word_ids(t) for t in texts]  # shared by MinHash shingles and the n-gram contamination check
+        sig = signatures(words, cfg.dedup.num_perm, cfg.dedup.shingle_words) if cfg.dedup.near else \
             np.zeros((len(texts), cfg.dedup.num_perm), np.uint32)
         docs = np.zeros(len(batch), DOC_DTYPE)
         for j, (order, kind, src_i, text) in enumerate(batch):
             exact = word_key(text)
             rank = rank_of(cfg.seed, exact)
             docs[j] = (order, exact, rank, len(ids[j]) + 1, src_i, KINDS.index(kind),
-                       cfg.decontam.enabled and contam.hits(text))
+                       cfg.decontam.enabled and contam.hits(words[j]))
             lowest[kind].add(rank, order, text)
         writer.add(ids)
         files["docs.bin"].write(docs.tobytes())
@@ -185,11 +191,13 @@ def _write_shard(recipe, tok, index: int, count: int, out: Path, eval_texts: lis
     for f in files.values():
         f.close()
     meta = writer.close(cfg.seq_len)
+    for kind, sample in lowest.items():
+        sample.write(out / f"sample_{kind}.jsonl")
     return {"documents": meta["documents"], "source_names": [s.name for _, s in all_sources(cfg)], "bands": bands, "rows": rows, "num_perm": cfg.dedup.num_perm,
             "documents_in": counters["documents_in"], "cleaning_removed": dict(counters["cleaning_removed"]),
             "pii_replaced": dict(counters["pii_replaced"]), "bad_records": bad.total, "bad_record_reasons": dict(bad.counts),
             "bad_record_examples": bad.examples, "removed_samples": samples,
-            "lowest_ranked": {k: v.rows() for k, v in lowest.items()}, "eval_texts_too_short_to_check": contam.unchecked}
+"eval_texts_too_short_to_check": contam.unchecked}
 
 
 def _sample(samples: list, why: str, order: int, text: str, per_reason: int = 3) -> None:
