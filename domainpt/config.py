@@ -157,6 +157,10 @@ class TaskConfig:
     train_size: int = _f(400, "Training examples (the rest after the test split, capped).")
     metric: str = _f("accuracy", "Main metric: accuracy or f1 (macro) for classification and multiple choice; "
                                  "token_f1 (the qa default) or exact_match for qa.")
+    scoring: str = _f("likelihood", "Classification after fine-tuning: 'likelihood' (the verbaliser with the highest "
+                                    "log-likelihood after the prompt) or 'head' (a classification head on the last "
+                                    "token, or [CLS] for encoders, trained with the LoRA adapter). Zero-shot always "
+                                    "uses likelihood: an untrained head has nothing to say.")
 
     def __post_init__(self):
         if not self.name:
@@ -169,6 +173,8 @@ class TaskConfig:
             raise ValueError("source is required")
         if self.train_test_overlap not in ("error", "drop"):
             raise ValueError("train_test_overlap must be error or drop")
+        if self.scoring not in ("likelihood", "head") or (self.scoring == "head" and self.type != "classification"):
+            raise ValueError("scoring must be 'likelihood', or 'head' for a classification task")
         allowed = QA_METRICS if self.type == "qa" else ("accuracy", "f1")
         if self.metric not in allowed:
             raise ValueError(f"metric must be {' or '.join(allowed)} for a {self.type} task")
@@ -283,10 +289,18 @@ class LoraConfig:
                                    "for serving without peft; one full model per task, model and seed.")
     train_new_tokens: bool = _f(False, "With tokenizer.extend: also train the new tokens' embedding rows during LoRA "
                                        "(peft trainable_token_indices; the general model has none).")
+    quantize: str = _f("none", "QLoRA: 'nf4' (4-bit NormalFloat, double quantisation, bf16 compute) or 'int8' loads both "
+                               "base models quantised with bitsandbytes for fine-tuning and fine-tuned scoring; needs a CUDA "
+                               "GPU and `pip install bitsandbytes`. 'none' trains on the full-precision weights.")
 
     def __post_init__(self):
         if self.r <= 0 or self.steps <= 0 or self.batch_size <= 0 or not self.seeds:
             raise ValueError("r, steps, batch_size must be > 0 and seeds non-empty")
+        if self.quantize not in ("none", "nf4", "int8"):
+            raise ValueError("quantize must be none, nf4 or int8")
+        if self.quantize != "none" and self.merge_export:
+            raise ValueError("merge_export with quantize: merging into quantised weights loses the adapter's precision; "
+                             "export from a full-precision run")
 
 
 @dataclass

@@ -3,7 +3,8 @@
     domainpt finetune recipes/demo/legal.yaml
 
 For each task, model and seed: train a LoRA adapter (peft) to produce the right choice's words after
-the prompt (loss on those words only), and save it in peft's format under
+the prompt (loss on those words only) — or, for a classification task with `scoring: head`, a
+classification head on the prompt together with the adapter — and save it in peft's format under
 out_dir/finetune/<task>/<model>/seed<k>/adapter. Both models see the same examples in the same order
 for a given seed, the same steps and the same hyper-parameters: only the starting weights differ.
 """
@@ -19,10 +20,10 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from domainpt.eval.scoring import prompt_ids
+from domainpt.eval.scoring import classifier_inputs, pad_batch, prompt_ids
 from domainpt.eval.tasks import read_split
 from domainpt.manifest import atomic_write_json, require_done, stage_dir, write_manifest
-from domainpt.models import end_of_text_id, load_model, load_tokenizer
+from domainpt.models import end_of_text_id, load_classifier, load_model, load_tokenizer, quantization_config
 from domainpt.preflight import check_lora_targets
 
 MODELS = ("general_model", "domain_model")
@@ -34,8 +35,9 @@ def model_paths(recipe) -> dict:
     return {"general_model": prep["base_model"], "domain_model": str(stage_dir(recipe, "pretrain") / "model")}
 
 
-def lora_config(recipe, model, new_token_ids: list[int] | None = None):
-    """peft LoraConfig; `new_token_ids` (an extended vocabulary) also get their embedding rows trained."""
+def lora_config(recipe, model, new_token_ids: list[int] | None = None, head: bool = False):
+    """peft LoraConfig; `new_token_ids` (an extended vocabulary) also get their embedding rows trained;
+    with `head`, peft trains and saves the classification head fully (modules_to_save) beside the adapter."""
     from peft import LoraConfig, TaskType
 
     lc = recipe.lora
@@ -43,7 +45,7 @@ def lora_config(recipe, model, new_token_ids: list[int] | None = None):
     check_lora_targets(targets, {n.split(".")[-1] for n, _ in model.named_modules() if n}, model.name_or_path)
     extra = {"trainable_token_indices": list(new_token_ids)} if new_token_ids else {}
     return LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
-                      task_type=TaskType.CAUSAL_LM, **extra)
+                      task_type=TaskType.SEQ_CLS if head else TaskType.CAUSAL_LM, **extra)
 
 
 def training_features(tokenizer, examples: list[dict], bos: int, eot: int) -> list[tuple[list[int], int]]:
@@ -54,6 +56,17 @@ def training_features(tokenizer, examples: list[dict], bos: int, eot: int) -> li
         a = tokenizer(ex["choices"][ex["answer"]], add_special_tokens=False)["input_ids"] + [eot]
         feats.append((p + a, len(p)))
     return feats
+
+
+def head_features(tokenizer, examples: list[dict], bos: int, encoder: bool) -> list[tuple[list[int], int]]:
+    """(ids, label index) for a classification head: the prompt alone, the answer as a class."""
+    return [(classifier_inputs(tokenizer, ex["prompt"], bos, encoder), ex["answer"]) for ex in examples]
+
+
+def head_loss(model, feats, pad_id: int, device) -> tuple[torch.Tensor, int]:
+    batch = {k: v.to(device) for k, v in pad_batch([ids for ids, _ in feats], pad_id).items()}
+    labels = torch.tensor([y for _, y in feats], device=device)
+    return F.cross_entropy(model(**batch).logits.float(), labels), int(batch["attention_mask"].sum())
 
 
 def collate(feats, pad_id: int) -> dict:
@@ -80,15 +93,28 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1), ignore_index=-100)
 
 
-def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str, new_token_ids=None) -> dict:
-    """One LoRA run; returns its log. Deterministic given the seed (data order and LoRA init)."""
+def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str, new_token_ids=None,
+                  num_labels: int | None = None, pad_id: int = 0) -> dict:
+    """One LoRA run; returns its log. Deterministic given the seed (data order, LoRA and head init).
+    With `num_labels`, feats are head_features and a classification head is trained with the adapter."""
     from peft import get_peft_model
 
     lc = recipe.lora
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(base_path, "clm", recipe.model.trust_remote_code).to(device)
     torch.manual_seed(seed)
-    model = get_peft_model(model, lora_config(recipe, model, new_token_ids))
+    q = lc.quantize
+    if num_labels:
+        model = load_classifier(base_path, num_labels, pad_id, recipe.model.trust_remote_code, quantize=q)
+    else:
+        model = load_model(base_path, "clm", recipe.model.trust_remote_code, quantize=q)
+    if q == "none":
+        model = model.to(device)
+    else:  # QLoRA: quantised base placed by bitsandbytes; norms in fp32, input grads on, as peft recommends
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    torch.manual_seed(seed)
+    model = get_peft_model(model, lora_config(recipe, model, new_token_ids, head=bool(num_labels)))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lc.lr, weight_decay=0.0)
     warm = max(1, lc.steps // 10)
@@ -101,16 +127,19 @@ def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     for step in tqdm(range(lc.steps), desc=desc, unit="step", leave=False):
         idx = order[step * lc.batch_size:(step + 1) * lc.batch_size]
-        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in collate([feats[i] for i in idx], pad).items()}
         with autocast:
-            loss = answer_loss(model, batch)
+            if num_labels:
+                loss, n_tokens = head_loss(model, [feats[i] for i in idx], pad_id, device)
+            else:
+                batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in collate([feats[i] for i in idx], pad).items()}
+                loss, n_tokens = answer_loss(model, batch), int(batch["attention_mask"].sum())
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(round(loss.item(), 6))
-        tokens += int(batch["attention_mask"].sum())
+        tokens += n_tokens
     tmp = out.parent / f".{out.name}.tmp"
     model.save_pretrained(tmp)
     tmp.rename(out)
@@ -122,9 +151,24 @@ def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str
     return {"losses": losses, "tokens": tokens, "wall_s": round(time.time() - t0, 3)}
 
 
+def head_setup(recipe, task, model_path: str, tok) -> dict | None:
+    """For a task scored with a classification head: its label count, pad id and whether the model is an encoder."""
+    if task.scoring != "head":
+        return None
+    from transformers import AutoConfig
+
+    from domainpt.models import is_encoder
+
+    encoder = is_encoder(AutoConfig.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code))
+    pad = tok.pad_token_id if encoder and tok.pad_token_id is not None else end_of_text_id(tok)
+    examples = read_split(stage_dir(recipe, "prepare") / "tasks" / task.name, "test")
+    return {"num_labels": len(examples[0]["choices"]), "pad_id": pad, "encoder": encoder}
+
+
 def run_finetune(recipe) -> dict:
     started = time.time()
     paths = model_paths(recipe)
+    quantization_config(recipe.lora.quantize)  # no GPU or no bitsandbytes: say so before any work
     prep_dir = stage_dir(recipe, "prepare")
     out = stage_dir(recipe, "finetune")
     out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +182,8 @@ def run_finetune(recipe) -> dict:
         for model_name in MODELS:
             tok = toks[model_name]
             bos = eot = end_of_text_id(tok)
-            feats = training_features(tok, examples, bos, eot)
+            head = head_setup(recipe, task, paths[model_name], tok)
+            feats = head_features(tok, examples, bos, head["encoder"]) if head else training_features(tok, examples, bos, eot)
             for seed in recipe.lora.seeds:
                 run_dir = out / task.name / model_name / f"seed{seed}"
                 log_path = run_dir / "train_log.json"
@@ -151,7 +196,8 @@ def run_finetune(recipe) -> dict:
                         if stale.exists():
                             shutil.rmtree(stale)
                     log = train_adapter(recipe, paths[model_name], feats, seed, adapter,
-                                        desc=f"lora {task.name} {model_name} seed{seed}", new_token_ids=new_ids[model_name])
+                                        desc=f"lora {task.name} {model_name} seed{seed}", new_token_ids=new_ids[model_name],
+                                        **({"num_labels": head["num_labels"], "pad_id": head["pad_id"]} if head else {}))
                     atomic_write_json(log_path, log)
                 runs[f"{task.name}/{model_name}/seed{seed}"] = {"first_loss": log["losses"][0], "last_loss": log["losses"][-1],
                                                                   "tokens": log["tokens"], "wall_s": log["wall_s"]}

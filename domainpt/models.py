@@ -121,15 +121,57 @@ def check_weights_format(name: str) -> None:
                             f"convert them to safetensors, or set DOMAINPT_ALLOW_PICKLE=1 if you trust their source")
 
 
-def load_model(name: str, objective: str, trust_remote_code: bool = False, dtype=torch.float32):
+def quantization_config(quantize: str):
+    """bitsandbytes settings for QLoRA ('nf4' as in Dettmers et al. 2023, or 'int8'); None for 'none'.
+    A missing GPU or bitsandbytes is an error, never a silent full-precision run."""
+    if quantize == "none":
+        return None
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        raise DomainptError(f"lora.quantize={quantize} needs a CUDA GPU (bitsandbytes kernels); set lora.quantize=none here")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise DomainptError(f"lora.quantize={quantize} needs bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_model(name: str, objective: str, trust_remote_code: bool = False, dtype=torch.float32, quantize: str = "none"):
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     check_weights_format(name)
     cls = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
     kwargs = dict(trust_remote_code=trust_remote_code, dtype=dtype)
+    if quantize != "none":
+        kwargs.update(quantization_config=quantization_config(quantize), dtype=torch.bfloat16, device_map={"": 0})
     if not _allow_pickle():
         kwargs["use_safetensors"] = True
     return _wrap("model", name, lambda: cls.from_pretrained(name, **kwargs))
+
+
+def load_classifier(name: str, num_labels: int, pad_id: int, trust_remote_code: bool = False, dtype=torch.float32,
+                    quantize: str = "none"):
+    """The checkpoint with a fresh classification head (last non-pad token for decoders, [CLS] for encoders).
+    Seed torch first: both models then start from the same head weights."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    check_weights_format(name)
+    kwargs = dict(trust_remote_code=trust_remote_code, dtype=dtype, num_labels=num_labels, pad_token_id=pad_id)
+    if quantize != "none":
+        kwargs.update(quantization_config=quantization_config(quantize), dtype=torch.bfloat16, device_map={"": 0})
+    if not _allow_pickle():
+        kwargs["use_safetensors"] = True
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized: score.weight" is the point here, not a warning
+    try:
+        return _wrap("model", name, lambda: AutoModelForSequenceClassification.from_pretrained(name, **kwargs))
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def end_of_text_id(tokenizer) -> int:

@@ -73,12 +73,15 @@ def write_card(out: Path, recipe, stats: dict, removed_samples: list, samples: d
               f"| exact duplicates removed | {stats['exact_duplicates_removed']:,} ({stats['tokens_removed']['exact_duplicates']:,} tokens) |",
               f"| near duplicates removed (MinHash, threshold {recipe.data.dedup.threshold}) | {stats['near_duplicates_removed']:,} ({stats['tokens_removed']['near_duplicates']:,} tokens) |",
               f"| held out for perplexity | {sum(stats['heldout_documents'].values()):,} |",
-              f"| contaminated ({recipe.data.decontam.ngram}-word overlap with task test texts or {recipe.data.decontam.ngram}-token overlap with held-out text, action: {recipe.data.decontam.action}) | {stats['contaminated_found']:,} ({stats['tokens_removed']['contaminated']:,} tokens dropped) |",
+              f"| contaminated ({recipe.data.decontam.ngram}-word overlap with task test texts or a {stats['heldout_ngram_tokens']}-token ({recipe.data.decontam.ngram}-word) overlap with held-out text, action: {recipe.data.decontam.action}) | {stats['contaminated_found']:,} ({stats['tokens_removed']['contaminated']:,} tokens dropped) |",
               f"| in training | {stats['documents_out']:,} documents, {stats['tokens_out']:,} tokens, {stats['blocks']:,} blocks of {stats['seq_len']} |",
               "", f"PII replaced by typed placeholders: {stats['pii_replaced'] or 'scrubbing off'}.",
               f"Replay share of general text: requested {stats['replay_share_requested']:.0%}, actual {stats['replay_share_actual']:.1%}.",
               f"Vocabulary overlap (top-10k words of domain vs general text): {overlap if overlap is not None else 'n/a'}.",
               f"Evaluation texts too short to check for contamination: {stats['eval_texts_too_short_to_check']}.",
+              f"Near duplicates: MinHash with {stats['near_dedup_lsh']['num_perm']} permutations, LSH {stats['near_dedup_lsh']['bands']} bands "
+              f"x {stats['near_dedup_lsh']['rows']} rows, candidate pairs kept only when their signatures agree on >= "
+              f"{recipe.data.dedup.threshold:.0%}. Prepared in {stats['shards']} shard(s); the output does not depend on that number.",
               "", "![document lengths](doc_lengths.png)", "", "## Tasks", "",
               "| task | train | test | train/test overlap removed | labels |", "|---|---|---|---|---|"]
     for name, t in stats["tasks"].items():

@@ -89,6 +89,40 @@ def score_examples(model, tokenizer, examples: list[dict], bos: int, desc: str =
     return rows
 
 
+def classifier_inputs(tokenizer, prompt: str, bos: int, encoder: bool) -> list[int]:
+    """What a classification head reads: [CLS] prompt [SEP] for encoders, <bos> prompt for decoders."""
+    return tokenizer(prompt)["input_ids"] if encoder else prompt_ids(tokenizer, prompt, bos)
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int) -> dict:
+    """Right-padded ids and attention mask (a head reads the last non-pad token, or the first)."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s)] = torch.tensor(s)
+        mask[r, :len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@torch.no_grad()
+def classify_examples(model, inputs: list[list[int]], examples: list[dict], pad_id: int, desc: str = "classify",
+                      batch_size: int = 8) -> list[dict]:
+    """Per-example rows from a classification head, in score_examples' shape (pred_norm = pred: no lengths)."""
+    model.eval()
+    device = next(model.parameters()).device
+    rows = [None] * len(examples)
+    for idx in tqdm(length_sorted_batches(inputs, batch_size), desc=desc, unit="batch", leave=False):
+        batch = {k: v.to(device) for k, v in pad_batch([inputs[i] for i in idx], pad_id).items()}
+        logits = model(**batch).logits.float().cpu()
+        for i, row in zip(idx, logits):
+            ex, pred = examples[i], int(row.argmax())
+            rows[i] = {"id": ex["id"], "answer": ex["answer"], "pred": pred, "pred_norm": pred,
+                       "correct": int(pred == ex["answer"]), "correct_norm": int(pred == ex["answer"]),
+                       "logits": [round(float(x), 5) for x in row]}
+    return rows
+
+
 def length_sorted_batches(sequences: list[list[int]], batch_size: int) -> list[list[int]]:
     """Index batches of similar lengths (longest first, so memory trouble shows at once): little padding.
     Callers put results back in the original order."""

@@ -13,11 +13,11 @@ import torch
 
 from domainpt.eval.metrics import QA_METRICS, compute
 from domainpt.eval.perplexity import perplexity
-from domainpt.eval.scoring import generate_answers, score_examples
+from domainpt.eval.scoring import classifier_inputs, classify_examples, generate_answers, score_examples
 from domainpt.eval.tasks import read_heldout, read_split, seeded_rank
-from domainpt.finetune import MODELS, model_paths
+from domainpt.finetune import MODELS, head_setup, model_paths
 from domainpt.manifest import atomic_write_json, atomic_write_jsonl, require_done, stage_dir, write_manifest
-from domainpt.models import end_of_text_id, load_model, load_tokenizer
+from domainpt.models import end_of_text_id, load_classifier, load_model, load_tokenizer
 
 
 def task_metric(metric: str, rows: list[dict]) -> dict:
@@ -84,15 +84,25 @@ def run_evaluate(recipe) -> dict:
             entry = scores["tasks"][task.name][model_name]
             entry["finetuned"] = {}
             peft_model = None  # one base model per task, one adapter per seed loaded into it
+            head = head_setup(recipe, task, paths[model_name], tok)
             for seed in recipe.lora.seeds:
                 adapter, name = str(ft_dir / task.name / model_name / f"seed{seed}" / "adapter"), f"seed{seed}"
                 if peft_model is None:
-                    base = load_model(paths[model_name], "clm", recipe.model.trust_remote_code).to(device)
+                    q = recipe.lora.quantize  # the adapter is scored on the base it was trained against
+                    base = (load_classifier(paths[model_name], head["num_labels"], head["pad_id"], recipe.model.trust_remote_code,
+                                            quantize=q) if head else
+                            load_model(paths[model_name], "clm", recipe.model.trust_remote_code, quantize=q))
+                    base = base.to(device) if q == "none" else base
                     peft_model = PeftModel.from_pretrained(base, adapter, adapter_name=name)
                 else:
                     peft_model.load_adapter(adapter, adapter_name=name)
                 peft_model.set_adapter(name)
-                rows = score_task(task, peft_model, tok, tests[task.name], bos, ec.batch_size, f"lora {task.name} {model_name} seed{seed}")
+                desc = f"lora {task.name} {model_name} seed{seed}"
+                if head:
+                    inputs = [classifier_inputs(tok, e["prompt"], bos, head["encoder"]) for e in tests[task.name]]
+                    rows = classify_examples(peft_model, inputs, tests[task.name], head["pad_id"], desc, ec.batch_size)
+                else:
+                    rows = score_task(task, peft_model, tok, tests[task.name], bos, ec.batch_size, desc)
                 atomic_write_jsonl(out / "predictions" / task.name / model_name / f"seed{seed}.jsonl", rows)
                 entry["finetuned"][str(seed)] = task_metric(task.metric, rows)
             del peft_model, base

@@ -1,0 +1,147 @@
+"""Classification with a head (`tasks[].scoring: head`): LoRA + a trained head, for a decoder and for a
+BERT-style encoder; only adapter and head weights train, the saved adapter reloads to the same predictions."""
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY
+
+GOOD, BAD, NEUTRAL = ["great", "fine", "nice", "superb"], ["awful", "poor", "sad", "broken"], ["the", "item", "was", "and", "it", "seems"]
+
+
+def _examples(n=64, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        y = i % 2
+        words = [rng.choice(NEUTRAL) for _ in range(2)] + [rng.choice(BAD if y else GOOD) for _ in range(4)]
+        rng.shuffle(words)
+        out.append({"id": str(i), "prompt": f"Review: {' '.join(words)}\nAnswer:", "choices": [" good", " bad"], "answer": y})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A randomly initialised 2-layer BERT with a WordPiece tokenizer over the task's words (saved as a checkpoint)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("bert")
+    words = sorted(set(GOOD + BAD + NEUTRAL + ["review", "answer", ":", "good", "bad"]))
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)}
+    tk = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+def _train_and_check(base: str, encoder: bool, tmp_path, steps=80, lr=0.01):
+    from peft import PeftModel, get_peft_model
+
+    from domainpt.config import load_recipe
+    from domainpt.eval.scoring import classify_examples
+    from domainpt.finetune import head_features, lora_config, train_adapter
+    from domainpt.models import end_of_text_id, load_classifier, load_tokenizer
+
+    recipe = load_recipe(TINY, [f"lora.steps={steps}", f"lora.lr={lr}", "lora.batch_size=8"])
+    tok = load_tokenizer(base)
+    pad = tok.pad_token_id if encoder else end_of_text_id(tok)
+    examples = _examples()
+    feats = head_features(tok, examples, end_of_text_id(tok), encoder)
+    if encoder:
+        assert feats[0][0][0] == tok.cls_token_id and feats[0][0][-1] == tok.sep_token_id
+
+    # only the adapter and the head are trainable
+    model = get_peft_model(load_classifier(base, 2, pad), lora_config(recipe, load_classifier(base, 2, pad), head=True))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable), trainable
+    assert any("modules_to_save" in n for n in trainable)
+
+    log = train_adapter(recipe, base, feats, 0, tmp_path / "adapter", desc="t", num_labels=2, pad_id=pad)
+    losses = log["losses"]
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
+
+    saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert all("lora_" in k or any(h in k for h in ("score", "classifier")) for k in saved), list(saved)
+    inputs = [f[0] for f in feats]
+    preds = []
+    for _ in range(2):  # a fresh base each time: the head comes from the adapter folder, not from the seed
+        torch.manual_seed(123)
+        peft = PeftModel.from_pretrained(load_classifier(base, 2, pad), str(tmp_path / "adapter"))
+        preds.append(classify_examples(peft, inputs, examples, pad, batch_size=16))
+    assert preds[0] == preds[1]
+    accuracy = sum(r["correct"] for r in preds[0]) / len(examples)
+    assert accuracy >= 0.9, accuracy
+    return log
+
+
+def test_head_on_a_decoder(tiny_run, tmp_path):
+    _train_and_check(str(tiny_run[0] / "base_model"), encoder=False, tmp_path=tmp_path)
+
+
+def test_head_on_an_encoder(tiny_bert, tmp_path):
+    _train_and_check(tiny_bert, encoder=True, tmp_path=tmp_path)
+
+
+def test_scoring_head_only_for_classification():
+    from domainpt.config import TaskConfig, SourceConfig
+
+    with pytest.raises(ValueError, match="scoring must be"):
+        TaskConfig(name="q", type="multiple_choice", scoring="head", source=SourceConfig(path="x.jsonl"))
+
+
+def test_head_task_through_every_stage(tmp_path):
+    """A `scoring: head` task in a real run: fine-tuned rows come from the head, zero-shot from likelihood."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT, cli
+
+    recipe = yaml.safe_load(TINY.read_text())
+    recipe["tasks"][0]["scoring"] = "head"
+    recipe["out_dir"] = str(tmp_path / "run")
+    path = tmp_path / "head.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    r = cli("run", path, "train.max_steps=4", "train.eval_every=0", "train.save_every=0", "lora.seeds=[0,1]")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "run"
+    pred = out / "evaluate" / "predictions" / "licence-category"
+    ft = [json.loads(l) for l in (pred / "domain_model" / "seed0.jsonl").read_text().splitlines()]
+    zs = [json.loads(l) for l in (pred / "domain_model" / "zero_shot.jsonl").read_text().splitlines()]
+    assert len(ft[0]["logits"]) == 4 and "logliks" in zs[0]
+    res = json.loads((out / "compare" / "results.json").read_text())
+    assert len(res["tasks"]["licence-category"]["general_model"]["finetuned"]["seeds"]) == 2
+    check = ROOT.parent / "shared" / "contracts" / "check_results.py"
+    if check.is_file():
+        c = subprocess.run([sys.executable, check, out / "compare" / "results.json"], capture_output=True, text=True)
+        assert c.returncode == 0, c.stdout + c.stderr
+
+
+def test_qlora_without_a_gpu_is_a_clear_error(tiny_run, tmp_path):
+    """lora.quantize asks for bitsandbytes on a GPU; here (no GPU) finetune stops at once with one line."""
+    import shutil
+
+    from conftest import cli
+
+    run = tmp_path / "run"
+    for stage in ("base_model", "prepare", "pretrain"):
+        shutil.copytree(tiny_run[0] / stage, run / stage)
+    r = cli("finetune", TINY, f"out_dir={run}", "lora.quantize=nf4")
+    assert r.returncode == 2 and "lora.quantize=nf4 needs a CUDA GPU" in r.stderr and "Traceback" not in r.stderr, r.stderr[-800:]
+    assert not (run / "finetune" / "manifest.json").exists()
+    with pytest.raises(ValueError, match="merge_export with quantize"):
+        from domainpt.config import LoraConfig
+
+        LoraConfig(quantize="nf4", merge_export=True)
