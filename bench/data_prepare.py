@@ -2,6 +2,7 @@
 
     python bench/data_prepare.py                  # ~35 min on 2 cores; last line: `ratio <float>`
     python bench/data_prepare.py --big-mb 0       # throughput and ratio only (~1 min)
+    python bench/data_prepare.py --memory-only --big-mb 600   # part 3 only
 
 1. Whole stage on one real corpus (all 2,289 ScanCode licence texts as domain data, the Wikipedia
    sample as general text, SmolLM2 tokenizer, one process): documents/s and tokens/s, from reading
@@ -11,8 +12,10 @@
    process, 5 interleaved repeats, median. Goal >= 0.8.
 3. Peak memory (resident set of the whole process tree, sampled every 50 ms) of `domainpt prepare`
    (one process) on a generated corpus of --big-mb/4 and of --big-mb megabytes (licence and news
-   sentences shuffled into new documents, so dedup keeps them), beside the resident size of the
-   imports alone: bounded memory means the two peaks are close although the corpus grew 4x.
+   sentences shuffled into new documents, so dedup keeps them), and of a process that has done
+   everything prepare does before reading data (imports, model checks, tokenizer). Resident and
+   anonymous (resident minus file-backed pages) peaks; "data work" is the anonymous peak above that
+   baseline. Bounded memory means the peaks stay put while the corpus grows 4x.
 """
 from __future__ import annotations
 
@@ -98,20 +101,23 @@ def make_corpus(path: Path, megabytes: int, seed: int = 0) -> int:
     return size
 
 
-def peak_rss_of(cmd: list[str]) -> tuple[int, float, int]:
-    """(peak resident bytes of the process tree, wall seconds, return code)."""
+def peak_rss_of(cmd: list[str]) -> tuple[int, int, float, int]:
+    """(peak resident bytes of the process tree, peak anonymous bytes (resident minus file-backed and
+    shared pages: what the processes allocated themselves), wall seconds, return code)."""
     import psutil
 
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak, stop = 0, threading.Event()
+    peak, peak_anon, stop = 0, 0, threading.Event()
 
     def sample():
-        nonlocal peak
+        nonlocal peak, peak_anon
         p = psutil.Process(proc.pid)
         while not stop.is_set():
             try:
-                peak = max(peak, sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]))
+                infos = [q.memory_info() for q in [p, *p.children(recursive=True)]]
+                peak = max(peak, sum(m.rss for m in infos))
+                peak_anon = max(peak_anon, sum(m.rss - m.shared for m in infos))
             except psutil.Error:
                 pass
             time.sleep(0.05)
@@ -123,21 +129,28 @@ def peak_rss_of(cmd: list[str]) -> tuple[int, float, int]:
     th.join()
     if proc.returncode:
         print(err[-2000:], file=sys.stderr)
-    return peak, time.perf_counter() - t0, proc.returncode
+    return peak, peak_anon, time.perf_counter() - t0, proc.returncode
 
 
-def import_baseline() -> int:
-    """Resident bytes of a process that has only imported what prepare imports and loaded the tokenizer."""
-    code = ("import resource, datasets, matplotlib.pyplot, domainpt.prepare, domainpt.preflight\n"
-            "from domainpt.models import load_tokenizer, resolve\n"
-            "load_tokenizer(resolve('smollm2-135m'))\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
-    return int(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+def setup_baseline(work: Path) -> tuple[int, int]:
+    """(resident, anonymous) bytes of a process that has done everything prepare does before reading data:
+    imports, recipe, model checks, tokenizer."""
+    code = ("import psutil, sys\n"
+            "from domainpt.config import load_recipe\n"
+            "from domainpt.prepare import _setup\n"
+            f"r = load_recipe('recipes/demo/tiny.yaml', ['out_dir={work / 'baseline'}'])\n"
+            "_setup(r, r.out_dir + '/prepare', 'x')\n"
+            "import datasets, matplotlib.pyplot\n"
+            "m = psutil.Process().memory_info()\n"
+            "print(m.rss, m.rss - m.shared)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    return int(out[0]), int(out[1])
 
 
 def memory(work: Path, big_mb: int) -> list[dict]:
-    base = import_baseline()
-    print(f"memory: resident after imports + tokenizer, before any data: {base / 1024 ** 2:.0f} MB", flush=True)
+    base, base_anon = setup_baseline(work)
+    print(f"memory: before any data (imports, model checks, tokenizer): resident {base / 1024 ** 2:.0f} MB, "
+          f"anonymous {base_anon / 1024 ** 2:.0f} MB", flush=True)
     rows = []
     for mb in (big_mb // 4, big_mb):
         corpus = work / f"corpus_{mb}.jsonl"
@@ -145,13 +158,15 @@ def memory(work: Path, big_mb: int) -> list[dict]:
         out = work / f"mem_{mb}"
         cmd = [sys.executable, "-m", "domainpt", "prepare", str(ROOT / "recipes" / "demo" / "tiny.yaml"), f"out_dir={out}",
                f"data.domain=[{{path: '{corpus}'}}]", "data.general=[{builtin: wikipedia-sample}]", "data.seq_len=1024"]
-        peak, wall, rc = peak_rss_of(cmd)
+        peak, peak_anon, wall, rc = peak_rss_of(cmd)
         if rc:
             raise SystemExit(f"prepare failed on the {mb} MB corpus")
         stats = json.loads((out / "prepare" / "stats.json").read_text())
         rows.append({"corpus_mb": round(size / 1024 ** 2), "documents": stats["documents_in"], "peak_rss_mb": round(peak / 1024 ** 2),
-                     "peak_above_imports_mb": round((peak - base) / 1024 ** 2), "corpus_over_peak": round(size / peak, 2),
-                     "corpus_over_peak_above_imports": round(size / max(peak - base, 1), 2),
+                     "peak_anonymous_mb": round(peak_anon / 1024 ** 2),
+                     "data_work_mb": round((peak_anon - base_anon) / 1024 ** 2),
+                     "corpus_over_peak_rss": round(size / peak, 2),
+                     "corpus_over_data_work": round(size / max(peak_anon - base_anon, 1), 1),
                      "wall_s": round(wall), "mb_per_s": round(size / 1024 ** 2 / wall, 2)})
         corpus.unlink()
     return rows
@@ -160,17 +175,20 @@ def memory(work: Path, big_mb: int) -> list[dict]:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--big-mb", type=int, default=1000, help="size of the larger generated corpus (0: skip the memory part)")
+    ap.add_argument("--memory-only", action="store_true", help="only part 3")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        whole = whole_stage(work)
-        print(f"whole prepare stage, real corpus: {whole}", flush=True)
+        if not args.memory_only:
+            whole = whole_stage(work)
+            print(f"whole prepare stage, real corpus: {whole}", flush=True)
         if args.big_mb:
             for row in memory(work, args.big_mb):
                 print(f"memory: {row}", flush=True)
-        r = tokenize_pack_ratio(work)
-        print(f"tokenize+pack vs bare encode_batch: {r}", flush=True)
-        print(f"ratio {r['ratio']}")
+        if not args.memory_only:
+            r = tokenize_pack_ratio(work)
+            print(f"tokenize+pack vs bare encode_batch: {r}", flush=True)
+            print(f"ratio {r['ratio']}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from domainpt.data.dedup import candidate_pairs, groups, similar_pairs
+from domainpt.data.ngrams import ngram_hashes
 from domainpt.data.pack import PackWriter
 from domainpt.data.shard import KINDS, SAMPLE_DOCS, all_sources, read_shard, shard_dir
 from domainpt.errors import DomainptError
@@ -44,16 +46,31 @@ def find_shards(prep: Path, fingerprint: str) -> list[dict]:
 
 
 class Corpus:
-    """Every document of every shard as one table; `tokens(i)` reads document i's tokens (no end-of-text)."""
+    """Every document of every shard as one table; `tokens(i)` reads document i's tokens (no end-of-text).
+
+    Tokens are read with pread, not memory-mapped: mapped pages count towards the process's resident
+    memory, and the merge touches every token once (measured: +360 MB at a 1 GB corpus with mmap)."""
 
     def __init__(self, shards: list[dict]):
         self.shards = shards
         self.docs = np.concatenate([s["docs"] for s in shards]) if shards else np.zeros(0)
         self.shard_of = np.concatenate([np.full(len(s["docs"]), k, np.int32) for k, s in enumerate(shards)])
         self.local = np.concatenate([np.arange(len(s["docs"])) for s in shards])
-        self.tok = [np.memmap(s["folder"] / "tokens.bin", dtype=json.loads((s["folder"] / "meta.json").read_text())["dtype"],
-                              mode="r") if s["info"]["documents"] else None for s in shards]
+        self.dtype = [np.dtype(json.loads((s["folder"] / "meta.json").read_text())["dtype"]) for s in shards]
+        self.fd = [os.open(s["folder"] / "tokens.bin", os.O_RDONLY) for s in shards]
         self.ends = [np.load(s["folder"] / "doc_ends.npy") for s in shards]
+
+    def close(self) -> None:
+        for fd in self.fd:
+            os.close(fd)
+
+    def read(self, k: int, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of shard k's token file."""
+        size = self.dtype[k].itemsize
+        return np.frombuffer(os.pread(self.fd[k], (stop - start) * size, start * size), dtype=self.dtype[k])
+
+    def shard_tokens(self, k: int) -> int:
+        return int(self.ends[k][-1]) if len(self.ends[k]) else 0
 
     def __len__(self) -> int:
         return len(self.docs)
@@ -61,7 +78,7 @@ class Corpus:
     def tokens(self, i: int) -> np.ndarray:
         k, j = self.shard_of[i], self.local[i]
         start = 0 if j == 0 else int(self.ends[k][j - 1])
-        return self.tok[k][start:int(self.ends[k][j]) - 1]
+        return self.read(k, start, int(self.ends[k][j]) - 1)
 
     def band_column(self, b: int, subset: np.ndarray) -> np.ndarray:
         return np.concatenate([np.asarray(s["bands"][:, b]) for s in self.shards])[subset]
@@ -119,31 +136,20 @@ def near_duplicates(corpus: Corpus, subset: np.ndarray, held: np.ndarray, thresh
 
 def heldout_ngram_hits(corpus: Corpus, held_idx: np.ndarray, check: np.ndarray, n: int, chunk: int = 1 << 22) -> np.ndarray:
     """Mask over all documents: those in `check` that contain any n-token window of a held-out document."""
-    grams = [_window_hashes(corpus.tokens(i).astype(_U64), n) for i in held_idx]
+    grams = [ngram_hashes(corpus.tokens(i).astype(_U64), n) for i in held_idx]
     grams = np.unique(np.concatenate(grams)) if grams else np.zeros(0, _U64)
     hit = np.zeros(len(corpus), bool)
     if not len(grams):
         return hit
     offset = 0
-    for k, toks in enumerate(corpus.tok):
-        count = len(corpus.ends[k])
-        if toks is not None:
-            for s in range(0, len(toks), chunk):
-                piece = np.asarray(toks[s:s + chunk + n - 1]).astype(_U64)
-                pos = np.flatnonzero(np.isin(_window_hashes(piece, n), grams)) + s
-                hit[offset + np.unique(np.searchsorted(corpus.ends[k], pos, side="right"))] = True
-        offset += count
+    for k in range(len(corpus.shards)):
+        total = corpus.shard_tokens(k)
+        for s in range(0, total, chunk):
+            piece = corpus.read(k, s, min(total, s + chunk + n - 1)).astype(_U64)
+            pos = np.flatnonzero(np.isin(ngram_hashes(piece, n), grams)) + s
+            hit[offset + np.unique(np.searchsorted(corpus.ends[k], pos, side="right"))] = True
+        offset += len(corpus.ends[k])
     return hit & check
-
-
-def _window_hashes(t: np.ndarray, n: int) -> np.ndarray:
-    if len(t) < n:
-        return np.zeros(0, _U64)
-    h = np.zeros(len(t) - n + 1, _U64)
-    with np.errstate(over="ignore"):
-        for j in range(n):
-            h = h * _U64(1000003) + t[j:len(t) - n + 1 + j] + _U64(1)
-    return h
 
 
 def take_weighted(docs, pool: np.ndarray, weights: dict[int, float]) -> np.ndarray:
@@ -171,8 +177,15 @@ def take_replay(docs, pool: np.ndarray, target: int) -> tuple[np.ndarray, int]:
 
 def merge_shards(recipe, tokenizer, eot: int, shards: list[dict], out: Path, fixed_samples: list) -> dict:
     """Select, mix and pack the training documents into out/train; return the numbers for stats.json and the card."""
-    cfg = recipe.data
     corpus = Corpus(shards)
+    try:
+        return _merge(recipe, tokenizer, eot, corpus, out, fixed_samples)
+    finally:
+        corpus.close()
+
+
+def _merge(recipe, tokenizer, eot: int, corpus: Corpus, out: Path, fixed_samples: list) -> dict:
+    cfg, shards = recipe.data, corpus.shards
     docs = corpus.docs
     sources = all_sources(cfg)
     counts = np.bincount(docs["source"].astype(np.int64), minlength=len(sources)) if len(docs) else np.zeros(len(sources), int)
