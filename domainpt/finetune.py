@@ -3,8 +3,9 @@
     domainpt finetune recipes/demo/legal.yaml
 
 For each task, model and seed: train a LoRA adapter (peft) to produce the right choice's words after
-the prompt (loss on those words only) — or, for a classification task with `scoring: head`, a
-classification head on the prompt together with the adapter — and save it in peft's format under
+the prompt (loss on those words only; an encoder predicts each of them masked, the pseudo-log-likelihood
+that evaluate scores) — or, for a classification task with `scoring: head`, a classification head on the
+prompt together with the adapter — and save it in peft's format under
 out_dir/finetune/<task>/<model>/seed<k>/adapter. Both models see the same examples in the same order
 for a given seed, the same steps and the same hyper-parameters: only the starting weights differ.
 """
@@ -20,10 +21,12 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from domainpt.eval.masked import answer_items, masked_answer_loss, special_ids
 from domainpt.eval.scoring import classifier_inputs, pad_batch, prompt_ids
 from domainpt.eval.tasks import read_split
 from domainpt.manifest import atomic_write_json, require_done, stage_dir, write_manifest
-from domainpt.models import end_of_text_id, load_classifier, load_model, load_tokenizer, quantization_config
+from domainpt.models import (checkpoint_objective, end_of_text_id, load_classifier, load_model, load_tokenizer,
+                             quantization_config)
 from domainpt.preflight import check_lora_targets
 
 MODELS = ("general_model", "domain_model")
@@ -35,9 +38,10 @@ def model_paths(recipe) -> dict:
     return {"general_model": prep["base_model"], "domain_model": str(stage_dir(recipe, "pretrain") / "model")}
 
 
-def lora_config(recipe, model, new_token_ids: list[int] | None = None, head: bool = False):
+def lora_config(recipe, model, new_token_ids: list[int] | None = None, head: bool = False, objective: str = "clm"):
     """peft LoraConfig; `new_token_ids` (an extended vocabulary) also get their embedding rows trained;
-    with `head`, peft trains and saves the classification head fully (modules_to_save) beside the adapter."""
+    with `head`, peft trains and saves the classification head fully (modules_to_save) beside the adapter.
+    peft has no masked-LM task type: an encoder's adapter is a plain PeftModel (task_type None)."""
     from peft import LoraConfig, TaskType
 
     lc = recipe.lora
@@ -45,7 +49,7 @@ def lora_config(recipe, model, new_token_ids: list[int] | None = None, head: boo
     check_lora_targets(targets, {n.split(".")[-1] for n, _ in model.named_modules() if n}, model.name_or_path)
     extra = {"trainable_token_indices": list(new_token_ids)} if new_token_ids else {}
     return LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
-                      task_type=TaskType.SEQ_CLS if head else TaskType.CAUSAL_LM, **extra)
+                      task_type=TaskType.SEQ_CLS if head else None if objective == "mlm" else TaskType.CAUSAL_LM, **extra)
 
 
 def training_features(tokenizer, examples: list[dict], bos: int, eot: int) -> list[tuple[list[int], int]]:
@@ -55,6 +59,17 @@ def training_features(tokenizer, examples: list[dict], bos: int, eot: int) -> li
         p = prompt_ids(tokenizer, ex["prompt"], bos)
         a = tokenizer(ex["choices"][ex["answer"]], add_special_tokens=False)["input_ids"] + [eot]
         feats.append((p + a, len(p)))
+    return feats
+
+
+def masked_features(tokenizer, examples: list[dict]) -> list[tuple[list[int], int]]:
+    """(ids, answer start) for an encoder: [CLS] prompt answer [SEP]; each answer token is predicted masked."""
+    cls, sep, _ = special_ids(tokenizer)
+    feats = []
+    for ex in examples:
+        p = tokenizer(ex["prompt"], add_special_tokens=False)["input_ids"]
+        a = tokenizer(ex["choices"][ex["answer"]], add_special_tokens=False)["input_ids"]
+        feats.append((answer_items(p, a, cls, sep)[0][0], 1 + len(p)))
     return feats
 
 
@@ -94,9 +109,10 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
 
 
 def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str, new_token_ids=None,
-                  num_labels: int | None = None, pad_id: int = 0) -> dict:
+                  num_labels: int | None = None, pad_id: int = 0, objective: str = "clm", mask_id: int | None = None) -> dict:
     """One LoRA run; returns its log. Deterministic given the seed (data order, LoRA and head init).
-    With `num_labels`, feats are head_features and a classification head is trained with the adapter."""
+    With `num_labels`, feats are head_features and a classification head is trained with the adapter;
+    with objective 'mlm' (no head), feats are masked_features and `mask_id` masks the answer tokens."""
     from peft import get_peft_model
 
     lc = recipe.lora
@@ -106,7 +122,7 @@ def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str
     if num_labels:
         model = load_classifier(base_path, num_labels, pad_id, recipe.model.trust_remote_code, quantize=q)
     else:
-        model = load_model(base_path, "clm", recipe.model.trust_remote_code, quantize=q)
+        model = load_model(base_path, objective, recipe.model.trust_remote_code, quantize=q)
     if q == "none":
         model = model.to(device)
     else:  # QLoRA: quantised base placed by bitsandbytes; norms in fp32, input grads on, as peft recommends
@@ -114,7 +130,7 @@ def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     torch.manual_seed(seed)
-    model = get_peft_model(model, lora_config(recipe, model, new_token_ids, head=bool(num_labels)))
+    model = get_peft_model(model, lora_config(recipe, model, new_token_ids, head=bool(num_labels), objective=objective))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lc.lr, weight_decay=0.0)
     warm = max(1, lc.steps // 10)
@@ -130,6 +146,8 @@ def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str
         with autocast:
             if num_labels:
                 loss, n_tokens = head_loss(model, [feats[i] for i in idx], pad_id, device)
+            elif objective == "mlm":
+                loss, n_tokens = masked_answer_loss(model, [feats[i] for i in idx], mask_id, pad_id, device)
             else:
                 batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in collate([feats[i] for i in idx], pad).items()}
                 loss, n_tokens = answer_loss(model, batch), int(batch["attention_mask"].sum())
@@ -155,11 +173,7 @@ def head_setup(recipe, task, model_path: str, tok) -> dict | None:
     """For a task scored with a classification head: its label count, pad id and whether the model is an encoder."""
     if task.scoring != "head":
         return None
-    from transformers import AutoConfig
-
-    from domainpt.models import is_encoder
-
-    encoder = is_encoder(AutoConfig.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code))
+    encoder = checkpoint_objective(model_path, recipe.model.objective, recipe.model.trust_remote_code) == "mlm"
     pad = tok.pad_token_id if encoder and tok.pad_token_id is not None else end_of_text_id(tok)
     examples = read_split(stage_dir(recipe, "prepare") / "tasks" / task.name, "test")
     return {"num_labels": len(examples[0]["choices"]), "pad_id": pad, "encoder": encoder}
@@ -183,7 +197,14 @@ def run_finetune(recipe) -> dict:
             tok = toks[model_name]
             bos = eot = end_of_text_id(tok)
             head = head_setup(recipe, task, paths[model_name], tok)
-            feats = head_features(tok, examples, bos, head["encoder"]) if head else training_features(tok, examples, bos, eot)
+            objective = checkpoint_objective(paths[model_name], recipe.model.objective, recipe.model.trust_remote_code)
+            if head:
+                feats, how = head_features(tok, examples, bos, head["encoder"]), {"num_labels": head["num_labels"], "pad_id": head["pad_id"]}
+            elif objective == "mlm":
+                feats, how = masked_features(tok, examples), {"objective": "mlm", "mask_id": tok.mask_token_id,
+                                                              "pad_id": tok.pad_token_id}
+            else:
+                feats, how = training_features(tok, examples, bos, eot), {}
             for seed in recipe.lora.seeds:
                 run_dir = out / task.name / model_name / f"seed{seed}"
                 log_path = run_dir / "train_log.json"
@@ -196,8 +217,7 @@ def run_finetune(recipe) -> dict:
                         if stale.exists():
                             shutil.rmtree(stale)
                     log = train_adapter(recipe, paths[model_name], feats, seed, adapter,
-                                        desc=f"lora {task.name} {model_name} seed{seed}", new_token_ids=new_ids[model_name],
-                                        **({"num_labels": head["num_labels"], "pad_id": head["pad_id"]} if head else {}))
+                                        desc=f"lora {task.name} {model_name} seed{seed}", new_token_ids=new_ids[model_name], **how)
                     atomic_write_json(log_path, log)
                 runs[f"{task.name}/{model_name}/seed{seed}"] = {"first_loss": log["losses"][0], "last_loss": log["losses"][-1],
                                                                   "tokens": log["tokens"], "wall_s": log["wall_s"]}

@@ -88,6 +88,14 @@ def objective_for(config, requested: str) -> str:
     return "mlm" if is_encoder(config) else "clm"
 
 
+def checkpoint_objective(path: str, requested: str = "auto", trust_remote_code: bool = False) -> str:
+    """'mlm' or 'clm' for a saved checkpoint: decides how it is loaded, fine-tuned and scored."""
+    from transformers import AutoConfig
+
+    config = _wrap("config", path, lambda: AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+    return objective_for(config, requested)
+
+
 def _wrap(what: str, name: str, fn):
     try:
         return fn()

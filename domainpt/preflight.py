@@ -54,5 +54,9 @@ def check_model(recipe, base: str) -> None:
         if max_pos and n > max_pos:
             raise DomainptError(f"{key}={n} is longer than the model's context ({max_pos} positions, {base})")
     objective = objective_for(config, m.objective)
+    generative = [t.name for t in recipe.tasks if t.type == "qa"]
+    if objective == "mlm" and generative:
+        raise DomainptError(f"tasks {generative}: type qa generates answers, which a masked LM ({base}, objective mlm) cannot; "
+                            f"use a causal LM, or drop these tasks")
     if recipe.tasks:
         check_lora_targets(recipe.lora.target_modules, module_names(config, objective, m.trust_remote_code), base)

@@ -28,7 +28,7 @@ from domainpt import faults
 from domainpt.config import TRACKER_MODULES
 from domainpt.data.pack import PackedBlocks
 from domainpt.errors import DomainptError
-from domainpt.eval.perplexity import perplexity
+from domainpt.eval.perplexity import heldout_perplexity
 from domainpt.eval.tasks import read_heldout
 from domainpt.flops import device_peak_flops, model_flops_per_token
 from domainpt.manifest import atomic_write_json, atomic_write_text, read_manifest, require_done, stage_dir, write_manifest
@@ -247,14 +247,14 @@ def run_pretrain(recipe) -> dict:
     def evaluate_heldout() -> dict:
         res = {}
         for kind, texts in heldout.items():
-            if texts and objective == "clm":
-                r = perplexity(model, tok, texts, recipe.eval.ppl_window, recipe.eval.ppl_stride, tc.eval_tokens,
-                               recipe.eval.batch_size, bos, accelerator.device)
+            if texts:
+                r = heldout_perplexity(model, tok, texts, objective, recipe.eval.ppl_window, recipe.eval.ppl_stride,
+                                       tc.eval_tokens, recipe.eval.batch_size, bos, accelerator.device)
                 res[f"eval_{kind}_ppl"] = round(r["ppl"], 4)
         model.train()
         return res
 
-    if step == 0 and objective == "clm":
+    if step == 0:
         history.append({"step": 0, **evaluate_heldout()})
     start_general = history[0].get("eval_general_ppl") if history else None
 

@@ -31,3 +31,77 @@ def tokenizer():
     from domainpt.models import load_tokenizer, resolve
 
     return load_tokenizer(resolve("smollm2-135m"))
+
+
+GOOD, BAD, NEUTRAL = ["great", "fine", "nice", "superb"], ["awful", "poor", "sad", "broken"], ["the", "item", "was", "and", "it", "seems"]
+
+
+def review_examples(n=64, seed=0):
+    """A learnable two-label task: the label follows from which word list most review words come from."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        y = i % 2
+        words = [rng.choice(NEUTRAL) for _ in range(2)] + [rng.choice(BAD if y else GOOD) for _ in range(4)]
+        rng.shuffle(words)
+        out.append({"id": str(i), "prompt": f"Review: {' '.join(words)}\nAnswer:", "choices": [" good", " bad"], "answer": y})
+    return out
+
+
+def _bert_tokenizer(tk):
+    from tokenizers import decoders, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.decoder = decoders.WordPiece()
+    return tk, lambda: PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                               sep_token="[SEP]", mask_token="[MASK]")
+
+
+def _save_bert(d, tok, hidden, positions, init_range=0.02):
+    import torch
+    from tokenizers import processors
+    from transformers import BertConfig, BertForMaskedLM
+
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=2 * hidden, max_position_embeddings=positions,
+                               initializer_range=init_range)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A randomly initialised 2-layer BERT with a WordPiece vocabulary of review_examples' words."""
+    from tokenizers import Tokenizer, models
+
+    words = sorted(set(GOOD + BAD + NEUTRAL + ["review", "answer", ":", "good", "bad"]))
+    tk, make = _bert_tokenizer(Tokenizer(models.WordPiece({t: i for i, t in enumerate(SPECIALS + words)}, unk_token="[UNK]")))
+    # embeddings 10x the usual init: the frozen, tied MLM decoder of a random 32-wide model could otherwise
+    # not separate two words by more than ~1 logit, whatever LoRA does upstream (a pretrained BERT can)
+    return _save_bert(tmp_path_factory.mktemp("bert"), make(), hidden=32, positions=64, init_range=0.2)
+
+
+@pytest.fixture(scope="session")
+def demo_bert(tmp_path_factory):
+    """A randomly initialised 2-layer BERT whose WordPiece vocabulary (2,000) is trained on the demo corpora."""
+    import itertools
+
+    from tokenizers import Tokenizer, models, trainers
+
+    from domainpt.data.builtin import read_builtin
+
+    texts = [r["text"] for r in itertools.islice(read_builtin("scancode-licenses"), 400)]
+    texts += [r["text"] for r in itertools.islice(read_builtin("wikipedia-sample"), 60)]
+    tk, make = _bert_tokenizer(Tokenizer(models.WordPiece(unk_token="[UNK]")))
+    tk.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=SPECIALS))
+    return _save_bert(tmp_path_factory.mktemp("demo_bert"), make(), hidden=64, positions=160)

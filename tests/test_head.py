@@ -1,47 +1,10 @@
 """Classification with a head (`tasks[].scoring: head`): LoRA + a trained head, for a decoder and for a
 BERT-style encoder; only adapter and head weights train, the saved adapter reloads to the same predictions."""
-import random
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY
-
-GOOD, BAD, NEUTRAL = ["great", "fine", "nice", "superb"], ["awful", "poor", "sad", "broken"], ["the", "item", "was", "and", "it", "seems"]
-
-
-def _examples(n=64, seed=0):
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        y = i % 2
-        words = [rng.choice(NEUTRAL) for _ in range(2)] + [rng.choice(BAD if y else GOOD) for _ in range(4)]
-        rng.shuffle(words)
-        out.append({"id": str(i), "prompt": f"Review: {' '.join(words)}\nAnswer:", "choices": [" good", " bad"], "answer": y})
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A randomly initialised 2-layer BERT with a WordPiece tokenizer over the task's words (saved as a checkpoint)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
-
-    d = tmp_path_factory.mktemp("bert")
-    words = sorted(set(GOOD + BAD + NEUTRAL + ["review", "answer", ":", "good", "bad"]))
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)}
-    tk = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                  sep_token="[SEP]", mask_token="[MASK]")
-    torch.manual_seed(0)
-    BertForMaskedLM(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
+from conftest import TINY, review_examples
 
 
 def _train_and_check(base: str, encoder: bool, tmp_path, steps=80, lr=0.01):
@@ -55,7 +18,7 @@ def _train_and_check(base: str, encoder: bool, tmp_path, steps=80, lr=0.01):
     recipe = load_recipe(TINY, [f"lora.steps={steps}", f"lora.lr={lr}", "lora.batch_size=8"])
     tok = load_tokenizer(base)
     pad = tok.pad_token_id if encoder else end_of_text_id(tok)
-    examples = _examples()
+    examples = review_examples()
     feats = head_features(tok, examples, end_of_text_id(tok), encoder)
     if encoder:
         assert feats[0][0][0] == tok.cls_token_id and feats[0][0][-1] == tok.sep_token_id

@@ -69,4 +69,14 @@ def perplexity(model, tokenizer, texts: list[str], window: int, stride: int, max
         n_docs += 1
     nll, count = score_windows(model, windows, batch_size, device, pad_id=tokenizer.pad_token_id or 0)
     return {"ppl": math.exp(nll / count), "bpb": nll / (math.log(2) * n_bytes), "nll": nll,
-            "tokens": count, "bytes": n_bytes, "documents": n_docs}
+            "tokens": count, "bytes": n_bytes, "documents": n_docs, "method": "causal"}
+
+
+def heldout_perplexity(model, tokenizer, texts: list[str], objective: str, window: int, stride: int, max_tokens: int,
+                       batch_size: int, bos: int, device=None) -> dict:
+    """Perplexity for a causal LM, pseudo-perplexity for a masked LM ('method' says which)."""
+    if objective == "mlm":
+        from domainpt.eval.masked import pseudo_perplexity
+
+        return pseudo_perplexity(model, tokenizer, texts, window, stride, max_tokens, batch_size, device)
+    return perplexity(model, tokenizer, texts, window, stride, max_tokens, batch_size, bos, device)

@@ -67,26 +67,39 @@ def choice_logliks(model, prompt: list[int], choices: list[list[int]], device) -
     return batch_choice_logliks(model, [prompt], [choices], device)[0]
 
 
-def score_examples(model, tokenizer, examples: list[dict], bos: int, desc: str = "score", batch_size: int = 8) -> list[dict]:
-    """Per-example predictions: argmax of summed log-likelihood (acc) and of per-byte log-likelihood (acc_norm)."""
+def score_examples(model, tokenizer, examples: list[dict], bos: int, desc: str = "score", batch_size: int = 8,
+                   encoder: bool = False) -> list[dict]:
+    """Per-example predictions: argmax of summed log-likelihood (acc) and of per-byte log-likelihood (acc_norm).
+    An encoder is scored by the pseudo-log-likelihood of each choice (eval/masked.py)."""
     model.eval()
     device = next(model.parameters()).device
     choice_cache: dict[str, list[int]] = {}
-    prompts = [prompt_ids(tokenizer, ex["prompt"], bos) for ex in examples]
-    rows = [None] * len(examples)
-    for idx in tqdm(length_sorted_batches(prompts, batch_size), desc=desc, unit="batch", leave=False):
-        batch = [examples[i] for i in idx]
-        toks = [[choice_cache.setdefault(c, tokenizer(c, add_special_tokens=False)["input_ids"]) for c in ex["choices"]]
-                for ex in batch]
-        lls = batch_choice_logliks(model, [prompts[i] for i in idx], toks, device)
-        for i, ex, ll in zip(idx, batch, lls):
-            norm = [l / max(1, len(c.encode("utf-8"))) for l, c in zip(ll, ex["choices"])]
-            pred = max(range(len(ll)), key=ll.__getitem__)
-            pred_norm = max(range(len(norm)), key=norm.__getitem__)
-            rows[i] = {"id": ex["id"], "answer": ex["answer"], "pred": pred, "pred_norm": pred_norm,
-                       "correct": int(pred == ex["answer"]), "correct_norm": int(pred_norm == ex["answer"]),
-                       "logliks": [round(x, 5) for x in ll]}
-    return rows
+
+    def choice_ids(ex):
+        return [choice_cache.setdefault(c, tokenizer(c, add_special_tokens=False)["input_ids"]) for c in ex["choices"]]
+
+    if encoder:
+        from domainpt.eval.masked import masked_choice_logliks
+
+        prompts = [tokenizer(ex["prompt"], add_special_tokens=False)["input_ids"] for ex in examples]
+        lls = masked_choice_logliks(model, tokenizer, prompts, [choice_ids(ex) for ex in examples], batch_size, desc)
+    else:
+        prompts = [prompt_ids(tokenizer, ex["prompt"], bos) for ex in examples]
+        lls = [None] * len(examples)
+        for idx in tqdm(length_sorted_batches(prompts, batch_size), desc=desc, unit="batch", leave=False):
+            got = batch_choice_logliks(model, [prompts[i] for i in idx], [choice_ids(examples[i]) for i in idx], device)
+            for i, ll in zip(idx, got):
+                lls[i] = ll
+    return [choice_row(ex, ll) for ex, ll in zip(examples, lls)]
+
+
+def choice_row(ex: dict, ll: list[float]) -> dict:
+    norm = [v / max(1, len(c.encode("utf-8"))) for v, c in zip(ll, ex["choices"])]
+    pred = max(range(len(ll)), key=ll.__getitem__)
+    pred_norm = max(range(len(norm)), key=norm.__getitem__)
+    return {"id": ex["id"], "answer": ex["answer"], "pred": pred, "pred_norm": pred_norm,
+            "correct": int(pred == ex["answer"]), "correct_norm": int(pred_norm == ex["answer"]),
+            "logliks": [round(x, 5) for x in ll]}
 
 
 def classifier_inputs(tokenizer, prompt: str, bos: int, encoder: bool) -> list[int]:

@@ -1,5 +1,8 @@
 """Stage 4: score both models the same way — held-out perplexity, zero-shot and fine-tuned task scores.
 
+Decoders are scored by log-likelihood, encoders (masked LMs) by pseudo-log-likelihood (eval/masked.py):
+pseudo-perplexity on held-out text, the same for every choice of a task.
+
     domainpt evaluate recipes/demo/legal.yaml
 
 Writes out_dir/evaluate/scores.json and per-example predictions under
@@ -12,12 +15,12 @@ import time
 import torch
 
 from domainpt.eval.metrics import QA_METRICS, compute
-from domainpt.eval.perplexity import perplexity
+from domainpt.eval.perplexity import heldout_perplexity
 from domainpt.eval.scoring import classifier_inputs, classify_examples, generate_answers, score_examples
 from domainpt.eval.tasks import read_heldout, read_split, seeded_rank
 from domainpt.finetune import MODELS, head_setup, model_paths
 from domainpt.manifest import atomic_write_json, atomic_write_jsonl, require_done, stage_dir, write_manifest
-from domainpt.models import end_of_text_id, load_classifier, load_model, load_tokenizer
+from domainpt.models import checkpoint_objective, end_of_text_id, load_classifier, load_model, load_tokenizer
 
 
 def task_metric(metric: str, rows: list[dict]) -> dict:
@@ -39,11 +42,12 @@ def with_shots(tests: list[dict], train: list[dict], k: int) -> list[dict]:
     return [{**e, "prompt": demo + e["prompt"]} for e in tests]
 
 
-def score_task(task, model, tok, examples, bos: int, batch_size: int, desc: str) -> list[dict]:
-    """Per-example rows: log-likelihood choice for classification / multiple choice, a generated answer for qa."""
+def score_task(task, model, tok, examples, bos: int, batch_size: int, desc: str, objective: str = "clm") -> list[dict]:
+    """Per-example rows: log-likelihood choice for classification / multiple choice (pseudo-log-likelihood for a
+    masked LM), a generated answer for qa (decoders only: preflight refuses qa tasks for an encoder)."""
     if task.type == "qa":
         return generate_answers(model, tok, examples, bos, end_of_text_id(tok), task.max_answer_tokens, batch_size, desc)
-    return score_examples(model, tok, examples, bos, desc=desc, batch_size=batch_size)
+    return score_examples(model, tok, examples, bos, desc=desc, batch_size=batch_size, encoder=objective == "mlm")
 
 
 def run_evaluate(recipe) -> dict:
@@ -67,16 +71,18 @@ def run_evaluate(recipe) -> dict:
     for model_name in MODELS:
         tok = load_tokenizer(paths[model_name], recipe.model.trust_remote_code)  # the domain model's may be extended
         bos = end_of_text_id(tok)
-        model = load_model(paths[model_name], "clm", recipe.model.trust_remote_code).to(device)
+        objective = checkpoint_objective(paths[model_name], recipe.model.objective, recipe.model.trust_remote_code)
+        model = load_model(paths[model_name], objective, recipe.model.trust_remote_code).to(device)
         for kind, texts in heldout.items():
-            r = perplexity(model, tok, texts, ec.ppl_window, ec.ppl_stride, ec.ppl_max_tokens, ec.batch_size, bos, device)
+            r = heldout_perplexity(model, tok, texts, objective, ec.ppl_window, ec.ppl_stride, ec.ppl_max_tokens, ec.batch_size,
+                                   bos, device)
             scores["perplexity"].setdefault(kind, {})[model_name] = r
             tokens += r["tokens"]
         for task in recipe.tasks:
             entry = scores["tasks"].setdefault(task.name, {"metric": task.metric}).setdefault(model_name, {})
             if ec.zero_shot:
                 rows = score_task(task, model, tok, before_ft[task.name], bos, ec.batch_size,
-                                  f"{ec.few_shot}-shot {task.name} {model_name}")
+                                  f"{ec.few_shot}-shot {task.name} {model_name}", objective)
                 atomic_write_jsonl(out / "predictions" / task.name / model_name / "zero_shot.jsonl", rows)
                 entry["zero_shot"] = {**task_metric(task.metric, rows), "shots": ec.few_shot}
         del model
@@ -91,7 +97,7 @@ def run_evaluate(recipe) -> dict:
                     q = recipe.lora.quantize  # the adapter is scored on the base it was trained against
                     base = (load_classifier(paths[model_name], head["num_labels"], head["pad_id"], recipe.model.trust_remote_code,
                                             quantize=q) if head else
-                            load_model(paths[model_name], "clm", recipe.model.trust_remote_code, quantize=q))
+                            load_model(paths[model_name], objective, recipe.model.trust_remote_code, quantize=q))
                     base = base.to(device) if q == "none" else base
                     peft_model = PeftModel.from_pretrained(base, adapter, adapter_name=name)
                 else:
@@ -102,7 +108,7 @@ def run_evaluate(recipe) -> dict:
                     inputs = [classifier_inputs(tok, e["prompt"], bos, head["encoder"]) for e in tests[task.name]]
                     rows = classify_examples(peft_model, inputs, tests[task.name], head["pad_id"], desc, ec.batch_size)
                 else:
-                    rows = score_task(task, peft_model, tok, tests[task.name], bos, ec.batch_size, desc)
+                    rows = score_task(task, peft_model, tok, tests[task.name], bos, ec.batch_size, desc, objective)
                 atomic_write_jsonl(out / "predictions" / task.name / model_name / f"seed{seed}.jsonl", rows)
                 entry["finetuned"][str(seed)] = task_metric(task.metric, rows)
             del peft_model, base

@@ -109,6 +109,7 @@ def build_results(recipe) -> dict:
         "domain": recipe.domain,
         "perplexity": ppl,
         "bits_per_byte": bpb,
+        "perplexity_method": next(iter(next(iter(scores["perplexity"].values())).values())).get("method", "causal"),
         "forgetting": {"general_ppl_ratio": ppl["general"]["domain_model"] / ppl["general"]["general_model"] if "general" in ppl else None,
                        "domain_ppl_ratio": ppl["domain"]["domain_model"] / ppl["domain"]["general_model"]},
         "tasks": tasks,
@@ -138,6 +139,11 @@ def build_results(recipe) -> dict:
     }
 
 
+def ppl_label(res: dict) -> str:
+    """'perplexity' for causal LMs; an encoder's is a pseudo-perplexity (masked one token at a time)."""
+    return "pseudo-perplexity" if res.get("perplexity_method") == "pseudo-log-likelihood" else "perplexity"
+
+
 def _fmt(e: dict | None, pct: bool = True) -> str:
     if not e:
         return "—"
@@ -158,11 +164,12 @@ def sections(res: dict, out: Path) -> list[Section]:
                        f"domain minus general after LoRA = {100 * d['mean']:+.1f} points, {level}% interval "
                        f"[{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}], permutation p = {d['p_value']:.3f} — {sig}.")
     dom = p["domain"]
-    verdict.insert(0, f"Held-out **domain** perplexity: general model {dom['general_model']:.2f} → domain model {dom['domain_model']:.2f} "
+    pl = ppl_label(res)
+    verdict.insert(0, f"Held-out **domain** {pl}: general model {dom['general_model']:.2f} → domain model {dom['domain_model']:.2f} "
                       f"({100 * (dom['domain_model'] / dom['general_model'] - 1):+.1f}%).")
     if "general" in p:
         g = p["general"]
-        verdict.insert(1, f"Held-out **general** perplexity (forgetting): {g['general_model']:.2f} → {g['domain_model']:.2f} "
+        verdict.insert(1, f"Held-out **general** {pl} (forgetting): {g['general_model']:.2f} → {g['domain_model']:.2f} "
                           f"({100 * (g['domain_model'] / g['general_model'] - 1):+.1f}%).")
     secs.append(Section("How to read this report", [
         f"The *general model* is the checkpoint the run started from; the *domain model* is the same checkpoint after continued "
@@ -178,7 +185,9 @@ def sections(res: dict, out: Path) -> list[Section]:
     for kind in p:
         rows.append([f"{kind} held-out", f"{p[kind]['general_model']:.3f}", f"{p[kind]['domain_model']:.3f}",
                      f"{res['bits_per_byte'][kind]['general_model']:.4f}", f"{res['bits_per_byte'][kind]['domain_model']:.4f}"])
-    secs.append(Section("Perplexity and forgetting", ["Lower is better. Bits per byte are comparable across tokenizers."],
+    note = (" Both models are masked LMs: pseudo-perplexity and pseudo bits per byte come from masking each token in turn "
+            "(Salazar et al. 2020); compare them with each other, not with a causal LM's perplexity." if pl != "perplexity" else "")
+    secs.append(Section("Perplexity and forgetting", ["Lower is better. Bits per byte are comparable across tokenizers." + note],
                         (["text", "ppl general", "ppl domain", "bpb general", "bpb domain"], rows)))
     rows = []
     for name, t in res["tasks"].items():
@@ -249,10 +258,10 @@ def summary_lines(recipe) -> list[str]:
     """The verdict in a few terminal lines, read back from results.json."""
     out = stage_dir(recipe, "compare")
     r = json.loads((out / "results.json").read_text())
-    p = r["perplexity"]
-    lines = [f"[domainpt] held-out domain perplexity: general model {p['domain']['general_model']:.2f} -> domain model {p['domain']['domain_model']:.2f}"]
+    p, pl = r["perplexity"], ppl_label(r)
+    lines = [f"[domainpt] held-out domain {pl}: general model {p['domain']['general_model']:.2f} -> domain model {p['domain']['domain_model']:.2f}"]
     if "general" in p:
-        lines.append(f"[domainpt] held-out general perplexity (forgetting): {p['general']['general_model']:.2f} -> {p['general']['domain_model']:.2f}")
+        lines.append(f"[domainpt] held-out general {pl} (forgetting): {p['general']['general_model']:.2f} -> {p['general']['domain_model']:.2f}")
     for name, t in r["tasks"].items():
         d = t["difference"]
         lines.append(f"[domainpt] {name} ({t['metric']}): general+LoRA {100 * t['general_model']['finetuned']['mean']:.1f}, "
