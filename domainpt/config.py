@@ -290,8 +290,9 @@ class LoraConfig:
     train_new_tokens: bool = _f(False, "With tokenizer.extend: also train the new tokens' embedding rows during LoRA "
                                        "(peft trainable_token_indices; the general model has none).")
     quantize: str = _f("none", "QLoRA: 'nf4' (4-bit NormalFloat, double quantisation, bf16 compute) or 'int8' loads both "
-                               "base models quantised with bitsandbytes for fine-tuning and fine-tuned scoring; needs a CUDA "
-                               "GPU and `pip install bitsandbytes`. 'none' trains on the full-precision weights.")
+                               "base models quantised with bitsandbytes for fine-tuning and fine-tuned scoring; needs "
+                               "`pip install 'domainpt[qlora]'` and a CUDA GPU (or bitsandbytes' CPU kernels, 0.48+). "
+                               "'none' trains on the full-precision weights.")
 
     def __post_init__(self):
         if self.r <= 0 or self.steps <= 0 or self.batch_size <= 0 or not self.seeds:

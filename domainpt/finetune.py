@@ -182,7 +182,7 @@ def head_setup(recipe, task, model_path: str, tok) -> dict | None:
 def run_finetune(recipe) -> dict:
     started = time.time()
     paths = model_paths(recipe)
-    quantization_config(recipe.lora.quantize)  # no GPU or no bitsandbytes: say so before any work
+    quantization_config(recipe.lora.quantize)  # no bitsandbytes or no kernel for this device: say so before any work
     prep_dir = stage_dir(recipe, "prepare")
     out = stage_dir(recipe, "finetune")
     out.mkdir(parents=True, exist_ok=True)
@@ -222,4 +222,4 @@ def run_finetune(recipe) -> dict:
                 runs[f"{task.name}/{model_name}/seed{seed}"] = {"first_loss": log["losses"][0], "last_loss": log["losses"][-1],
                                                                   "tokens": log["tokens"], "wall_s": log["wall_s"]}
                 tokens += log["tokens"]
-    return write_manifest(recipe, "finetune", started, tokens=tokens, runs=runs, models=paths)
+    return write_manifest(recipe, "finetune", started, tokens=tokens, runs=runs, models=paths, quantize=recipe.lora.quantize)

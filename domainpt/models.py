@@ -131,21 +131,41 @@ def check_weights_format(name: str) -> None:
 
 def quantization_config(quantize: str):
     """bitsandbytes settings for QLoRA ('nf4' as in Dettmers et al. 2023, or 'int8'); None for 'none'.
-    A missing GPU or bitsandbytes is an error, never a silent full-precision run."""
+    Runs on a CUDA GPU, or on CPU where bitsandbytes has CPU kernels (0.48+ ships them). A missing
+    bitsandbytes or kernel is an error, never a silent full-precision run."""
     if quantize == "none":
         return None
     import importlib.util
 
-    if not torch.cuda.is_available():
-        raise DomainptError(f"lora.quantize={quantize} needs a CUDA GPU (bitsandbytes kernels); set lora.quantize=none here")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise DomainptError(f"lora.quantize={quantize} needs bitsandbytes: pip install bitsandbytes")
+        raise DomainptError(f"lora.quantize={quantize} needs bitsandbytes: pip install 'domainpt[qlora]'")
+    if not torch.cuda.is_available() and not _bnb_runs_on_cpu():
+        import bitsandbytes
+
+        raise DomainptError(f"lora.quantize={quantize}: bitsandbytes {bitsandbytes.__version__} has no CPU kernels and there is "
+                            f"no CUDA GPU; upgrade bitsandbytes or set lora.quantize=none")
     from transformers import BitsAndBytesConfig
 
     if quantize == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def _bnb_runs_on_cpu() -> bool:
+    """Whether this bitsandbytes quantises on CPU (tried on 64 numbers: older builds raise)."""
+    try:
+        import bitsandbytes.functional as bnbf
+
+        bnbf.quantize_4bit(torch.zeros(64, dtype=torch.bfloat16), quant_type="nf4")
+        return True
+    except Exception:  # any failure means: no usable CPU kernel
+        return False
+
+
+def quantized_placement() -> dict:
+    """Where bitsandbytes puts a quantised model: the first GPU, else the CPU."""
+    return {"": 0} if torch.cuda.is_available() else {"": "cpu"}
 
 
 def load_model(name: str, objective: str, trust_remote_code: bool = False, dtype=torch.float32, quantize: str = "none"):
@@ -155,7 +175,7 @@ def load_model(name: str, objective: str, trust_remote_code: bool = False, dtype
     cls = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
     kwargs = dict(trust_remote_code=trust_remote_code, dtype=dtype)
     if quantize != "none":
-        kwargs.update(quantization_config=quantization_config(quantize), dtype=torch.bfloat16, device_map={"": 0})
+        kwargs.update(quantization_config=quantization_config(quantize), dtype=torch.bfloat16, device_map=quantized_placement())
     if not _allow_pickle():
         kwargs["use_safetensors"] = True
     return _wrap("model", name, lambda: cls.from_pretrained(name, **kwargs))
@@ -171,7 +191,7 @@ def load_classifier(name: str, num_labels: int, pad_id: int, trust_remote_code: 
     check_weights_format(name)
     kwargs = dict(trust_remote_code=trust_remote_code, dtype=dtype, num_labels=num_labels, pad_token_id=pad_id)
     if quantize != "none":
-        kwargs.update(quantization_config=quantization_config(quantize), dtype=torch.bfloat16, device_map={"": 0})
+        kwargs.update(quantization_config=quantization_config(quantize), dtype=torch.bfloat16, device_map=quantized_placement())
     if not _allow_pickle():
         kwargs["use_safetensors"] = True
     level = hf_logging.get_verbosity()
