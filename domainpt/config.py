@@ -280,7 +280,9 @@ class LoraConfig:
     r: int = _f(8, "LoRA rank.")
     alpha: int = _f(16, "LoRA alpha (scale = alpha / r).")
     dropout: float = _f(0.05, "LoRA dropout.")
-    target_modules: Any = _f("all-linear", "Module names to adapt, or 'all-linear'.")
+    target_modules: Any = _f("all-linear", "Module names to adapt (a list), 'all-linear' (every linear layer but the "
+                                          "output head), or a per-architecture preset: 'attention', 'mlp', 'attention+mlp' "
+                                          "(domainpt/lora_targets.py).")
     steps: int = _f(50, "Optimizer steps per task, model and seed (identical for both models).")
     batch_size: int = _f(8, "Examples per step.")
     lr: float = _f(2e-4, "Learning rate (linear decay after 10% warm-up).")

@@ -27,7 +27,7 @@ from domainpt.eval.tasks import read_split
 from domainpt.manifest import atomic_write_json, require_done, stage_dir, write_manifest
 from domainpt.models import (checkpoint_objective, end_of_text_id, load_classifier, load_model, load_tokenizer,
                              quantization_config)
-from domainpt.preflight import check_lora_targets
+from domainpt.lora_targets import resolve_targets
 
 MODELS = ("general_model", "domain_model")
 
@@ -45,8 +45,8 @@ def lora_config(recipe, model, new_token_ids: list[int] | None = None, head: boo
     from peft import LoraConfig, TaskType
 
     lc = recipe.lora
-    targets = lc.target_modules
-    check_lora_targets(targets, {n.split(".")[-1] for n, _ in model.named_modules() if n}, model.name_or_path)
+    targets = resolve_targets(lc.target_modules, model.config.model_type, [n for n, _ in model.named_modules() if n],
+                              model.name_or_path)
     extra = {"trainable_token_indices": list(new_token_ids)} if new_token_ids else {}
     return LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
                       task_type=TaskType.SEQ_CLS if head else None if objective == "mlm" else TaskType.CAUSAL_LM, **extra)

@@ -8,29 +8,18 @@ from __future__ import annotations
 import torch
 
 from domainpt.errors import DomainptError
+from domainpt.lora_targets import resolve_targets
 from domainpt.models import check_weights_format, load_tokenizer, objective_for
 
 
-def module_names(config, objective: str, trust_remote_code: bool) -> set[str]:
-    """Last name parts of every module, e.g. {'q_proj', 'k_proj', 'mlp', ...}, without loading weights."""
+def module_names(config, objective: str, trust_remote_code: bool) -> list[str]:
+    """Full names of every module, e.g. 'model.layers.0.self_attn.q_proj', without loading weights."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     cls = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
     with torch.device("meta"):
         model = cls.from_config(config, trust_remote_code=trust_remote_code)
-    return {n.split(".")[-1] for n, _ in model.named_modules() if n}
-
-
-def check_lora_targets(targets, names: set[str], model_name: str) -> None:
-    if targets == "all-linear":
-        return
-    wanted = targets if isinstance(targets, list) else [targets]
-    missing = [t for t in wanted if t not in names]
-    if missing:
-        have = sorted(n for n in names if not n.isdigit() and n.endswith(("proj", "fc1", "fc2", "dense", "query", "key", "value",
-                                                                         "c_attn", "c_proj", "c_fc", "out_proj", "wq", "wk", "wv", "wo")))
-        raise DomainptError(f"lora.target_modules: {missing} not in {model_name} (its linear layers include: "
-                            f"{', '.join(have[:12]) or ', '.join(sorted(names)[:12])})")
+    return [n for n, _ in model.named_modules() if n]
 
 
 def check_model(recipe, base: str) -> None:
@@ -59,4 +48,4 @@ def check_model(recipe, base: str) -> None:
         raise DomainptError(f"tasks {generative}: type qa generates answers, which a masked LM ({base}, objective mlm) cannot; "
                             f"use a causal LM, or drop these tasks")
     if recipe.tasks:
-        check_lora_targets(recipe.lora.target_modules, module_names(config, objective, m.trust_remote_code), base)
+        resolve_targets(recipe.lora.target_modules, config.model_type, module_names(config, objective, m.trust_remote_code), base)
