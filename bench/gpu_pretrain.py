@@ -26,6 +26,7 @@ VARIANTS = {
     "default": [],                                   # bf16, SDPA, document isolation on
     "no_isolation": ["train.doc_isolation=false"],   # plain causal mask over the packed row
     "grad_ckpt": ["train.gradient_checkpointing=true"],
+    "compile": ["train.compile=true"],             # torch.compile (inductor); the median skips the compiling steps
 }
 
 

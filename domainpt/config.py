@@ -224,6 +224,8 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "Clip the global gradient norm to this (0 = off).")
     mixed_precision: str = _f("auto", "'auto' (bf16 on GPU, fp32 on CPU), 'no', 'bf16' or 'fp16'.")
     gradient_checkpointing: bool = _f(False, "Recompute activations to save memory.")
+    compile: bool = _f(False, "torch.compile the model (Module.compile: same weights, same checkpoint keys). For long GPU "
+                              "runs; the first steps (and each new eval shape) pay the compile time.")
     whole_word_mask: bool = _f(False, "MLM (encoders): mask all pieces of a chosen word together instead of single tokens.")
     doc_isolation: bool = _f(True, "Keep attention inside each document of a packed block (position ids reset per doc).")
     eval_every: int = _f(0, "Steps between held-out perplexity checks (0 = only at the end).")

@@ -11,6 +11,7 @@ metrics.jsonl (one line per optimizer step), checkpoints/step_N, model/ (safeten
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -203,6 +204,8 @@ def run_pretrain(recipe) -> dict:
     if tc.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False  # packed documents stay isolated only without the KV cache (see DESIGN.md)
+    if tc.compile:  # in place: state_dict keys, checkpoints and the saved model stay those of the plain model
+        model.compile()
 
     blocks = PackedBlocks(prep_dir / "train", recipe.data.seq_len)
     world = accelerator.num_processes
@@ -245,6 +248,11 @@ def run_pretrain(recipe) -> dict:
     bos = end_of_text_id(tok)
 
     def evaluate_heldout() -> dict:
+        # Eager even under train.compile: held-out windows come in many lengths, each a recompile.
+        with torch.compiler.set_stance("force_eager") if tc.compile else contextlib.nullcontext():
+            return _evaluate_heldout()
+
+    def _evaluate_heldout() -> dict:
         res = {}
         for kind, texts in heldout.items():
             if texts:
