@@ -224,6 +224,8 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "Clip the global gradient norm to this (0 = off).")
     mixed_precision: str = _f("auto", "'auto' (bf16 on GPU, fp32 on CPU), 'no', 'bf16' or 'fp16'.")
     gradient_checkpointing: bool = _f(False, "Recompute activations to save memory.")
+    loss_chunk_tokens: int = _f(0, "Causal LMs: compute the loss this many tokens at a time without materialising all "
+                                   "logits (domainpt/chunked_loss.py; e.g. 4096). 0: the model's own loss.")
     compile: bool = _f(False, "torch.compile the model (Module.compile: same weights, same checkpoint keys). For long GPU "
                               "runs; the first steps (and each new eval shape) pay the compile time.")
     whole_word_mask: bool = _f(False, "MLM (encoders): mask all pieces of a chosen word together instead of single tokens.")
@@ -258,7 +260,7 @@ class TrainConfig:
             raise ValueError(f"report_to: unknown tracker {unknown[0]!r} (known: {', '.join(TRACKER_MODULES)})")
         if self.on_bad_step not in ("skip", "rollback", "stop"):
             raise ValueError("on_bad_step must be skip, rollback or stop")
-        for k in ("warmup_steps", "eval_every", "save_every", "weight_decay", "grad_clip"):
+        for k in ("warmup_steps", "eval_every", "save_every", "weight_decay", "grad_clip", "loss_chunk_tokens"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must be >= 0")
 

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from domainpt import faults
+from domainpt.chunked_loss import check_supported, chunked_lm_loss, head_returns_hidden
 from domainpt.config import TRACKER_MODULES
 from domainpt.data.pack import PackedBlocks
 from domainpt.errors import DomainptError
@@ -218,6 +219,12 @@ def run_pretrain(recipe) -> dict:
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
+    chunk = tc.loss_chunk_tokens
+    if chunk:
+        if objective != "clm":
+            raise DomainptError("train.loss_chunk_tokens is for causal LMs; this model trains with the masked-LM objective")
+        ds = accelerator.state.deepspeed_plugin
+        check_supported(accelerator.unwrap_model(model), accelerator.distributed_type, ds.zero_stage if ds else None, tc.compile)
     flops_tok = model_flops_per_token(accelerator.unwrap_model(model), recipe.data.seq_len)
     peak = device_peak_flops(accelerator.device)
     tokens_per_step = tc.batch_size * tc.grad_accum * world * recipe.data.seq_len
@@ -287,7 +294,13 @@ def run_pretrain(recipe) -> dict:
             data_wait += time.perf_counter() - t_data
             micro_done += 1
             with accelerator.accumulate(model):
-                loss = model(**batch, use_cache=False).loss
+                if chunk:  # the head returns hidden states; the loss runs chunk by chunk (chunked_loss.py)
+                    with head_returns_hidden(accelerator.unwrap_model(model)) as head:
+                        hidden = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+                    with accelerator.autocast():
+                        loss = chunked_lm_loss(hidden, head, batch["labels"], chunk)
+                else:
+                    loss = model(**batch, use_cache=False).loss
                 if faults.active("nan_loss", micro_done):  # a bad batch at this point of the data stream
                     loss = loss * float("nan")
                 accelerator.backward(loss)

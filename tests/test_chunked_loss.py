@@ -1,0 +1,93 @@
+"""`train.loss_chunk_tokens`: the chunked cross-entropy gives the model's own loss and gradients, through the
+real pretrain loop too, and refuses the setups it cannot serve."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, cli
+
+
+def _model_and_batch(tiny_run, tie: bool):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from domainpt.models import load_tokenizer
+    from domainpt.pretrain import make_collate
+
+    base = tiny_run[0] / "base_model"
+    config = AutoConfig.from_pretrained(base)
+    config.tie_word_embeddings = tie
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    rng = np.random.default_rng(0)
+    items = []
+    for _ in range(3):  # packed rows of several documents: position ids restart, first tokens are not predicted
+        lengths = rng.integers(5, 30, 6)
+        ids = rng.integers(0, config.vocab_size, 64)
+        pos = np.concatenate([np.arange(n) for n in lengths])[:64]
+        items.append({"input_ids": ids, "position_ids": pos})
+    return model, make_collate("clm", load_tokenizer(str(base)), doc_isolation=True)(items)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_chunked_loss_and_gradients_equal_the_models_own(tiny_run, tie):
+    from domainpt.chunked_loss import chunked_lm_loss, head_returns_hidden
+
+    model, batch = _model_and_batch(tiny_run, tie)
+    assert (batch["labels"] == -100).any()
+    own = model(**batch, use_cache=False).loss
+    own.backward()
+    own_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with head_returns_hidden(model) as head:
+        hidden = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+    assert hidden.shape[-1] == model.config.hidden_size
+    chunked = chunked_lm_loss(hidden, head, batch["labels"], chunk_tokens=37)  # not a divisor: a ragged last chunk
+    chunked.backward()
+    assert chunked.item() == pytest.approx(own.item(), rel=1e-5)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, own_grads[n], rtol=1e-4, atol=1e-7), n
+    assert model(**batch, use_cache=False).logits.shape[-1] == model.config.vocab_size  # the head is back
+
+
+def test_pretrain_with_a_chunked_loss_matches_the_default_across_two_processes(tiny_run, tmp_path):
+    """One process with the model's own loss vs two DDP processes (gloo) with the chunked loss, same global batch."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    runs = {}
+    for chunk in (0, 100):
+        out = runs[chunk] = tmp_path / f"chunk{chunk}"
+        for stage in ("base_model", "prepare"):
+            shutil.copytree(tiny_run[0] / stage, out / stage)
+    args = ["pretrain", str(TINY), "train.max_steps=3", "train.save_every=0", "train.eval_every=0"]
+    r = cli(*args, f"out_dir={runs[0]}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+                        "-m", "domainpt", *args, f"out_dir={runs[100]}", "train.batch_size=2", "train.loss_chunk_tokens=100"],
+                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode == 0 and "processes=2" in r.stdout, r.stderr[-3000:]
+    losses = {c: [json.loads(l)["loss"] for l in open(out / "pretrain" / "metrics.jsonl")] for c, out in runs.items()}
+    assert losses[100] == pytest.approx(losses[0], abs=2e-4)
+
+
+def test_unsupported_setups_are_refused(tiny_run):
+    from domainpt.chunked_loss import check_supported
+    from domainpt.errors import DomainptError
+
+    model, _ = _model_and_batch(tiny_run, tie=True)
+    check_supported(model, "NO", None, compiled=False)
+    with pytest.raises(DomainptError, match="FSDP or DeepSpeed ZeRO-3"):
+        check_supported(model, "FSDP", None, compiled=False)
+    with pytest.raises(DomainptError, match="FSDP or DeepSpeed ZeRO-3"):
+        check_supported(model, "DEEPSPEED", 3, compiled=False)
+    with pytest.raises(DomainptError, match="with train.compile"):
+        check_supported(model, "NO", None, compiled=True)
+    model.config.final_logit_softcapping = 30.0
+    with pytest.raises(DomainptError, match="transforms its logits"):
+        check_supported(model, "NO", None, compiled=False)
