@@ -27,6 +27,7 @@ VARIANTS = {
     "no_isolation": ["train.doc_isolation=false"],   # plain causal mask over the packed row
     "grad_ckpt": ["train.gradient_checkpointing=true"],
     "compile": ["train.compile=true"],             # torch.compile (inductor); the median skips the compiling steps
+    "chunked_loss": ["train.loss_chunk_tokens=4096"],  # no whole fp32 logit matrix
 }
 
 
