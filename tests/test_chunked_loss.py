@@ -1,13 +1,8 @@
-"""`train.loss_chunk_tokens`: the chunked cross-entropy gives the model's own loss and gradients, through the
-real pretrain loop too, and refuses the setups it cannot serve."""
-import json
-import shutil
-
+"""`train.loss_chunk_tokens`: the chunked cross-entropy gives the model's own loss and gradients, and refuses the
+setups it cannot serve. (Through the real loop, under two DDP processes: tests/test_training.py.)"""
 import numpy as np
 import pytest
 import torch
-
-from conftest import TINY, cli
 
 
 def _model_and_batch(tiny_run, tie: bool):
@@ -50,30 +45,6 @@ def test_chunked_loss_and_gradients_equal_the_models_own(tiny_run, tie):
     for n, p in model.named_parameters():
         assert torch.allclose(p.grad, own_grads[n], rtol=1e-4, atol=1e-7), n
     assert model(**batch, use_cache=False).logits.shape[-1] == model.config.vocab_size  # the head is back
-
-
-def test_pretrain_with_a_chunked_loss_matches_the_default_across_two_processes(tiny_run, tmp_path):
-    """One process with the model's own loss vs two DDP processes (gloo) with the chunked loss, same global batch."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    runs = {}
-    for chunk in (0, 100):
-        out = runs[chunk] = tmp_path / f"chunk{chunk}"
-        for stage in ("base_model", "prepare"):
-            shutil.copytree(tiny_run[0] / stage, out / stage)
-    args = ["pretrain", str(TINY), "train.max_steps=3", "train.save_every=0", "train.eval_every=0"]
-    r = cli(*args, f"out_dir={runs[0]}")
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-                        "-m", "domainpt", *args, f"out_dir={runs[100]}", "train.batch_size=2", "train.loss_chunk_tokens=100"],
-                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
-    assert r.returncode == 0 and "processes=2" in r.stdout, r.stderr[-3000:]
-    losses = {c: [json.loads(l)["loss"] for l in open(out / "pretrain" / "metrics.jsonl")] for c, out in runs.items()}
-    assert losses[100] == pytest.approx(losses[0], abs=2e-4)
 
 
 def test_unsupported_setups_are_refused(tiny_run):

@@ -26,6 +26,8 @@ def _weights(folder):
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tiny_run, tmp_path):
+    """Two DDP processes (gloo) with the chunked loss (train.loss_chunk_tokens) vs one with the model's own loss:
+    the same losses, so both the gradient averaging and the chunked loss keep the mathematics."""
     ref, _ = tiny_run
     one, two = tmp_path / "one", tmp_path / "two"
     for d in (one, two):
@@ -35,7 +37,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_run, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
                          "-m", "domainpt", "pretrain", str(TINY), f"out_dir={two}", "train.max_steps=4",
-                         "train.eval_every=0", "train.batch_size=2"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+                         "train.eval_every=0", "train.batch_size=2", "train.loss_chunk_tokens=100"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "processes=2" in r2.stdout
     rows1 = [json.loads(l) for l in open(one / "pretrain" / "metrics.jsonl")]
