@@ -89,7 +89,9 @@ def build_plan(recipe, processes: int = 1, gpu: str | None = None) -> dict:
     ft_len = max(t.max_prompt_tokens for t in recipe.tasks) + 16 if recipe.tasks else 0
     ft_tokens = len(recipe.tasks) * 2 * len(lc.seeds) * lc.steps * lc.batch_size * ft_len
     ft_flops = 4 * shape["matmul_params"] * ft_tokens
-    eval_tokens = 2 * 2 * ec.ppl_max_tokens + sum(2 * (1 + len(lc.seeds)) * t.test_size * (t.max_prompt_tokens + 16)
+    # A masked LM's pseudo-perplexity runs one window per scored token (eval/masked.py).
+    per_scored = ec.ppl_window if shape["objective"] == "mlm" else 1
+    eval_tokens = 2 * 2 * ec.ppl_max_tokens * per_scored + sum(2 * (1 + len(lc.seeds)) * t.test_size * (t.max_prompt_tokens + 16)
                                                   for t in recipe.tasks)
     eval_flops = 2 * shape["matmul_params"] * eval_tokens
     peak, mfu = PEAK_FLOPS[gpu], recipe.report.assumed_mfu

@@ -191,3 +191,14 @@ def test_own_data_example_of_the_readme_prepares_from_plain_files(tmp_path):
     assert 18 <= t["test"] <= 20 and t["train"] == 60  # stratified: each label rounds down
     assert set(stats["sources"]) == {"my_corpus", "my_general"}
     assert (out / "data_card.md").is_file() and (out / "manifest.json").is_file()
+
+
+def test_the_encoder_plan_counts_one_window_per_pseudo_perplexity_token(monkeypatch):
+    from domainpt.config import load_recipe
+    from domainpt.plan import build_plan
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = load_recipe(ROOT / "recipes" / "examples" / "bert_medical.yaml")
+    plan = build_plan(recipe, processes=8)
+    assert plan["model"]["objective"] == "mlm"
+    assert plan["evaluate"]["tokens"] >= 2 * 2 * recipe.eval.ppl_max_tokens * recipe.eval.ppl_window
