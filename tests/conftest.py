@@ -17,6 +17,26 @@ def cli(*args, cwd=ROOT, timeout=900, env=None):
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def check_results_contract(results_json) -> None:
+    """The shared contract checker on a results.json, when the checker sits next to this checkout."""
+    check = ROOT.parent / "shared" / "contracts" / "check_results.py"
+    if check.is_file():
+        r = subprocess.run([sys.executable, check, results_json], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def tiny_recipe_variant(tmp_path, edit) -> Path:
+    """The tiny recipe with `edit(recipe_dict)` applied and out_dir under tmp_path, written to a file."""
+    import yaml
+
+    recipe = yaml.safe_load(TINY.read_text())
+    edit(recipe)
+    recipe["out_dir"] = str(tmp_path / "run")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One full `domainpt run` of the tiny recipe, shared by the tests that read its outputs."""
@@ -51,7 +71,7 @@ def review_examples(n=64, seed=0):
 
 
 def _bert_tokenizer(tk):
-    from tokenizers import decoders, normalizers, pre_tokenizers, processors
+    from tokenizers import decoders, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     tk.normalizer = normalizers.BertNormalizer(lowercase=True)

@@ -1,15 +1,12 @@
 """Encoders (BERT-style masked LMs) scored and fine-tuned by pseudo-log-likelihood, and a whole run with one."""
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, cli, review_examples
+from conftest import TINY, check_results_contract, cli, review_examples, tiny_recipe_variant
 
 
 class FixedLogits(torch.nn.Module):
@@ -126,12 +123,11 @@ def test_a_qa_task_with_an_encoder_is_refused_before_any_work(demo_bert, tmp_pat
 
 def test_an_encoder_runs_through_every_stage(demo_bert, tmp_path):
     """BERT through prepare -> MLM pretrain -> LoRA (likelihood task and head task) -> evaluate -> compare."""
-    recipe = yaml.safe_load(TINY.read_text())
-    recipe["model"] = {"base": demo_bert, "init": "pretrained"}
-    recipe["tasks"].append({**recipe["tasks"][0], "name": "licence-head", "scoring": "head"})
-    recipe["out_dir"] = str(tmp_path / "run")
-    path = tmp_path / "bert.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    def edit(recipe):
+        recipe["model"] = {"base": demo_bert, "init": "pretrained"}
+        recipe["tasks"].append({**recipe["tasks"][0], "name": "licence-head", "scoring": "head"})
+
+    path = tiny_recipe_variant(tmp_path, edit)
     r = cli("run", path, "train.max_steps=24", "train.lr=0.002", "eval.ppl_max_tokens=768", "train.eval_tokens=256")
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "run"
@@ -150,7 +146,4 @@ def test_an_encoder_runs_through_every_stage(demo_bert, tmp_path):
         assert len(preds) == res["tasks"][name]["n_test"]
         assert ("logits" if name == "licence-head" else "logliks") in preds[0]
     assert "pseudo-perplexity" in (out / "compare" / "report.md").read_text()
-    check = ROOT.parent / "shared" / "contracts" / "check_results.py"
-    if check.is_file():
-        c = subprocess.run([sys.executable, check, out / "compare" / "results.json"], capture_output=True, text=True)
-        assert c.returncode == 0, c.stdout + c.stderr
+    check_results_contract(out / "compare" / "results.json")

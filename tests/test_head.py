@@ -65,18 +65,10 @@ def test_scoring_head_only_for_classification():
 def test_head_task_through_every_stage(tmp_path):
     """A `scoring: head` task in a real run: fine-tuned rows come from the head, zero-shot from likelihood."""
     import json
-    import subprocess
-    import sys
 
-    import yaml
+    from conftest import check_results_contract, cli, tiny_recipe_variant
 
-    from conftest import ROOT, cli
-
-    recipe = yaml.safe_load(TINY.read_text())
-    recipe["tasks"][0]["scoring"] = "head"
-    recipe["out_dir"] = str(tmp_path / "run")
-    path = tmp_path / "head.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    path = tiny_recipe_variant(tmp_path, lambda recipe: recipe["tasks"][0].update(scoring="head"))
     r = cli("run", path, "train.max_steps=4", "train.eval_every=0", "train.save_every=0", "lora.seeds=[0,1]")
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "run"
@@ -86,7 +78,4 @@ def test_head_task_through_every_stage(tmp_path):
     assert len(ft[0]["logits"]) == 4 and "logliks" in zs[0]
     res = json.loads((out / "compare" / "results.json").read_text())
     assert len(res["tasks"]["licence-category"]["general_model"]["finetuned"]["seeds"]) == 2
-    check = ROOT.parent / "shared" / "contracts" / "check_results.py"
-    if check.is_file():
-        c = subprocess.run([sys.executable, check, out / "compare" / "results.json"], capture_output=True, text=True)
-        assert c.returncode == 0, c.stdout + c.stderr
+    check_results_contract(out / "compare" / "results.json")
