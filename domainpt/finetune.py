@@ -21,13 +21,13 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from domainpt.eval.masked import answer_items, masked_answer_loss, special_ids
+from domainpt.eval.masked import masked_answer_loss, special_ids
 from domainpt.eval.scoring import classifier_inputs, pad_batch, prompt_ids
 from domainpt.eval.tasks import read_split
+from domainpt.lora_targets import resolve_targets
 from domainpt.manifest import atomic_write_json, require_done, stage_dir, write_manifest
 from domainpt.models import (checkpoint_objective, end_of_text_id, load_classifier, load_model, load_tokenizer,
                              quantization_config)
-from domainpt.lora_targets import resolve_targets
 
 MODELS = ("general_model", "domain_model")
 
@@ -69,7 +69,7 @@ def masked_features(tokenizer, examples: list[dict]) -> list[tuple[list[int], in
     for ex in examples:
         p = tokenizer(ex["prompt"], add_special_tokens=False)["input_ids"]
         a = tokenizer(ex["choices"][ex["answer"]], add_special_tokens=False)["input_ids"]
-        feats.append((answer_items(p, a, cls, sep)[0][0], 1 + len(p)))
+        feats.append(([cls] + p + a + [sep], 1 + len(p)))  # the sequence answer_items() scores
     return feats
 
 
