@@ -297,7 +297,7 @@ class LoraConfig:
                                        "(peft trainable_token_indices; the general model has none).")
     quantize: str = _f("none", "QLoRA: 'nf4' (4-bit NormalFloat, double quantisation, bf16 compute) or 'int8' loads both "
                                "base models quantised with bitsandbytes for fine-tuning and fine-tuned scoring; needs "
-                               "`pip install 'domainpt[qlora]'` and a CUDA GPU (or bitsandbytes' CPU kernels, 0.48+). "
+                               "`pip install 'domainpt[qlora]'` and a CUDA GPU (or a bitsandbytes with CPU kernels: 0.50 tested). "
                                "'none' trains on the full-precision weights.")
 
     def __post_init__(self):

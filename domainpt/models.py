@@ -131,7 +131,7 @@ def check_weights_format(name: str) -> None:
 
 def quantization_config(quantize: str):
     """bitsandbytes settings for QLoRA ('nf4' as in Dettmers et al. 2023, or 'int8'); None for 'none'.
-    Runs on a CUDA GPU, or on CPU where bitsandbytes has CPU kernels (0.48+ ships them). A missing
+    Runs on a CUDA GPU, or on CPU where bitsandbytes has CPU kernels (0.50 has them). A missing
     bitsandbytes or kernel is an error, never a silent full-precision run."""
     if quantize == "none":
         return None
