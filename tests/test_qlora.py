@@ -1,4 +1,4 @@
-"""QLoRA (`lora.quantize`): LoRA on a 4-bit (nf4) or 8-bit base through bitsandbytes. recent bitsandbytes (0.50 tested)
+"""QLoRA (`lora.quantize`): LoRA on a 4-bit (nf4) or 8-bit base through bitsandbytes. Recent bitsandbytes (0.50 tested)
 has CPU kernels, so the whole path runs here; on a GPU the same code places the model on cuda:0."""
 import json
 import shutil
