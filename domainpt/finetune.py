@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from domainpt.eval.masked import masked_answer_loss, special_ids
+from domainpt.eval.masked import answer_sequence, masked_answer_loss, special_ids
 from domainpt.eval.scoring import classifier_inputs, pad_batch, prompt_ids
 from domainpt.eval.tasks import read_split
 from domainpt.lora_targets import resolve_targets
@@ -69,7 +69,7 @@ def masked_features(tokenizer, examples: list[dict]) -> list[tuple[list[int], in
     for ex in examples:
         p = tokenizer(ex["prompt"], add_special_tokens=False)["input_ids"]
         a = tokenizer(ex["choices"][ex["answer"]], add_special_tokens=False)["input_ids"]
-        feats.append(([cls] + p + a + [sep], 1 + len(p)))  # the sequence answer_items() scores
+        feats.append((answer_sequence(p, a, cls, sep), 1 + len(p)))
     return feats
 
 
@@ -190,6 +190,7 @@ def run_finetune(recipe) -> dict:
     toks = {m: load_tokenizer(paths[m], recipe.model.trust_remote_code) for m in MODELS}
     prep = require_done(recipe, "prepare", "finetune")
     new_ids = {"general_model": None, "domain_model": prep.get("added_token_ids") if recipe.lora.train_new_tokens else None}
+    objectives = {m: checkpoint_objective(paths[m], recipe.model.objective, recipe.model.trust_remote_code) for m in MODELS}
     runs, tokens = {}, 0
     for task in recipe.tasks:
         examples = read_split(prep_dir / "tasks" / task.name, "train")
@@ -197,10 +198,9 @@ def run_finetune(recipe) -> dict:
             tok = toks[model_name]
             bos = eot = end_of_text_id(tok)
             head = head_setup(recipe, task, paths[model_name], tok)
-            objective = checkpoint_objective(paths[model_name], recipe.model.objective, recipe.model.trust_remote_code)
             if head:
                 feats, how = head_features(tok, examples, bos, head["encoder"]), {"num_labels": head["num_labels"], "pad_id": head["pad_id"]}
-            elif objective == "mlm":
+            elif objectives[model_name] == "mlm":
                 feats, how = masked_features(tok, examples), {"objective": "mlm", "mask_id": tok.mask_token_id,
                                                               "pad_id": tok.pad_token_id}
             else:

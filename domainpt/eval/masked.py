@@ -109,9 +109,14 @@ def pseudo_perplexity(model, tokenizer, texts: list[str], window: int, stride: i
             "bytes": n_bytes, "documents": n_docs, "method": "pseudo-log-likelihood"}
 
 
+def answer_sequence(prompt: list[int], answer: list[int], cls: int, sep: int) -> list[int]:
+    """[CLS] prompt answer [SEP]: what an encoder reads when a choice is scored or trained."""
+    return [cls] + prompt + answer + [sep]
+
+
 def answer_items(prompt: list[int], answer: list[int], cls: int, sep: int) -> list[Item]:
-    """[CLS] prompt answer [SEP], once per answer token (that token masked)."""
-    seq = [cls] + prompt + answer + [sep]
+    """answer_sequence(), once per answer token (that token masked)."""
+    seq = answer_sequence(prompt, answer, cls, sep)
     return [(seq, 1 + len(prompt) + j) for j in range(len(answer))]
 
 
