@@ -229,6 +229,9 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model (Module.compile: same weights, same checkpoint keys). For long GPU "
                               "runs; the first steps (and each new eval shape) pay the compile time.")
     whole_word_mask: bool = _f(False, "MLM (encoders): mask all pieces of a chosen word together instead of single tokens.")
+    attention: str = _f("sdpa", "Attention kernel: 'sdpa', 'eager', 'flex_attention' (GPU), 'varlen' (torch's variable-length "
+                                "flash kernel on flattened batches, GPU, no extra package), 'flash_attention_2' or "
+                                "'flash_attention_3' (the flash-attn packages, flattened batches). domainpt/attention.py.")
     doc_isolation: bool = _f(True, "Keep attention inside each document of a packed block (position ids reset per doc).")
     eval_every: int = _f(0, "Steps between held-out perplexity checks (0 = only at the end).")
     eval_tokens: int = _f(4096, "Held-out tokens per kind scored at each check.")
@@ -258,6 +261,10 @@ class TrainConfig:
         unknown = [t for t in self.report_to if t not in TRACKER_MODULES]
         if unknown:
             raise ValueError(f"report_to: unknown tracker {unknown[0]!r} (known: {', '.join(TRACKER_MODULES)})")
+        from domainpt.attention import CHOICES
+
+        if self.attention not in CHOICES:
+            raise ValueError(f"attention must be one of {', '.join(CHOICES)}")
         if self.on_bad_step not in ("skip", "rollback", "stop"):
             raise ValueError("on_bad_step must be skip, rollback or stop")
         for k in ("warmup_steps", "eval_every", "save_every", "weight_decay", "grad_clip", "loss_chunk_tokens"):

@@ -168,12 +168,15 @@ def quantized_placement() -> dict:
     return {"": 0} if torch.cuda.is_available() else {"": "cpu"}
 
 
-def load_model(name: str, objective: str, trust_remote_code: bool = False, dtype=torch.float32, quantize: str = "none"):
+def load_model(name: str, objective: str, trust_remote_code: bool = False, dtype=torch.float32, quantize: str = "none",
+               attn_implementation: str | None = None):
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     check_weights_format(name)
     cls = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
     kwargs = dict(trust_remote_code=trust_remote_code, dtype=dtype)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if quantize != "none":
         kwargs.update(quantization_config=quantization_config(quantize), dtype=torch.bfloat16, device_map=quantized_placement())
     if not _allow_pickle():

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from domainpt import faults
+from domainpt.attention import FLATTENED, check_usable, flatten_rows, implementation_name
 from domainpt.chunked_loss import check_supported, chunked_lm_loss, head_returns_hidden
 from domainpt.config import TRACKER_MODULES
 from domainpt.data.pack import PackedBlocks
@@ -72,7 +73,7 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_collate(objective: str, tokenizer, doc_isolation: bool, whole_word_mask: bool = False):
+def make_collate(objective: str, tokenizer, doc_isolation: bool, whole_word_mask: bool = False, flatten: bool = False):
     if objective == "mlm" and whole_word_mask:
         from domainpt.masking import WholeWordMasker
 
@@ -92,7 +93,7 @@ def make_collate(objective: str, tokenizer, doc_isolation: bool, whole_word_mask
             # A document's first token is not predicted from the previous document (its end-of-text):
             # the packed loss is then exactly the mean over documents run one by one.
             batch["labels"][pos == 0] = -100
-        return batch
+        return flatten_rows(batch, doc_isolation) if flatten else batch
 
     return collate
 
@@ -201,7 +202,8 @@ def run_pretrain(recipe) -> dict:
 
     config = AutoConfig.from_pretrained(base, trust_remote_code=recipe.model.trust_remote_code)
     objective = objective_for(config, recipe.model.objective)
-    model = load_model(base, objective, recipe.model.trust_remote_code)
+    check_usable(tc.attention, objective, accelerator.device)
+    model = load_model(base, objective, recipe.model.trust_remote_code, attn_implementation=implementation_name(tc.attention))
     if tc.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False  # packed documents stay isolated only without the KV cache (see DESIGN.md)
@@ -214,7 +216,8 @@ def run_pretrain(recipe) -> dict:
     # Twice the blocks a run needs: rollbacks skip past bad batches and must not run out of data.
     sampler = EpochSampler(len(blocks), 2 * micro_total * tc.batch_size, tc.seed)
     loader = torch.utils.data.DataLoader(blocks, batch_size=tc.batch_size, sampler=sampler,
-                                         collate_fn=make_collate(objective, tok, tc.doc_isolation, tc.whole_word_mask),
+                                         collate_fn=make_collate(objective, tok, tc.doc_isolation, tc.whole_word_mask,
+                                                                flatten=tc.attention in FLATTENED),
                                          num_workers=0, pin_memory=torch.cuda.is_available())
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
