@@ -18,6 +18,6 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
   ls runs/gpu-fsdp/pretrain/model 2>&1
   if [ "${SKIP_BENCH:-0}" != 1 ]; then
     echo "== 0.5B Llama throughput and MFU"
-    time python3 bench/gpu_pretrain.py --steps 12 2>&1 | grep -E "RESULT|device|Error|error"
+    time python3 bench/gpu_pretrain.py --steps 12 2>&1 | grep -E "RESULT|CHECK|device|Error|error"
   fi
 } 2>&1 | tee "$LOG"
