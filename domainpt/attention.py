@@ -36,13 +36,16 @@ def implementation_name(attention: str) -> str:
     return attention
 
 
-def check_usable(attention: str, objective: str, device: torch.device) -> None:
-    """One-line refusals, before any output is written, for kernels this process cannot train with."""
+def check_usable(attention: str, objective: str, device: torch.device | None) -> None:
+    """One-line refusals, before any output is written, for kernels this process cannot train with.
+    device None (the prepare stage's preflight, maybe on a CPU-only data node): only what the model decides."""
     if attention in ("sdpa", "eager"):
         return
     if objective != "clm":
         raise DomainptError(f"train.attention={attention} is for causal LMs (packed documents); masked-LM training "
                             "uses sdpa or eager")
+    if device is None:
+        return
     if device.type != "cuda":
         why = "torch has no flex-attention backward on CPU" if attention == "flex_attention" else "its kernels are CUDA-only"
         raise DomainptError(f"train.attention={attention} needs a CUDA GPU ({why}); use sdpa here")

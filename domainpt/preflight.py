@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from domainpt.attention import check_usable
 from domainpt.errors import DomainptError
 from domainpt.lora_targets import resolve_targets
 from domainpt.models import check_weights_format, load_tokenizer, objective_for
@@ -23,7 +24,8 @@ def module_names(config, objective: str, trust_remote_code: bool) -> list[str]:
 
 
 def check_model(recipe, base: str) -> None:
-    """The tokenizer fits the embedding, blocks fit the context, LoRA targets exist."""
+    """The tokenizer fits the embedding, blocks fit the context, the attention kernel suits the objective,
+    LoRA targets exist."""
     from transformers import AutoConfig
 
     m = recipe.model
@@ -47,5 +49,6 @@ def check_model(recipe, base: str) -> None:
     if objective == "mlm" and generative:
         raise DomainptError(f"tasks {generative}: type qa generates answers, which a masked LM ({base}, objective mlm) cannot; "
                             f"use a causal LM, or drop these tasks")
+    check_usable(recipe.train.attention, objective, device=None)
     if recipe.tasks:
         resolve_targets(recipe.lora.target_modules, config.model_type, module_names(config, objective, m.trust_remote_code), base)

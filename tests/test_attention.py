@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import domainpt.attention as attention
-from conftest import TINY
+from conftest import TINY, cli
 from domainpt.errors import DomainptError
 from domainpt.pretrain import make_collate
 
@@ -159,3 +159,21 @@ def test_unusable_kernels_are_refused_in_one_line(monkeypatch):
     attention.check_usable("sdpa", "mlm", torch.device("cpu"))
     with pytest.raises(ValueError, match="attention must be one of"):
         TrainConfig(attention="flash")
+
+
+def test_a_gpu_kernel_on_a_cpu_machine_is_refused_before_training(tiny_run, tmp_path):
+    out = tmp_path / "run"
+    for stage in ("base_model", "prepare"):
+        shutil.copytree(tiny_run[0] / stage, out / stage)
+    r = cli("pretrain", TINY, f"out_dir={out}", "train.attention=varlen")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "train.attention=varlen needs a CUDA GPU" in r.stderr.strip().splitlines()[-1]
+    assert not (out / "pretrain" / "manifest.json").exists()
+
+
+def test_a_flattened_kernel_for_an_encoder_is_refused_by_prepare(demo_bert, tmp_path):
+    out = tmp_path / "run"
+    r = cli("prepare", TINY, f"out_dir={out}", f"model.base={demo_bert}", "model.init=pretrained", "train.attention=varlen")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "train.attention=varlen is for causal LMs" in r.stderr.strip().splitlines()[-1]
+    assert not (out / "prepare" / "manifest.json").exists()

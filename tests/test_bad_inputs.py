@@ -87,6 +87,8 @@ CASES = {
     "negative size": (lambda t, b: ["prepare", _recipe(t, b), "data.seq_len=-4"], "data: seq_len must be >= 8"),
     "share out of range": (lambda t, b: ["prepare", _recipe(t, b), "data.replay_share=1.5"], "replay_share must be in [0, 1)"),
     "unknown schedule": (lambda t, b: ["prepare", _recipe(t, b), "train.schedule=linear"], "schedule must be cosine, wsd or constant"),
+    "unknown attention kernel": (lambda t, b: ["prepare", _recipe(t, b), "train.attention=flash"],
+                                 "train: attention must be one of sdpa, eager, flex_attention, varlen"),
     "recipe file missing": (lambda t, b: ["prepare", str(t / "nope.yaml")], "recipe not found: "),
     "recipe not YAML": (lambda t, b: ["prepare", _write(t / "broken.yaml", "name: x\ndata: [unclosed\n")], "broken.yaml: line 3 not valid YAML"),
     "override without =": (lambda t, b: ["prepare", _recipe(t, b), "train.max_steps"], "override 'train.max_steps' is not of the form key=value"),
