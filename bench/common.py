@@ -12,8 +12,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def prepared_run(work: Path, shape: dict, seq: int, overrides: list[str], n_docs: int = 600, doc_len=(50, 600)):
-    """Write packed random-token documents and a random Llama; return (recipe, base folder)."""
+def prepared_run(work: Path, shape: dict, seq: int, overrides: list[str], n_docs: int = 600, doc_len=(50, 600),
+                 base: Path | None = None):
+    """Write packed random-token documents and a random Llama (into `base` when given, once: later calls
+    with the same `base` reuse it); return (recipe, base folder)."""
     from tokenizers import Tokenizer, models
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -25,12 +27,13 @@ def prepared_run(work: Path, shape: dict, seq: int, overrides: list[str], n_docs
     w = PackWriter(work / "run" / "prepare" / "train", shape["vocab_size"], eos_id=0)
     w.add(rng.integers(1, shape["vocab_size"], rng.integers(*doc_len)).tolist() for _ in range(n_docs))
     w.close(seq)
-    torch.manual_seed(0)
-    base = work / "base"
-    LlamaForCausalLM(LlamaConfig(**shape)).save_pretrained(base)
-    vocab = {f"t{i}": i for i in range(shape["vocab_size"])}
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t1")), eos_token="t0", pad_token="t0")
-    tok.save_pretrained(base)
+    base = base or work / "base"
+    if not (base / "tokenizer.json").exists():
+        torch.manual_seed(0)
+        LlamaForCausalLM(LlamaConfig(**shape)).save_pretrained(base)
+        vocab = {f"t{i}": i for i in range(shape["vocab_size"])}
+        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t1")), eos_token="t0", pad_token="t0")
+        tok.save_pretrained(base)
     recipe = load_recipe(ROOT / "recipes" / "demo" / "tiny.yaml", [
         f"out_dir={work / 'run'}", f"model.base={base}", "model.init=pretrained", f"data.seq_len={seq}",
         "train.eval_every=0", "train.save_every=0", "train.warmup_steps=2", "train.eval_tokens=1", *overrides])
