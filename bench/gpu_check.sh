@@ -8,6 +8,7 @@ set -uo pipefail
 LOG=${OUT:-.}/gpu_check.log
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 VARIANTS=${VARIANTS:-default,varlen,flex_attention,chunked_loss,varlen_chunked_b16,varlen_compile,no_isolation}
+BIG=${BIG-default,varlen_chunked_b16}  # BIG= (empty) skips the ~1B runs
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers, accelerate, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'peft', peft.__version__)"
@@ -22,8 +23,8 @@ VARIANTS=${VARIANTS:-default,varlen,flex_attention,chunked_loss,varlen_chunked_b
   fi
   echo "== 0.5B Llama throughput and MFU: $VARIANTS"
   time python3 bench/gpu_pretrain.py --steps 12 --variants "$VARIANTS" 2>&1 | grep -E "RESULT|CHECK|FAILED|device|Error"
-  if [ -n "${BIG:-default,varlen_chunked_b16}" ]; then
-    echo "== ~1B Llama: ${BIG:-default,varlen_chunked_b16}"
-    time python3 bench/gpu_pretrain.py --steps 12 --shape 1b --variants "${BIG:-default,varlen_chunked_b16}" 2>&1 | grep -E "RESULT|CHECK|FAILED|Error"
+  if [ -n "$BIG" ]; then
+    echo "== ~1B Llama: $BIG"
+    time python3 bench/gpu_pretrain.py --steps 12 --shape 1b --variants "$BIG" 2>&1 | grep -E "RESULT|CHECK|FAILED|Error"
   fi
 } 2>&1 | tee "$LOG"
