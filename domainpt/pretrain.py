@@ -98,6 +98,18 @@ def make_collate(objective: str, tokenizer, doc_isolation: bool, whole_word_mask
     return collate
 
 
+def _check_launch(accelerator) -> None:
+    """An FSDP or DeepSpeed accelerate config on a machine without GPUs: Accelerate's cpu mode drops the
+    sharding and trains plain data-parallel (measured: MULTI_CPU under fsdp_8gpu.yaml). Refuse, rather
+    than run something other than what the config says."""
+    got = accelerator.distributed_type.value
+    for env, asked in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
+        if os.environ.get(env, "false").lower() in ("1", "true") and got != asked:
+            raise DomainptError(f"the accelerate config asks for {asked}, but Accelerate runs {got} here "
+                                f"({'no GPU: its CPU mode ignores ' + asked if not torch.cuda.is_available() else 'check the config'}); "
+                                "launch on GPUs, or with a DDP config (or torchrun) on CPUs")
+
+
 def _latest_checkpoint(ckpt_root: Path) -> Path | None:
     done = sorted((p for p in ckpt_root.glob("step_*") if (p / "trainer_state.json").is_file()),
                   key=lambda p: int(p.name.split("_")[1]))
@@ -186,6 +198,7 @@ def run_pretrain(recipe) -> dict:
         raise DomainptError(f"train.report_to: {missing[0]} is not installed (pip install {TRACKER_MODULES[missing[0]]})")
     accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=mp, cpu=not torch.cuda.is_available(),
                               log_with=list(tc.report_to) or None, project_dir=str(out / "logs"))
+    _check_launch(accelerator)
     main = accelerator.is_main_process
     ckpt_root = out / "checkpoints"
     if main:
@@ -405,7 +418,8 @@ def run_pretrain(recipe) -> dict:
         steps_done = len(_metrics_up_to(log.metrics, step))
         manifest = write_manifest(recipe, "pretrain", started, tokens=tokens_seen, steps=steps_done,
                                   flops=flops_tok * tokens_seen, flops_per_token=flops_tok, processes=world,
-                                  device=str(accelerator.device), mixed_precision=mp, objective=objective,
+                                  device=str(accelerator.device), distributed_type=accelerator.distributed_type.value,
+                                  mixed_precision=mp, objective=objective,
                                   stop_reason=stop_reason, eval_history=history, bad_steps=bad_steps,
                                   gpu_hours=(time.time() - started) * world / 3600 if accelerator.device.type == "cuda" else 0.0)
     accelerator.wait_for_everyone()

@@ -40,10 +40,20 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_run, tmp_path):
                          "train.eval_every=0", "train.batch_size=2", "train.loss_chunk_tokens=100"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "processes=2" in r2.stdout
+    assert json.loads((two / "pretrain" / "manifest.json").read_text())["distributed_type"] == "MULTI_CPU"
     rows1 = [json.loads(l) for l in open(one / "pretrain" / "metrics.jsonl")]
     rows2 = [json.loads(l) for l in open(two / "pretrain" / "metrics.jsonl")]
     assert [r["tokens"] for r in rows2] == [r["tokens"] for r in rows1] == [4 * 128] * 4
     assert [r["loss"] for r in rows2] == pytest.approx([r["loss"] for r in rows1], abs=2e-4)
+
+
+def test_a_sharded_launch_without_gpus_is_refused_not_run_as_plain_ddp(tiny_run, tmp_path):
+    out = tmp_path / "run"
+    _copy_prepared(tiny_run[0], out)
+    r = cli("pretrain", TINY, f"out_dir={out}", env={"ACCELERATE_USE_FSDP": "true"})  # what `accelerate launch` sets
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "asks for FSDP, but Accelerate runs NO here (no GPU" in r.stderr.strip().splitlines()[-1]
+    assert not (out / "pretrain").exists()
 
 
 def test_lora_changes_only_adapter_weights_and_reloads_identically(tiny_run):
