@@ -1,4 +1,4 @@
-"""Exact (normalised-hash) and near-duplicate (MinHash + LSH bands) removal over a whole corpus.
+"""Exact (normalised word-sequence hash) and near-duplicate (MinHash + LSH bands) removal over a whole corpus.
 
 Signatures come from datasketch's MinHash and the band layout from its MinHashLSH (the (bands, rows)
 pair that minimises false positives + negatives for the threshold). The index itself is not
@@ -10,36 +10,19 @@ documents of each connected group keep only their first member (lowest global or
 from __future__ import annotations
 
 import hashlib
-import re
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 from domainpt.data.ngrams import ngram_hashes, word_ids
 
-_WORD = re.compile(r"\w+", re.UNICODE)
 _SCHEME = "affine32"  # datasketch 2's default: 32-bit values, so a signature row is num_perm x 4 bytes
 
 
-def _normal_words(text: str) -> bytes:
-    return " ".join(_WORD.findall(text.lower())).encode()
-
-
-def exact_key(text: str) -> str:
-    """Hash of the lower-cased word sequence: whitespace and punctuation changes still match."""
-    return hashlib.sha1(_normal_words(text)).hexdigest()
-
-
-def word_key(text: str) -> int:
-    """exact_key as a 64-bit integer (what shards store; a collision needs ~4e9 documents to become likely)."""
-    return int.from_bytes(hashlib.blake2b(_normal_words(text), digest_size=8).digest(), "little")
-
-
-def shingles(text: str, n: int) -> set[bytes]:
-    words = _WORD.findall(text.lower())
-    if len(words) <= n:
-        return {" ".join(words).encode()}
-    return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
+def word_key_of(ws: list[str]) -> int:
+    """64-bit hash of the lower-cased word sequence, so whitespace and punctuation changes still match
+    (what shards store; a collision needs ~4e9 documents to become likely)."""
+    return int.from_bytes(hashlib.blake2b(" ".join(ws).encode(), digest_size=8).digest(), "little")
 
 
 def lsh_shape(threshold: float, num_perm: int) -> tuple[int, int]:

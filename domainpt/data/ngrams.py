@@ -21,7 +21,11 @@ def words(text: str) -> list[str]:
 
 
 def word_ids(text: str) -> np.ndarray:
-    ws = words(text)
+    return ids_of_words(words(text))
+
+
+def ids_of_words(ws: list[str]) -> np.ndarray:
+    """CRC-32 ids of words already split (the shard map splits each document once for all its uses)."""
     return np.fromiter((crc32(w.encode()) for w in ws), dtype=_U64, count=len(ws))
 
 

@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 
 from domainpt.data import clean, pii
 from domainpt.data.decontam import ContaminationIndex
-from domainpt.data.dedup import band_hashes, lsh_shape, signatures, word_key
+from domainpt.data.dedup import band_hashes, lsh_shape, signatures, word_key_of
 from domainpt.data.ingest import BadRecords, iter_source
-from domainpt.data.ngrams import word_ids
+from domainpt.data.ngrams import ids_of_words, words
 from domainpt.data.pack import PackWriter, encode_texts
 from domainpt.errors import DomainptError
 from domainpt.manifest import atomic_write_json
@@ -153,15 +153,16 @@ def _write_shard(recipe, tok, index: int, count: int, out: Path, eval_texts: lis
     def flush():
         texts = [b[3] for b in batch]
         ids = encode_texts(tok, texts)
-        words = [word_ids(t) for t in texts]  # shared by MinHash shingles and the n-gram contamination check
-        sig = signatures(words, cfg.dedup.num_perm, cfg.dedup.shingle_words) if cfg.dedup.near else \
+        split = [words(t) for t in texts]  # one regex pass per document: exact key, shingles, contamination
+        ids_w = [ids_of_words(ws) for ws in split]
+        sig = signatures(ids_w, cfg.dedup.num_perm, cfg.dedup.shingle_words) if cfg.dedup.near else \
             np.zeros((len(texts), cfg.dedup.num_perm), np.uint32)
         docs = np.zeros(len(batch), DOC_DTYPE)
         for j, (order, kind, src_i, text) in enumerate(batch):
-            exact = word_key(text)
+            exact = word_key_of(split[j])
             rank = rank_of(cfg.seed, exact)
             docs[j] = (order, exact, rank, len(ids[j]) + 1, src_i, KINDS.index(kind),
-                       cfg.decontam.enabled and contam.hits(words[j]))
+                       cfg.decontam.enabled and contam.hits(ids_w[j]))
             lowest[kind].add(rank, order, text)
         writer.add(ids)
         files["docs.bin"].write(docs.tobytes())
