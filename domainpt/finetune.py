@@ -169,11 +169,11 @@ def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str
     return {"losses": losses, "tokens": tokens, "wall_s": round(time.time() - t0, 3)}
 
 
-def head_setup(recipe, task, model_path: str, tok) -> dict | None:
+def head_setup(recipe, task, objective: str, tok) -> dict | None:
     """For a task scored with a classification head: its label count, pad id and whether the model is an encoder."""
     if task.scoring != "head":
         return None
-    encoder = checkpoint_objective(model_path, recipe.model.objective, recipe.model.trust_remote_code) == "mlm"
+    encoder = objective == "mlm"
     pad = tok.pad_token_id if encoder and tok.pad_token_id is not None else end_of_text_id(tok)
     examples = read_split(stage_dir(recipe, "prepare") / "tasks" / task.name, "test")
     return {"num_labels": len(examples[0]["choices"]), "pad_id": pad, "encoder": encoder}
@@ -197,7 +197,7 @@ def run_finetune(recipe) -> dict:
         for model_name in MODELS:
             tok = toks[model_name]
             bos = eot = end_of_text_id(tok)
-            head = head_setup(recipe, task, paths[model_name], tok)
+            head = head_setup(recipe, task, objectives[model_name], tok)
             if head:
                 feats, how = head_features(tok, examples, bos, head["encoder"]), {"num_labels": head["num_labels"], "pad_id": head["pad_id"]}
             elif objectives[model_name] == "mlm":

@@ -90,7 +90,7 @@ def run_evaluate(recipe) -> dict:
             entry = scores["tasks"][task.name][model_name]
             entry["finetuned"] = {}
             peft_model = None  # one base model per task, one adapter per seed loaded into it
-            head = head_setup(recipe, task, paths[model_name], tok)
+            head = head_setup(recipe, task, objective, tok)
             for seed in recipe.lora.seeds:
                 adapter, name = str(ft_dir / task.name / model_name / f"seed{seed}" / "adapter"), f"seed{seed}"
                 if peft_model is None:
