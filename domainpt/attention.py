@@ -25,7 +25,7 @@ FLATTENED = ("varlen", "flash_attention_2", "flash_attention_3")  # kernels that
 VARLEN_NAME = "domainpt_varlen"  # what transformers knows the `varlen` kernel as
 
 
-def implementation_name(attention: str) -> str:
+def implementation_name(attention: str) -> str | None:
     """The `attn_implementation` transformers loads the model with (None for sdpa: transformers' default,
     which falls back to eager for the few architectures without SDPA)."""
     if attention == "sdpa":
@@ -49,9 +49,10 @@ def check_usable(attention: str, objective: str, device: torch.device | None) ->
     if device.type != "cuda":
         why = "torch has no flex-attention backward on CPU" if attention == "flex_attention" else "its kernels are CUDA-only"
         raise DomainptError(f"train.attention={attention} needs a CUDA GPU ({why}); use sdpa here")
-    package = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}.get(attention)
+    package, where = {"flash_attention_2": ("flash_attn", "pip install flash-attn"),
+                      "flash_attention_3": ("flash_attn_interface", "flash-attention's hopper/ build")}.get(attention, (None, None))
     if package and importlib.util.find_spec(package) is None:
-        raise DomainptError(f"train.attention={attention} needs the {package} package (pip install flash-attn); "
+        raise DomainptError(f"train.attention={attention} needs the {package} package ({where}); "
                             "train.attention=varlen runs the same kind of kernel from torch itself")
 
 
