@@ -49,6 +49,9 @@ def check_usable(attention: str, objective: str, device: torch.device | None) ->
     if device.type != "cuda":
         why = "torch has no flex-attention backward on CPU" if attention == "flex_attention" else "its kernels are CUDA-only"
         raise DomainptError(f"train.attention={attention} needs a CUDA GPU ({why}); use sdpa here")
+    if attention == "varlen" and importlib.util.find_spec("torch.nn.attention.varlen") is None:
+        raise DomainptError(f"train.attention=varlen needs a torch with torch.nn.attention.varlen (this is {torch.__version__}); "
+                            "upgrade torch, or use flash_attention_2")
     package, where = {"flash_attention_2": ("flash_attn", "pip install flash-attn"),
                       "flash_attention_3": ("flash_attn_interface", "flash-attention's hopper/ build")}.get(attention, (None, None))
     if package and importlib.util.find_spec(package) is None:

@@ -156,6 +156,8 @@ def test_unusable_kernels_are_refused_in_one_line(monkeypatch):
     monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DomainptError, match="needs the flash_attn package"):
         attention.check_usable("flash_attention_2", "clm", torch.device("cuda"))
+    with pytest.raises(DomainptError, match="needs a torch with torch.nn.attention.varlen"):
+        attention.check_usable("varlen", "clm", torch.device("cuda"))
     attention.check_usable("sdpa", "mlm", torch.device("cpu"))
     with pytest.raises(ValueError, match="attention must be one of"):
         TrainConfig(attention="flash")
