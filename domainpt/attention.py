@@ -20,7 +20,6 @@ import torch
 
 from domainpt.errors import DomainptError
 
-CHOICES = ("sdpa", "eager", "flex_attention", "varlen", "flash_attention_2", "flash_attention_3")
 FLATTENED = ("varlen", "flash_attention_2", "flash_attention_3")  # kernels that take one row + cumulative lengths
 VARLEN_NAME = "domainpt_varlen"  # what transformers knows the `varlen` kernel as
 

@@ -207,6 +207,10 @@ TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "ml
                    "clearml": "clearml", "dvclive": "dvclive"}
 
 
+# train.attention values (domainpt/attention.py); here so that reading a recipe does not import torch.
+ATTENTION_KERNELS = ("sdpa", "eager", "flex_attention", "varlen", "flash_attention_2", "flash_attention_3")
+
+
 @dataclass
 class TrainConfig:
     max_steps: int = _f(100, "Optimizer steps of continued pre-training.")
@@ -261,10 +265,8 @@ class TrainConfig:
         unknown = [t for t in self.report_to if t not in TRACKER_MODULES]
         if unknown:
             raise ValueError(f"report_to: unknown tracker {unknown[0]!r} (known: {', '.join(TRACKER_MODULES)})")
-        from domainpt.attention import CHOICES
-
-        if self.attention not in CHOICES:
-            raise ValueError(f"attention must be one of {', '.join(CHOICES)}")
+        if self.attention not in ATTENTION_KERNELS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}")
         if self.on_bad_step not in ("skip", "rollback", "stop"):
             raise ValueError("on_bad_step must be skip, rollback or stop")
         for k in ("warmup_steps", "eval_every", "save_every", "weight_decay", "grad_clip", "loss_chunk_tokens"):
