@@ -87,5 +87,6 @@ def run_variant(work: Path, a, overrides: list[str]) -> list[dict]:
     torch.cuda.reset_peak_memory_stats()
     return run_logged(recipe)
 
+
 if __name__ == "__main__":
     main()
