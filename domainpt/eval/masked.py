@@ -12,6 +12,7 @@ length-sorted copies of a window that differ only in where the mask sits.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -87,26 +88,23 @@ def pll_windows(ids: list[int], window: int, stride: int, cls: int, sep: int) ->
     return items
 
 
-def pseudo_perplexity(model, tokenizer, texts: list[str], window: int, stride: int, max_tokens: int, batch_size: int,
+def pseudo_perplexity(model, tokenizer, texts: list[str], window: int, stride: int, max_tokens: int | None, batch_size: int,
                       device=None) -> dict:
     """perplexity()'s dict, from the pseudo-log-likelihood: 'ppl' is pseudo-perplexity and 'bpb' pseudo bits per byte."""
+    from domainpt.eval.perplexity import summary, take_documents
+
     cls, sep, mask = special_ids(tokenizer)
-    items, n_bytes, n_tokens, n_docs = [], 0, 0, 0
-    for text in texts:
-        if n_tokens >= max_tokens:
-            break
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > max_tokens - n_tokens:
-            ids = ids[:max_tokens - n_tokens]
-            text = tokenizer.decode(ids)
-        items += pll_windows(ids, window, stride, cls, sep)
-        n_bytes += len(text.encode("utf-8"))
-        n_tokens += len(ids)
-        n_docs += 1
+    docs = take_documents(tokenizer, texts, max_tokens)
+    items, counts = [], []
+    for _, ids in docs:
+        new = pll_windows(ids, window, stride, cls, sep)
+        items += new
+        counts.append(len(new))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else sep
-    nll = -sum(score_items(model, items, mask, pad, batch_size, desc="pseudo-perplexity"))
-    return {"ppl": math.exp(nll / len(items)), "bpb": nll / (math.log(2) * n_bytes), "nll": nll, "tokens": len(items),
-            "bytes": n_bytes, "documents": n_docs, "method": "pseudo-log-likelihood"}
+    ll = score_items(model, items, mask, pad, batch_size, desc="pseudo-perplexity")
+    bounds = [0, *itertools.accumulate(counts)]
+    nll = [-float(sum(ll[a:b])) for a, b in zip(bounds, bounds[1:])]
+    return summary(nll, counts, [t for t, _ in docs], "pseudo-log-likelihood")
 
 
 def answer_sequence(prompt: list[int], answer: list[int], cls: int, sep: int) -> list[int]:

@@ -28,13 +28,14 @@ def windows_for(ids: list[int], window: int, stride: int, bos: int) -> list[tupl
 
 
 @torch.no_grad()
-def score_windows(model, windows, batch_size: int, device, pad_id: int = 0) -> tuple[float, int]:
-    """Sum of NLL (nats) over the scored positions, and their count. Batches are length-sorted."""
+def score_windows(model, windows, batch_size: int, device, pad_id: int = 0) -> list[float]:
+    """Sum of NLL (nats) over each window's scored positions, in the windows' order. Batches are length-sorted."""
     model.eval()
     order = sorted(range(len(windows)), key=lambda i: len(windows[i][0]))
-    total, count = 0.0, 0
+    nll_of = [0.0] * len(windows)
     for b in range(0, len(order), batch_size):
-        batch = [windows[i] for i in order[b:b + batch_size]]
+        idx = order[b:b + batch_size]
+        batch = [windows[i] for i in idx]
         L = max(len(w) for w, _ in batch)
         ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), L), dtype=torch.long)
@@ -46,33 +47,58 @@ def score_windows(model, windows, batch_size: int, device, pad_id: int = 0) -> t
         ids, mask, score = ids.to(device), mask.to(device), score.to(device)
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
         nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none")
-        total += nll.view(len(batch), -1)[score].sum().item()
-        count += int(score.sum().item())
-    return total, count
+        per_row = (nll.view(len(batch), -1) * score).sum(-1).tolist()
+        for i, v in zip(idx, per_row):
+            nll_of[i] = v
+    return nll_of
 
 
-def perplexity(model, tokenizer, texts: list[str], window: int, stride: int, max_tokens: int, batch_size: int,
-               bos: int, device=None) -> dict:
-    """{'ppl', 'bpb', 'nll', 'tokens', 'bytes', 'documents'} on the texts (documents taken until max_tokens)."""
-    device = device or next(model.parameters()).device
-    windows, n_bytes, n_tokens, n_docs = [], 0, 0, 0
+def take_documents(tokenizer, texts: list[str], max_tokens: int | None) -> list[tuple[str, list[int]]]:
+    """(text, ids) of documents taken in order until `max_tokens` (None: all), the last one cut at a token
+    boundary (its text decoded from the kept tokens, so its bytes are counted exactly)."""
+    docs, n_tokens = [], 0
     for text in texts:
-        if n_tokens >= max_tokens:
+        if max_tokens is not None and n_tokens >= max_tokens:
             break
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > max_tokens - n_tokens:  # cut the last document at a token boundary; count its bytes exactly
+        if max_tokens is not None and len(ids) > max_tokens - n_tokens:
             ids = ids[:max_tokens - n_tokens]
             text = tokenizer.decode(ids)
-        windows += windows_for(ids, window, stride, bos)
-        n_bytes += len(text.encode("utf-8"))
+        docs.append((text, ids))
         n_tokens += len(ids)
-        n_docs += 1
-    nll, count = score_windows(model, windows, batch_size, device, pad_id=tokenizer.pad_token_id or 0)
-    return {"ppl": math.exp(nll / count), "bpb": nll / (math.log(2) * n_bytes), "nll": nll,
-            "tokens": count, "bytes": n_bytes, "documents": n_docs, "method": "causal"}
+    return docs
 
 
-def heldout_perplexity(model, tokenizer, texts: list[str], objective: str, window: int, stride: int, max_tokens: int,
+def summary(nll: list[float], tokens: list[int], texts: list[str], method: str) -> dict:
+    """The held-out scores of one model on one kind of text, with the per-document sums that paired
+    intervals need (documents, not tokens, are the unit two models share when their tokenizers differ)."""
+    n_bytes = [len(t.encode("utf-8")) for t in texts]
+    total, count = float(sum(nll)), int(sum(tokens))
+    return {"ppl": math.exp(total / count), "bpb": total / (math.log(2) * sum(n_bytes)), "nll": total,
+            "tokens": count, "bytes": sum(n_bytes), "documents": len(texts), "method": method,
+            "per_document": {"nll": [round(float(v), 4) for v in nll], "tokens": [int(t) for t in tokens], "bytes": n_bytes}}
+
+
+def perplexity(model, tokenizer, texts: list[str], window: int, stride: int, max_tokens: int | None, batch_size: int,
+               bos: int, device=None) -> dict:
+    """{'ppl', 'bpb', 'nll', 'tokens', 'bytes', 'documents', 'per_document'} on the texts (documents taken until
+    max_tokens; None scores every text whole)."""
+    device = device or next(model.parameters()).device
+    docs = take_documents(tokenizer, texts, max_tokens)
+    windows, owner = [], []
+    for d, (_, ids) in enumerate(docs):
+        w = windows_for(ids, window, stride, bos)
+        windows += w
+        owner += [d] * len(w)
+    per_window = score_windows(model, windows, batch_size, device, pad_id=tokenizer.pad_token_id or 0)
+    nll, tokens = [0.0] * len(docs), [0] * len(docs)
+    for d, v, (_, n_new) in zip(owner, per_window, windows):
+        nll[d] += v
+        tokens[d] += n_new
+    return summary(nll, tokens, [t for t, _ in docs], "causal")
+
+
+def heldout_perplexity(model, tokenizer, texts: list[str], objective: str, window: int, stride: int, max_tokens: int | None,
                        batch_size: int, bos: int, device=None) -> dict:
     """Perplexity for a causal LM, pseudo-perplexity for a masked LM ('method' says which)."""
     if objective == "mlm":

@@ -9,6 +9,7 @@ stages.<stage>.{tokens, wall_s}. Everything else is added information.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 import time
@@ -20,50 +21,112 @@ from domainpt.eval.metrics import QA_METRICS
 from domainpt.flops import PEAK_FLOPS
 from domainpt.manifest import (STAGES, atomic_write_json, atomic_write_text, file_sha256, read_manifest, require_done, stage_dir,
                                versions, write_manifest)
-from domainpt.report import plots
-from domainpt.report.render import Section, to_html, to_markdown
-from domainpt.report.stats import bootstrap_mean, paired_difference
+from domainpt.report.render import to_html, to_markdown
+from domainpt.report.sections import ppl_label, sections
+from domainpt.report.stats import POWER, holm, model_score, paired_difference, paired_document_bootstrap
 
 SCHEMA_VERSION = 1
 
 
-def _preds(path: Path, metric: str) -> tuple[np.ndarray, np.ndarray]:
+ARMS = ("general_model", "domain_model", "control_model")
+# (key in results.json, model a, model b): each difference is b minus a.
+COMPARISONS = (("difference", "general_model", "domain_model"), ("difference_vs_control", "control_model", "domain_model"))
+
+
+def read_predictions(path: Path, metric: str, field: str = "pred") -> tuple[np.ndarray, np.ndarray]:
     """(predictions, references) per example; for qa the per-example scores of `metric` (references unused)."""
     rows = [json.loads(l) for l in open(path)]
     if metric in QA_METRICS:
         return np.array([r[metric] for r in rows], dtype=float), np.zeros(len(rows))
-    return np.array([r["pred"] for r in rows]), np.array([r["answer"] for r in rows])
+    return np.array([r[field] for r in rows]), np.array([r["answer"] for r in rows])
 
 
-def task_results(recipe) -> dict:
-    ev = stage_dir(recipe, "evaluate") / "predictions"
-    rc = recipe.report
+def prediction_matrices(recipe, task, arms: list[str], field: str = "pred") -> tuple[dict, dict, np.ndarray]:
+    """Fine-tuned (seeds x items) and zero-shot (1 x items) predictions per arm, and the references."""
+    ev = stage_dir(recipe, "evaluate") / "predictions" / task.name
+    finetuned, zero_shot, refs = {}, {}, None
+    for arm in arms:
+        per_seed = [read_predictions(ev / arm / f"seed{s}.jsonl", task.metric, field) for s in recipe.lora.seeds]
+        finetuned[arm], refs = np.stack([p for p, _ in per_seed]), per_seed[0][1]
+        if (ev / arm / "zero_shot.jsonl").is_file():
+            zero_shot[arm] = read_predictions(ev / arm / "zero_shot.jsonl", task.metric, field)[0][None]
+    return finetuned, zero_shot, refs
+
+
+def score_entries(metric: str, finetuned: dict, zero_shot: dict, refs: np.ndarray, confidence: float) -> dict:
+    """Per arm: fine-tuned and zero-shot scores; then every paired difference (domain - general, domain - control)."""
+    t = {arm: {"finetuned": model_score(metric, preds, refs, confidence)} for arm, preds in finetuned.items()}
+    for arm, preds in zero_shot.items():
+        t[arm]["zero_shot"] = model_score(metric, preds, refs, confidence)
+    for key, a, b in COMPARISONS:
+        if a in finetuned and b in finetuned:
+            t[key] = paired_difference(metric, finetuned[a], finetuned[b], refs, confidence=confidence)
+        if a in zero_shot and b in zero_shot:
+            t["zero_shot_" + key] = paired_difference(metric, zero_shot[a], zero_shot[b], refs, confidence=confidence)
+    return t
+
+
+def task_results(recipe, arms: list[str]) -> dict:
+    conf = recipe.report.confidence
     out = {}
     for task in recipe.tasks:
-        t = {"metric": task.metric}
-        stacks = {}
-        for model in ("general_model", "domain_model"):
-            per_seed = [_preds(ev / task.name / model / f"seed{s}.jsonl", task.metric) for s in recipe.lora.seeds]
-            preds = np.stack([p for p, _ in per_seed])
-            refs = per_seed[0][1]
-            stacks[model] = preds
-            t[model] = {"finetuned": bootstrap_mean(task.metric, preds, refs, rc.bootstrap_samples, rc.confidence)}
-            zs = ev / task.name / model / "zero_shot.jsonl"
-            if zs.is_file():
-                zp, _ = _preds(zs, task.metric)
-                t[model]["zero_shot"] = bootstrap_mean(task.metric, zp[None], refs, rc.bootstrap_samples, rc.confidence)
-                t["shots"] = recipe.eval.few_shot  # 0: the zero_shot entries are zero-shot; k: k-shot
-                stacks[model + "_zs"] = zp[None]
-        t["n_test"] = int(len(refs))
+        finetuned, zero_shot, refs = prediction_matrices(recipe, task, arms)
+        t = {"metric": task.metric, **score_entries(task.metric, finetuned, zero_shot, refs, conf)}
+        if zero_shot:
+            t["shots"] = recipe.eval.few_shot  # 0: the zero_shot entries are zero-shot; k: k-shot
+        t["n_test"], t["n_seeds"] = int(len(refs)), len(recipe.lora.seeds)
         # What always answering the most frequent test label would score: the floor a model must beat.
         t["majority_baseline"] = float(np.bincount(refs.astype(int)).max() / len(refs)) if task.metric == "accuracy" else None
-        t["difference"] = paired_difference(task.metric, stacks["general_model"], stacks["domain_model"], refs,
-                                            rc.bootstrap_samples, rc.confidence)
-        if "general_model_zs" in stacks:
-            t["zero_shot_difference"] = paired_difference(task.metric, stacks["general_model_zs"], stacks["domain_model_zs"],
-                                                          refs, rc.bootstrap_samples, rc.confidence)
+        t["minimum_detectable_difference"] = t["difference"]["mdd"]
+        if t["majority_baseline"] is not None:  # a task neither model learned says nothing about pre-training
+            t["learned"] = all(t[arm]["finetuned"]["ci"][0] > t["majority_baseline"] for arm in finetuned)
+        if task.metric == "accuracy" and task.scoring == "likelihood" and task.type != "qa":
+            # acc_norm: the choice with the highest log-likelihood per byte (less biased towards short choices)
+            ft_n, zs_n, _ = prediction_matrices(recipe, task, arms, field="pred_norm")
+            t["acc_norm"] = score_entries("accuracy", ft_n, zs_n, refs, conf)
         out[task.name] = t
     return out
+
+
+def heldout_intervals(scores: dict, arms: list[str], n_resamples: int, confidence: float) -> dict:
+    """Per kind of held-out text: paired document-bootstrap intervals for the perplexity ratio and the
+    bits-per-byte difference of each comparison (absent for a scores.json without per-document sums)."""
+    out = {}
+    for kind, per_model in scores["perplexity"].items():
+        for key, a, b in COMPARISONS:
+            if a not in arms or b not in arms or "per_document" not in per_model.get(a, {}):
+                continue
+            da, db = per_model[a]["per_document"], per_model[b]["per_document"]
+            ln2 = math.log(2)
+            out.setdefault(kind, {})[key] = {
+                "ppl_ratio": paired_document_bootstrap(da["nll"], da["tokens"], db["nll"], db["tokens"], n_resamples, confidence),
+                "bpb_difference": paired_document_bootstrap(da["nll"], [ln2 * x for x in da["bytes"]], db["nll"],
+                                                            [ln2 * x for x in db["bytes"]], n_resamples, confidence,
+                                                            stat="difference")}
+    return out
+
+
+def adjust_for_multiple_comparisons(res: dict, alpha: float) -> None:
+    """Holm across every p-value the report shows: each comparison gets `p_adjusted` (raw `p_value` kept)."""
+    found = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            if "p_value" in node and "ci" in node:
+                found.append((path, node))
+                return
+            for k, v in node.items():
+                walk(v, f"{path}.{k}" if path else k)
+
+    # acc_norm and the perplexity ratio are descriptive companions of acc and bits per byte: not in the family
+    walk({"tasks": {n: {k: v for k, v in t.items() if k != "acc_norm"} for n, t in res["tasks"].items()},
+          "heldout_intervals": {kind: {key: {"bpb_difference": c["bpb_difference"]} for key, c in per.items()}
+                                for kind, per in res.get("heldout_intervals", {}).items()}}, "")
+    for (_, node), adj in zip(found, holm([n["p_value"] for _, n in found])):
+        node["p_adjusted"] = adj
+        node["reliable"] = adj < alpha
+    res["multiple_comparisons"] = {"method": "holm", "alpha": alpha, "family_size": len(found),
+                                   "comparisons": [p for p, _ in found]}
 
 
 def stage_costs(recipe) -> dict:
@@ -84,47 +147,68 @@ def data_hashes(recipe) -> dict:
     return {str(f.relative_to(prep)): file_sha256(f) for f in files if f.is_file()}
 
 
-def build_results(recipe) -> dict:
-    scores = json.loads((stage_dir(recipe, "evaluate") / "scores.json").read_text())
-    ppl = {k: {m: v[m]["ppl"] for m in v} for k, v in scores["perplexity"].items()}
-    bpb = {k: {m: v[m]["bpb"] for m in v} for k, v in scores["perplexity"].items()}
-    prep_stats = json.loads((stage_dir(recipe, "prepare") / "stats.json").read_text())
-    pre = read_manifest(recipe, "pretrain")
-    stages = stage_costs(recipe)
-    tasks = task_results(recipe)
-    gains = [t["difference"]["mean"] for t in tasks.values()]
+def cost_summary(recipe, pre: dict, gains: list[float]) -> dict:
+    """Pre-training compute (measured, or estimated at an MFU) and the task gain per unit of it."""
     pre_flops = pre.get("flops", 0.0)
     peak = PEAK_FLOPS.get(recipe.report.gpu)
     est_gpu_h = pre_flops / (peak * 0.4) / 3600 if peak else None  # at 40% MFU, a good large-scale figure
     mfu = recipe.report.assumed_mfu
     est_gpu_h_assumed = pre_flops / (peak * mfu) / 3600 if peak else None
-    curve = [json.loads(l) for l in open(stage_dir(recipe, "pretrain") / "metrics.jsonl")] \
-        if (stage_dir(recipe, "pretrain") / "metrics.jsonl").is_file() else []
-    measured_mfu = [m["mfu"] for m in curve if m.get("mfu")]
+    curve_path = stage_dir(recipe, "pretrain") / "metrics.jsonl"
+    measured_mfu = [m["mfu"] for m in (json.loads(l) for l in open(curve_path)) if m.get("mfu")] if curve_path.is_file() else []
     gpu_h = pre.get("gpu_hours") or est_gpu_h_assumed
     mean_gain = float(np.mean(gains)) if gains else None
-    return {
+    return {"pretrain_tokens": pre.get("tokens", 0), "pretrain_flops": pre_flops,
+            "pretrain_wall_s": pre.get("wall_s"), "pretrain_device": pre.get("device"),
+            "pretrain_gpu_hours": pre.get("gpu_hours", 0.0),
+            "gpu_for_estimate": recipe.report.gpu,
+            "pretrain_gpu_hours_estimate_at_40pct_mfu": est_gpu_h,
+            "mean_task_gain": mean_gain,
+            "mean_task_gain_per_pflop": mean_gain / (pre_flops / 1e15) if gains and pre_flops else None,
+            "assumed_mfu": mfu, "pretrain_gpu_hours_estimate": est_gpu_h_assumed,
+            "measured_mfu": float(np.median(measured_mfu)) if measured_mfu else None,
+            "gpu_hours_basis": "measured" if pre.get("gpu_hours") else f"estimate on {recipe.report.gpu} at {mfu:.0%} MFU",
+            "mean_task_gain_per_gpu_hour": mean_gain / gpu_h if gains and gpu_h else None}
+
+
+def forgetting(ppl: dict, bpb: dict, arm: str = "domain_model") -> dict:
+    """`arm`'s held-out scores as a share of the general model's (< 1: better). Bits per byte compare across
+    tokenizers; per-token perplexity only when both models tokenize alike."""
+    out = {}
+    for kind in ("general", "domain"):
+        if kind in ppl and arm in ppl[kind]:
+            out[f"{kind}_ppl_ratio"] = ppl[kind][arm] / ppl[kind]["general_model"]
+            out[f"{kind}_bpb_ratio"] = bpb[kind][arm] / bpb[kind]["general_model"]
+    out.setdefault("general_ppl_ratio", None)
+    return out
+
+
+def build_results(recipe) -> dict:
+    scores = json.loads((stage_dir(recipe, "evaluate") / "scores.json").read_text())
+    arms = [a for a in ARMS if a in scores["perplexity"]["domain"]]
+    ppl = {k: {m: v[m]["ppl"] for m in v} for k, v in scores["perplexity"].items()}
+    bpb = {k: {m: v[m]["bpb"] for m in v} for k, v in scores["perplexity"].items()}
+    prep_stats = json.loads((stage_dir(recipe, "prepare") / "stats.json").read_text())
+    pre = read_manifest(recipe, "pretrain")
+    curve_path = stage_dir(recipe, "pretrain") / "metrics.jsonl"
+    curve = [json.loads(l) for l in open(curve_path)] if curve_path.is_file() else []
+    tasks = task_results(recipe, arms)
+    toks = scores.get("tokenizers", {})
+    res = {
         "schema_version": SCHEMA_VERSION,
         "name": recipe.name,
         "domain": recipe.domain,
+        "arms": arms,
         "perplexity": ppl,
         "bits_per_byte": bpb,
         "perplexity_method": next(iter(next(iter(scores["perplexity"].values())).values())).get("method", "causal"),
-        "forgetting": {"general_ppl_ratio": ppl["general"]["domain_model"] / ppl["general"]["general_model"] if "general" in ppl else None,
-                       "domain_ppl_ratio": ppl["domain"]["domain_model"] / ppl["domain"]["general_model"]},
+        # per-token perplexities of different vocabularies do not compare: the verdict then uses bits per byte
+        "tokenizers_differ": len({json.dumps(v, sort_keys=True) for v in toks.values()}) > 1,
+        "heldout_intervals": heldout_intervals(scores, arms, recipe.report.bootstrap_samples, recipe.report.confidence),
+        "forgetting": forgetting(ppl, bpb),
         "tasks": tasks,
-        "stages": stages,
-        "cost": {"pretrain_tokens": pre.get("tokens", 0), "pretrain_flops": pre_flops,
-                 "pretrain_wall_s": pre.get("wall_s"), "pretrain_device": pre.get("device"),
-                 "pretrain_gpu_hours": pre.get("gpu_hours", 0.0),
-                 "gpu_for_estimate": recipe.report.gpu,
-                 "pretrain_gpu_hours_estimate_at_40pct_mfu": est_gpu_h,
-                 "mean_task_gain": mean_gain,
-                 "mean_task_gain_per_pflop": mean_gain / (pre_flops / 1e15) if gains and pre_flops else None,
-                 "assumed_mfu": mfu, "pretrain_gpu_hours_estimate": est_gpu_h_assumed,
-                 "measured_mfu": float(np.median(measured_mfu)) if measured_mfu else None,
-                 "gpu_hours_basis": "measured" if pre.get("gpu_hours") else f"estimate on {recipe.report.gpu} at {mfu:.0%} MFU",
-                 "mean_task_gain_per_gpu_hour": mean_gain / gpu_h if gains and gpu_h else None},
+        "stages": stage_costs(recipe),
+        "cost": cost_summary(recipe, pre, [t["difference"]["mean"] for t in tasks.values()]),
         "data": {k: prep_stats.get(k) for k in ("documents_in", "documents_out", "tokens_out", "exact_duplicates_removed",
                                                    "near_duplicates_removed", "contaminated_found", "contaminated_removed",
                                                    "pii_replaced", "replay_share_actual", "sources")},
@@ -133,104 +217,18 @@ def build_results(recipe) -> dict:
         "data_hashes": data_hashes(recipe),
         "stage_commands": {s: (read_manifest(recipe, s) or {}).get("command") for s in STAGES[:-1]},
         "confidence": recipe.report.confidence,
+        "statistics": {"tasks": "crossed random effects over seeds and test items, paired across models; t interval "
+                                "and p with Satterthwaite degrees of freedom (report/stats.py)",
+                       "heldout": f"paired bootstrap over held-out documents ({recipe.report.bootstrap_samples} resamples)",
+                       "minimum_detectable_difference_power": POWER},
         "versions": versions(),
         "recipe": recipe.to_dict(),
         "command": "domainpt " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     }
-
-
-def ppl_label(res: dict) -> str:
-    """'perplexity' for causal LMs; an encoder's is a pseudo-perplexity (masked one token at a time)."""
-    return "pseudo-perplexity" if res.get("perplexity_method") == "pseudo-log-likelihood" else "perplexity"
-
-
-def _fmt(e: dict | None, pct: bool = True) -> str:
-    if not e:
-        return "—"
-    f = (lambda x: f"{100 * x:.1f}") if pct else (lambda x: f"{x:.3f}")
-    return f"{f(e['mean'])} [{f(e['ci'][0])}, {f(e['ci'][1])}]"
-
-
-def sections(res: dict, out: Path) -> list[Section]:
-    level = int(round(res["confidence"] * 100))
-    p = res["perplexity"]
-    secs = []
-    verdict = []
-    for name, t in res["tasks"].items():
-        d = t["difference"]
-        sig = ("the interval includes zero: no reliable difference" if d["includes_zero"]
-               else ("the domain model is better" if d["mean"] > 0 else "the general model is better"))
-        verdict.append(f"**{name}** ({t['metric']}, {t['n_test']} test examples, {len(t['general_model']['finetuned']['seeds'])} seeds): "
-                       f"domain minus general after LoRA = {100 * d['mean']:+.1f} points, {level}% interval "
-                       f"[{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}], permutation p = {d['p_value']:.3f} — {sig}.")
-    dom = p["domain"]
-    pl = ppl_label(res)
-    verdict.insert(0, f"Held-out **domain** {pl}: general model {dom['general_model']:.2f} → domain model {dom['domain_model']:.2f} "
-                      f"({100 * (dom['domain_model'] / dom['general_model'] - 1):+.1f}%).")
-    if "general" in p:
-        g = p["general"]
-        verdict.insert(1, f"Held-out **general** {pl} (forgetting): {g['general_model']:.2f} → {g['domain_model']:.2f} "
-                          f"({100 * (g['domain_model'] / g['general_model'] - 1):+.1f}%).")
-    secs.append(Section("How to read this report", [
-        f"The *general model* is the checkpoint the run started from; the *domain model* is the same checkpoint after continued "
-        f"pre-training on {res['domain']} text. Both were then fine-tuned on each task with LoRA (small adapter weights) under "
-        "identical settings, and scored on the same held-out test examples.",
-        "Perplexity measures how well a model predicts held-out text (lower is better): domain text shows what was gained, "
-        "general text what was forgotten. Task differences are domain minus general in percentage points; the interval is "
-        f"a {level}% bootstrap interval — when it includes zero, the data do not show a reliable difference."]))
-    secs.append(Section("Verdict", verdict + [
-        "Both models were fine-tuned with the same LoRA settings, seeds, data order and step budget; only the starting "
-        "weights differ. Intervals: percentile bootstrap over test examples, paired across models and averaged over seeds."]))
-    rows = []
-    for kind in p:
-        rows.append([f"{kind} held-out", f"{p[kind]['general_model']:.3f}", f"{p[kind]['domain_model']:.3f}",
-                     f"{res['bits_per_byte'][kind]['general_model']:.4f}", f"{res['bits_per_byte'][kind]['domain_model']:.4f}"])
-    note = (" Both models are masked LMs: pseudo-perplexity and pseudo bits per byte come from masking each token in turn "
-            "(Salazar et al. 2020); compare them with each other, not with a causal LM's perplexity." if pl != "perplexity" else "")
-    secs.append(Section("Perplexity and forgetting", ["Lower is better. Bits per byte are comparable across tokenizers." + note],
-                        (["text", "ppl general", "ppl domain", "bpb general", "bpb domain"], rows)))
-    rows = []
-    for name, t in res["tasks"].items():
-        rows.append([name + (f" ({t['shots']}-shot before LoRA)" if t.get("shots") else ""), t["metric"],
-                     _fmt(t["general_model"].get("zero_shot")), _fmt(t["domain_model"].get("zero_shot")),
-                     _fmt(t["general_model"]["finetuned"]), _fmt(t["domain_model"]["finetuned"]),
-                     _fmt(t["difference"]), f"{t['difference']['p_value']:.3f}"])
-    imgs = [("task scores", plots.task_bars(res["tasks"], out / "tasks.png"))]
-    base = [f"{n}: always answering the most frequent label scores {100 * t['majority_baseline']:.1f}" for n, t in res["tasks"].items()
-            if t.get("majority_baseline") is not None]
-    secs.append(Section("Tasks", [f"Scores in percent with {level}% intervals." + (" Majority-label baseline — " + "; ".join(base) + "." if base else "")],
-                        (["task", "metric", "general zero-shot", "domain zero-shot", "general + LoRA", "domain + LoRA",
-                          "difference (domain - general)", "p"], rows), imgs))
-    if res.get("training_curve"):
-        secs.append(Section("Training curve", ["Training loss, and held-out perplexities measured during continued pre-training "
-                                               "(the forgetting curve: general perplexity should not climb)."],
-                            images=[("training curves", plots.training_curves(res["training_curve"], res["pretrain_eval_history"],
-                                                                              out / "training.png"))]))
-    c, st = res["cost"], res["stages"]
-    rows = [[s, f"{v['tokens']:,}", f"{v['wall_s']:.1f}", f"{v.get('flops', 0):.3g}" if v.get("flops") else "—",
-             f"{v.get('gpu_hours', 0):.3f}"] for s, v in st.items()]
-    est = c.get("pretrain_gpu_hours_estimate", c["pretrain_gpu_hours_estimate_at_40pct_mfu"])
-    cost_lines = [f"Continued pre-training processed {c['pretrain_tokens']:,} tokens ({c['pretrain_flops']:.3g} FLOPs) "
-                  f"on {c['pretrain_device']}" + (f", at a median MFU of {c['measured_mfu']:.1%}." if c.get("measured_mfu") else
-                                                  f"; the same FLOPs on one {c['gpu_for_estimate']} at {c.get('assumed_mfu', 0.4):.0%} MFU "
-                                                  f"would take {(est or 0):.3g} GPU-hours.")]
-    if c.get("mean_task_gain_per_gpu_hour") is not None:
-        cost_lines.append(f"Mean task gain: {100 * c['mean_task_gain']:+.2f} points, i.e. {100 * c['mean_task_gain_per_gpu_hour']:+.3g} "
-                          f"points per GPU-hour of pre-training ({c.get('gpu_hours_basis', '')}); "
-                          f"{100 * c['mean_task_gain_per_pflop']:+.3g} points per PFLOP.")
-    secs.append(Section("Cost", cost_lines, (["stage", "tokens", "wall s", "FLOPs", "GPU-hours"], rows)))
-    d = res["data"]
-    secs.append(Section("Data", [f"{d['documents_in']:,} documents read, {d['documents_out']:,} trained on ({d['tokens_out']:,} tokens); "
-                                 f"{d['exact_duplicates_removed']} exact and {d['near_duplicates_removed']} near duplicates removed; "
-                                 f"{d['contaminated_found']} documents overlapped evaluation texts ({d['contaminated_removed']} dropped); "
-                                 f"PII replaced: {d['pii_replaced']}; replay share {d['replay_share_actual']:.1%}. "
-                                 "See prepare/data_card.md."]))
-    repro = [f"Report command: `{res['command']}`"]
-    repro += [f"{s}: `{cmd}`" for s, cmd in res.get("stage_commands", {}).items() if cmd]
-    repro += [f"Versions: {json.dumps(res['versions'])}"]
-    repro += ["Data (SHA-256): " + "; ".join(f"{k} {v[:16]}" for k, v in res.get("data_hashes", {}).items())]
-    secs.append(Section("Reproducibility", repro + ["The recipe:"], code=json.dumps(res["recipe"], indent=2)))
-    return secs
+    if "control_model" in arms:
+        res["forgetting_control"] = forgetting(ppl, bpb, "control_model")
+    adjust_for_multiple_comparisons(res, 1 - recipe.report.confidence)
+    return res
 
 
 def render_report(res: dict, out: Path) -> None:
@@ -264,8 +262,13 @@ def summary_lines(recipe) -> list[str]:
         lines.append(f"[domainpt] held-out general {pl} (forgetting): {p['general']['general_model']:.2f} -> {p['general']['domain_model']:.2f}")
     for name, t in r["tasks"].items():
         d = t["difference"]
-        lines.append(f"[domainpt] {name} ({t['metric']}): general+LoRA {100 * t['general_model']['finetuned']['mean']:.1f}, "
-                     f"domain+LoRA {100 * t['domain_model']['finetuned']['mean']:.1f}, difference {100 * d['mean']:+.1f} "
-                     f"[{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]" + (" (interval includes 0)" if d["includes_zero"] else ""))
+        line = (f"[domainpt] {name} ({t['metric']}): general+LoRA {100 * t['general_model']['finetuned']['mean']:.1f}, "
+                f"domain+LoRA {100 * t['domain_model']['finetuned']['mean']:.1f}, difference {100 * d['mean']:+.1f} "
+                f"[{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]" + (" (interval includes 0)" if d["includes_zero"] else ""))
+        if "control_model" in t:
+            c = t["difference_vs_control"]
+            line += (f"; control+LoRA {100 * t['control_model']['finetuned']['mean']:.1f}, domain - control {100 * c['mean']:+.1f} "
+                     f"[{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]")
+        lines.append(line)
     lines.append(f"[domainpt] report: {out / 'report.html'} (also report.md, results.json)")
     return lines

@@ -17,6 +17,7 @@ from domainpt.errors import DomainptError
 from domainpt.manifest import atomic_write_json, atomic_write_text, versions
 from domainpt.report import plots
 from domainpt.report.render import Section, to_html, to_markdown
+from domainpt.report.stats import holm
 
 SCHEMA_VERSION = 1
 
@@ -48,14 +49,23 @@ def summarise(run_dir: Path, r: dict) -> dict:
             "pretrain_flops": r["cost"]["pretrain_flops"], "gpu_hours": cost, "gpu_hours_basis": basis,
             "domain_ppl": p["domain"], "general_ppl": p.get("general"),
             "tasks": {n: {"metric": t["metric"], "difference": t["difference"],
-                          "general_model": t["general_model"]["finetuned"]["mean"], "domain_model": t["domain_model"]["finetuned"]["mean"]}
+                          "general_model": t["general_model"]["finetuned"]["mean"], "domain_model": t["domain_model"]["finetuned"]["mean"],
+                          **({"difference_vs_control": t["difference_vs_control"]} if "difference_vs_control" in t else {})}
                       for n, t in r["tasks"].items()}}
+
+
+def adjust_across_runs(runs: list[dict]) -> None:
+    """Holm across every run's task comparisons: more runs in one report means more chances of a false 'win'."""
+    family = [d for r in runs for t in r["tasks"].values() for d in (t["difference"], t.get("difference_vs_control")) if d]
+    for d, adj in zip(family, holm([d["p_value"] for d in family])):
+        d["p_adjusted_across_runs"] = adj
 
 
 def compare_runs(run_dirs: list[str], out: Path) -> dict:
     if len(run_dirs) < 2:
         raise DomainptError("comparing runs needs at least two run folders")
     runs = [summarise(Path(d), load_run(Path(d))) for d in run_dirs]
+    adjust_across_runs(runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     res = {"schema_version": SCHEMA_VERSION, "kind": "multi_run", "runs": runs, "versions": versions(),
@@ -70,11 +80,13 @@ def compare_runs(run_dirs: list[str], out: Path) -> dict:
                        f"{r['domain_ppl']['general_model']:.2f} → {r['domain_ppl']['domain_model']:.2f}",
                        f"{r['general_ppl']['general_model']:.2f} → {r['general_ppl']['domain_model']:.2f}" if r["general_ppl"] else "—"]
                       for r in runs])),
-            Section("Tasks", ["Points: domain minus general after LoRA; an interval that includes 0 is no reliable difference."],
+            Section("Tasks", ["Points: domain minus general after LoRA; an interval that includes 0 is no reliable difference. "
+                              "p in parentheses is Holm-adjusted across every comparison of this report."],
                     (["run", "task", "metric", "general + LoRA", "domain + LoRA", "difference [interval]", "p"],
                      [[r["name"], n, t["metric"], f"{100 * t['general_model']:.1f}", f"{100 * t['domain_model']:.1f}",
                        f"{100 * t['difference']['mean']:+.1f} [{100 * t['difference']['ci'][0]:+.1f}, {100 * t['difference']['ci'][1]:+.1f}]",
-                       f"{t['difference']['p_value']:.3f}"] for r in runs for n, t in r["tasks"].items()]),
+                       f"{t['difference']['p_value']:.3f} (Holm {t['difference']['p_adjusted_across_runs']:.3f})"]
+                      for r in runs for n, t in r["tasks"].items()]),
                     [("cost versus gain", plots.cost_vs_gain(points, out / "cost_vs_gain.png"))]),
             Section("Reproducibility", [f"Command: `{res['command']}`", "Run folders: " + ", ".join(r["run_dir"] for r in runs),
                                         "Each run's own report (recipe, data hashes, stage commands) is in RUN_DIR/compare/."])]

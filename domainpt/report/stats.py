@@ -1,16 +1,38 @@
-"""Paired statistics over test examples (and across seeds) with scipy.
+"""Seed- and item-aware paired statistics for comparing two training procedures.
 
-Each model's predictions form a (seeds x examples) matrix; a statistic is the metric computed per
-seed and averaged. Intervals come from scipy.stats.bootstrap over examples (paired: the same resampled
-examples for both models and all seeds); p-values from scipy.stats.permutation_test swapping the two
-models' predictions per example.
+A fine-tuned model's predictions form a (seeds x items) matrix. Seed s of both models shares its
+LoRA initialisation and data order, and both are scored on the same test items, so the comparison is
+a crossed, paired design: the seeds are a sample of fine-tuning runs and the items a sample of test
+questions, and a claim about the *method* has to generalise over both.
+
+One procedure gives the interval, the p-value and the minimum detectable difference: the per-cell
+differences d[s, i] (model b minus model a) are split by a two-way random-effects ANOVA into seed,
+item and residual mean squares; Var(mean) = (MS_seed + MS_item - MS_resid) / (S I) is the unbiased
+estimate (each variance component kept >= 0), and the t distribution with Satterthwaite's degrees of
+freedom gives both the interval and the two-sided p. So the interval excludes zero exactly when
+p < 1 - confidence. This is the Dorfman-Berbaum-Metz / Obuchowski-Rockette analysis that radiology
+uses for "readers x cases" studies (Hillis 2007), with seeds as readers and test items as cases.
+Metrics that are not a mean over items (macro F1) enter through jackknife pseudo-values per item,
+as DBM does for the AUC.
+
+Why not a two-level bootstrap: with 3-5 seeds, resampling seeds shrinks their variance by (S-1)/S
+and replaces t(S-1) quantiles by normal ones, so the interval is too narrow when seeds disagree;
+bench/calibration.py measures both side by side (BENCHMARKS.md).
+
+Held-out perplexity is a ratio over documents (total NLL / total tokens), so its paired interval
+comes from a bootstrap over documents instead (`paired_document_bootstrap`), with the p-value read
+from the same resamples.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy import stats
 
 from domainpt.eval.metrics import QA_METRICS, compute
+
+POWER = 0.8  # the power at which the minimum detectable difference is stated
 
 
 def _metric_fn(metric: str):
@@ -21,53 +43,167 @@ def _metric_fn(metric: str):
     return lambda preds, refs: compute(metric, preds.tolist(), refs.tolist())
 
 
-def seed_mean(metric: str, preds: np.ndarray, refs: np.ndarray, idx=None) -> float:
+def seed_mean(metric: str, preds: np.ndarray, refs: np.ndarray) -> float:
+    """The metric computed on each seed's predictions, averaged over seeds."""
     f = _metric_fn(metric)
-    idx = np.arange(preds.shape[1]) if idx is None else idx
-    return float(np.mean([f(p[idx], refs[idx]) for p in preds]))
+    return float(np.mean([f(p, refs) for p in np.atleast_2d(preds)]))
 
 
-def _interval(res, point: float) -> list[float]:
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if np.isnan(lo) or np.isnan(hi):  # every resample gave the same value: the interval is that value
-        lo = hi = point
-    return [lo, hi]
+def per_seed(metric: str, preds: np.ndarray, refs: np.ndarray) -> list[float]:
+    f = _metric_fn(metric)
+    return [f(p, refs) for p in np.atleast_2d(preds)]
 
 
-def bootstrap_mean(metric: str, preds: np.ndarray, refs: np.ndarray, n_resamples: int, confidence: float, seed: int = 0) -> dict:
-    preds, refs = np.asarray(preds), np.asarray(refs)
+def macro_f1(preds: np.ndarray, refs: np.ndarray, labels: np.ndarray) -> float:
+    """Macro F1 over `labels` (sklearn's convention: a label never predicted nor present scores 0)."""
+    tp = np.array([np.sum((preds == c) & (refs == c)) for c in labels], dtype=float)
+    fp = np.array([np.sum((preds == c) & (refs != c)) for c in labels], dtype=float)
+    fn = np.array([np.sum((preds != c) & (refs == c)) for c in labels], dtype=float)
+    denom = 2 * tp + fp + fn
+    return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
+
+
+def _f1_pseudo_values(preds: np.ndarray, refs: np.ndarray) -> np.ndarray:
+    """Jackknife pseudo-values of macro F1, one per item: n F1(all) - (n - 1) F1(all but i).
+    Leaving item i out changes only the counts of its true and predicted labels."""
+    labels = np.unique(np.concatenate([refs, preds]))
+    n = len(refs)
+    full = macro_f1(preds, refs, labels)
+    tp = np.array([np.sum((preds == c) & (refs == c)) for c in labels], dtype=float)
+    fp = np.array([np.sum((preds == c) & (refs != c)) for c in labels], dtype=float)
+    fn = np.array([np.sum((preds != c) & (refs == c)) for c in labels], dtype=float)
+    out = np.empty(n)
+    for i in range(n):
+        t, p_, f = tp.copy(), fp.copy(), fn.copy()
+        r, q = np.searchsorted(labels, refs[i]), np.searchsorted(labels, preds[i])
+        if r == q:
+            t[r] -= 1
+        else:
+            f[r] -= 1
+            p_[q] -= 1
+        denom = 2 * t + p_ + f
+        # a label that vanishes with item i drops out of the macro average, as sklearn would do
+        present = (t + p_ + f) > 0
+        loo = float(np.mean(np.where(denom[present] > 0, 2 * t[present] / np.maximum(denom[present], 1), 0.0)))
+        out[i] = n * full - (n - 1) * loo
+    return out
+
+
+def item_scores(metric: str, preds: np.ndarray, refs: np.ndarray) -> np.ndarray:
+    """(seeds x items) per-item contributions whose mean is the metric (pseudo-values for macro F1)."""
+    preds, refs = np.atleast_2d(np.asarray(preds)), np.asarray(refs)
+    if metric == "accuracy":
+        return (preds == refs[None]).astype(float)
+    if metric in QA_METRICS:
+        return preds.astype(float)
+    if metric == "f1":
+        return np.stack([_f1_pseudo_values(p, refs) for p in preds])
+    raise ValueError(f"no per-item decomposition for metric {metric!r}")
+
+
+def crossed_variance(x: np.ndarray) -> tuple[float, float]:
+    """(variance of the grand mean, Satterthwaite degrees of freedom) for a (seeds x items) table with
+    seeds and items both random. One seed: a paired t over items."""
+    x = np.atleast_2d(np.asarray(x, dtype=float))
+    S, I = x.shape
+    if I < 2:
+        raise ValueError("need at least two test items")
+    if S == 1:
+        return float(x.var(ddof=1) / I), float(I - 1)
+    grand, rows, cols = x.mean(), x.mean(1), x.mean(0)
+    ms_seed = I * np.sum((rows - grand) ** 2) / (S - 1)
+    ms_item = S * np.sum((cols - grand) ** 2) / (I - 1)
+    resid = x - rows[:, None] - cols[None, :] + grand
+    ms_res = np.sum(resid ** 2) / ((S - 1) * (I - 1))
+    combo = ms_seed + ms_item - ms_res
+    # S I Var = I s2_seed + S s2_item + s2_res is at least E[MS_seed] and E[MS_item]: keep components >= 0.
+    if combo >= max(ms_seed, ms_item):
+        den = ms_seed ** 2 / (S - 1) + ms_item ** 2 / (I - 1) + ms_res ** 2 / ((S - 1) * (I - 1))
+        df = combo ** 2 / den if den > 0 else float(S * I - 1)
+        return float(combo / (S * I)), float(df)
+    if ms_seed >= ms_item:
+        return float(ms_seed / (S * I)), float(S - 1)
+    return float(ms_item / (S * I)), float(I - 1)
+
+
+def t_summary(point: float, var: float, df: float, confidence: float) -> dict:
+    """Interval, two-sided p and minimum detectable difference from one t distribution."""
+    se = math.sqrt(max(var, 0.0))
+    q = float(stats.t.ppf(0.5 + confidence / 2, df))
+    mdd = (q + float(stats.t.ppf(POWER, df))) * se
+    if se == 0.0:  # every seed and item gave the same difference: no sampling variation left to test against
+        return {"ci": [point, point], "p_value": 1.0 if point == 0 else 0.0, "se": 0.0, "df": df, "mdd": 0.0}
+    p = float(2 * stats.t.sf(abs(point) / se, df))
+    return {"ci": [point - q * se, point + q * se], "p_value": min(1.0, p), "se": se, "df": df, "mdd": mdd}
+
+
+def model_score(metric: str, preds: np.ndarray, refs: np.ndarray, confidence: float) -> dict:
+    """One model's score: mean over seeds, its interval (seeds and items random), and each seed's value."""
+    preds, refs = np.atleast_2d(np.asarray(preds)), np.asarray(refs)
     point = seed_mean(metric, preds, refs)
-    idx = np.arange(preds.shape[1])
-    res = stats.bootstrap((idx,), lambda i: seed_mean(metric, preds, refs, i), vectorized=False, n_resamples=n_resamples,
-                          confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
-    per_seed = [seed_mean(metric, preds[s:s + 1], refs) for s in range(preds.shape[0])]
-    return {"mean": point, "ci": _interval(res, point), "seeds": per_seed}
+    var, df = crossed_variance(item_scores(metric, preds, refs))
+    s = t_summary(point, var, df, confidence)
+    return {"mean": point, "ci": s["ci"], "seeds": per_seed(metric, preds, refs), "se": s["se"], "df": s["df"]}
 
 
-def paired_difference(metric: str, preds_a: np.ndarray, preds_b: np.ndarray, refs: np.ndarray, n_resamples: int,
-                      confidence: float, seed: int = 0) -> dict:
-    """b minus a (domain minus general): mean, bootstrap interval, permutation-test p-value."""
-    a, b, refs = np.asarray(preds_a), np.asarray(preds_b), np.asarray(refs)
-    n = a.shape[1]
+def paired_difference(metric: str, preds_a: np.ndarray, preds_b: np.ndarray, refs: np.ndarray, n_resamples: int = 0,
+                      confidence: float = 0.95, seed: int = 0) -> dict:
+    """b minus a (e.g. domain minus general) over paired (seeds x items) predictions.
+
+    Returns mean, ci, p_value, includes_zero (a public API: other tools call it), plus se, df, mdd
+    (the difference this design detects with 80% power at this confidence) and per-seed differences.
+    `n_resamples` and `seed` are kept for callers of the bootstrap version; the analysis is exact.
+    """
+    a, b, refs = np.atleast_2d(np.asarray(preds_a)), np.atleast_2d(np.asarray(preds_b)), np.asarray(refs)
+    if a.shape != b.shape:
+        raise ValueError(f"paired predictions need the same shape (seeds x items): {a.shape} vs {b.shape}")
     point = seed_mean(metric, b, refs) - seed_mean(metric, a, refs)
-    idx = np.arange(n)
-    res = stats.bootstrap((idx,), lambda i: seed_mean(metric, b, refs, i) - seed_mean(metric, a, refs, i), vectorized=False,
-                          n_resamples=n_resamples, confidence_level=confidence, method="percentile",
-                          rng=np.random.default_rng(seed))
-    # Permutation test: ids < n point at model a's predictions for that example, ids >= n at model b's.
-    table = np.concatenate([a, b], axis=1)
+    d = item_scores(metric, b, refs) - item_scores(metric, a, refs)
+    var, df = crossed_variance(d)
+    s = t_summary(point, var, df, confidence)
+    ci = s["ci"]
+    return {"mean": point, "ci": ci, "p_value": s["p_value"], "includes_zero": bool(ci[0] <= 0 <= ci[1]),
+            "se": s["se"], "df": s["df"], "mdd": s["mdd"], "method": "crossed random effects (seeds x items), t",
+            "seeds": [y - x for x, y in zip(per_seed(metric, a, refs), per_seed(metric, b, refs))]}
 
-    def stat(x, y):
-        xa, yb = table[:, x], table[:, y]
-        ref = refs[np.asarray(x) % n]
-        f = _metric_fn(metric)
-        return float(np.mean([f(yb[s], ref) for s in range(a.shape[0])]) - np.mean([f(xa[s], ref) for s in range(a.shape[0])]))
 
-    if np.array_equal(a, b):
-        p = 1.0
-    else:
-        perm = stats.permutation_test((idx, idx + n), stat, permutation_type="samples", vectorized=False,
-                                      n_resamples=n_resamples, alternative="two-sided", rng=np.random.default_rng(seed + 1))
-        p = float(perm.pvalue)
-    ci = _interval(res, point)
-    return {"mean": point, "ci": ci, "p_value": p, "includes_zero": bool(ci[0] <= 0 <= ci[1])}
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment (controls the family-wise error rate under any dependence)."""
+    m = len(p_values)
+    order = np.argsort(p_values, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def paired_document_bootstrap(nll_a, units_a, nll_b, units_b, n_resamples: int, confidence: float, seed: int = 0,
+                              stat: str = "ratio") -> dict:
+    """Paired interval for a held-out ratio statistic of model b against model a, documents resampled.
+
+    Per document: summed NLL and its unit count (tokens for perplexity, bytes x ln 2 for bits per byte).
+    stat 'ratio': exp(NLL_b/units_b) / exp(NLL_a/units_a) (a perplexity ratio; 1 = no change);
+    stat 'difference': NLL_b/units_b - NLL_a/units_a (bits per byte). Percentile interval; the two-sided
+    p-value is twice the share of resamples on the far side of 'no change', so the two agree.
+    """
+    arrs = [np.asarray(v, dtype=float) for v in (nll_a, units_a, nll_b, units_b)]
+    n = len(arrs[0])
+    if n == 0 or any(len(v) != n for v in arrs):
+        raise ValueError("per-document arrays must be non-empty and of equal length")
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1 / n), size=n_resamples).astype(float)  # (resamples x documents)
+
+    def statistic(w):
+        ra, rb = (w @ arrs[0]) / (w @ arrs[1]), (w @ arrs[2]) / (w @ arrs[3])
+        return np.exp(rb - ra) if stat == "ratio" else rb - ra
+
+    point = float(statistic(np.ones(n)))
+    boot = statistic(counts)
+    null = 1.0 if stat == "ratio" else 0.0
+    alpha = 1 - confidence
+    lo, hi = (float(x) for x in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
+    p = min(1.0, 2 * min(np.mean(boot <= null), np.mean(boot >= null))) if np.any(boot != null) else 1.0
+    return {"mean": point, "ci": [lo, hi], "p_value": float(p), "includes_zero": bool(lo <= null <= hi),
+            "null_value": null, "documents": n, "method": "paired bootstrap over documents"}
