@@ -327,6 +327,11 @@ class EvalConfig:
     zero_shot: bool = _f(True, "Score both base models on every task before fine-tuning.")
     few_shot: int = _f(0, "Training examples (prompt + answer) shown before each test prompt in that scoring before "
                           "fine-tuning: 0 = zero-shot, k = k-shot; the same examples for both models.")
+    zero_shot_end_of_text: bool = _f(False, "In scoring before fine-tuning, score each choice followed by the end-of-text "
+                                            "token (as after LoRA, which learns to emit it). Off by default, as "
+                                            "lm-evaluation-harness scores a choice alone; but then a choice whose tokens "
+                                            "are a prefix of another's (' Copyleft' of ' Copyleft Limited') always wins "
+                                            "over it, and prepare says so.")
     batch_size: int = _f(8, "Sequences per forward pass.")
 
     def __post_init__(self):

@@ -9,6 +9,7 @@ import torch
 
 from domainpt.attention import check_usable
 from domainpt.errors import DomainptError
+from domainpt.eval.scoring import prefix_pairs
 from domainpt.lora_targets import resolve_targets
 from domainpt.models import check_weights_format, load_tokenizer, objective_for
 
@@ -50,5 +51,60 @@ def check_model(recipe, base: str) -> None:
         raise DomainptError(f"tasks {generative}: type qa generates answers, which a masked LM ({base}, objective mlm) cannot; "
                             f"use a causal LM, or drop these tasks")
     check_usable(recipe.train.attention, objective, device=None)
+    _REPORTED.clear()  # check_model starts every prepare run: a pair is said once per run (here or in prepare)
+    for task in recipe.tasks:
+        if (choices := known_choices(task)) is not None:
+            report_prefix_pairs(recipe, task, [list(p) for p in prefix_pairs(tok, choices)], objective)
     if recipe.tasks:
         resolve_targets(recipe.lora.target_modules, config.model_type, module_names(config, objective, m.trust_remote_code), base)
+
+
+_REPORTED: set[tuple[str, str, str]] = set()  # (task, shorter, longer) pairs already printed in this prepare run
+_MAX_LINES = 5  # per task: a multiple-choice set can hold many (' 1' / ' 10')
+
+
+def known_choices(task) -> list[str] | None:
+    """A classification task's choices when the recipe fixes them (labels/verbalizers), else None (read from data)."""
+    if task.type != "classification" or not (task.labels or task.verbalizers):
+        return None
+    verb = dict(task.verbalizers or {})
+    return [" " + str(verb.get(label, label)) for label in (task.labels or list(verb))]
+
+
+def choice_prefix_pairs(tokenizer, examples: list[dict]) -> list[list[str]]:
+    """[shorter, longer] choice pairs where one's token ids are a prefix of the other's, over every example's
+    choice set (one set for classification, one per question for multiple choice)."""
+    pairs: dict[tuple[str, str], None] = {}
+    for choices in dict.fromkeys(tuple(e["choices"]) for e in examples if len(e["choices"]) > 1):
+        pairs.update(dict.fromkeys(prefix_pairs(tokenizer, list(choices))))
+    return [list(p) for p in pairs]
+
+
+def prefix_line(recipe, task, short: str, long: str) -> str:
+    """One line: the pair, and whether scoring before / after fine-tuning can choose the longer label."""
+    ec = recipe.eval
+    shots = "zero-shot" if ec.few_shot == 0 else f"{ec.few_shot}-shot"
+    if not ec.zero_shot:
+        before = f"{shots} scoring is off (eval.zero_shot: false)"
+    elif ec.zero_shot_end_of_text:
+        before = f"{shots} scoring adds end-of-text to every choice (eval.zero_shot_end_of_text), so both are reachable"
+    else:
+        before = (f"{shots} scoring without end-of-text can never choose '{long.strip()}' "
+                  f"(set eval.zero_shot_end_of_text: true to score choices with end-of-text)")
+    after = ("after LoRA a classification head picks the label, so both are reachable" if task.scoring == "head" else
+             "after LoRA choices are scored with end-of-text, so both are reachable")
+    return f"[domainpt] task '{task.name}': '{short}' is a token prefix of '{long}': {before}; {after}"
+
+
+def report_prefix_pairs(recipe, task, pairs: list[list[str]], objective: str) -> None:
+    """Print each pair not yet printed in this run. Decoders only: an encoder's pseudo-log-likelihood of the
+    longer choice is not the shorter one's plus more terms (every token sees the whole choice)."""
+    if objective == "mlm" or task.type == "qa":
+        return
+    new = [(s, l) for s, l in pairs if (task.name, s, l) not in _REPORTED]
+    for s, l in new[:_MAX_LINES]:
+        print(prefix_line(recipe, task, s, l), flush=True)
+    if len(new) > _MAX_LINES:
+        print(f"[domainpt] task '{task.name}': {len(new) - _MAX_LINES} more such choice pairs "
+              f"(prepare/stats.json tasks.{task.name}.prefix_choice_pairs)", flush=True)
+    _REPORTED.update((task.name, s, l) for s, l in new)

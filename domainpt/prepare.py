@@ -34,7 +34,7 @@ from domainpt.eval.tasks import task_splits, write_split
 from domainpt.manifest import (atomic_write_json, atomic_write_jsonl, file_sha256, read_jsonl, stage_dir,
                                stage_fingerprint, write_manifest)
 from domainpt.models import end_of_text_id, load_tokenizer, materialize_general_model
-from domainpt.preflight import check_model
+from domainpt.preflight import check_model, choice_prefix_pairs, report_prefix_pairs
 
 _KEEP_ON_RESTART = ("shards", "extended_model", "tasks")  # finished work a rerun reuses (each checks its own fingerprint)
 
@@ -150,10 +150,26 @@ def ensure_task_splits(recipe, tok, prep: Path, fp: str) -> tuple[dict, list[str
             train, test, overlap = task_splits(task, tok, BadRecords(max_share=recipe.data.max_bad_share), recipe.data.seed)
             write_split(prep / "tasks" / task.name, train, test)
             stats[task.name] = {"train": len(train), "test": len(test), "train_test_overlap_removed": overlap,
-                                "labels": dict(Counter(e["label"] for e in train + test))}
+                                "labels": dict(Counter(e["label"] for e in train + test)),
+                                "prefix_choice_pairs": choice_prefix_pairs(tok, train + test) if task.type != "qa" else []}
         atomic_write_json(done, {"fingerprint": fp, "tasks": stats})
+    _report_prefix_pairs(recipe, tok, stats)
     texts = [r["text"] for name in stats for r in read_jsonl(prep / "tasks" / name / "test.jsonl")]
     return stats, texts
+
+
+def _report_prefix_pairs(recipe, tok, stats: dict) -> None:
+    """Say which choices can never win when scored without end-of-text (preflight said it for recipe-fixed
+    labels already; this tokenizer may be the extended one)."""
+    from domainpt.models import checkpoint_objective
+
+    objective = None
+    for task in recipe.tasks:
+        pairs = stats.get(task.name, {}).get("prefix_choice_pairs")  # absent from splits an older version wrote
+        if pairs:  # the model's config is read only when there is something to say
+            objective = objective or checkpoint_objective(tok.name_or_path, recipe.model.objective,
+                                                          recipe.model.trust_remote_code)
+            report_prefix_pairs(recipe, task, pairs, objective)
 
 
 def ensure_extension(recipe, base: str, tok, prep: Path, fp: str) -> tuple[str, dict]:

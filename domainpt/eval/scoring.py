@@ -68,15 +68,23 @@ def choice_logliks(model, prompt: list[int], choices: list[list[int]], device) -
 
 
 def score_examples(model, tokenizer, examples: list[dict], bos: int, desc: str = "score", batch_size: int = 8,
-                   encoder: bool = False) -> list[dict]:
+                   encoder: bool = False, end_of_text: int | None = None) -> list[dict]:
     """Per-example predictions: argmax of summed log-likelihood (acc) and of per-byte log-likelihood (acc_norm).
-    An encoder is scored by the pseudo-log-likelihood of each choice (eval/masked.py)."""
+    An encoder is scored by the pseudo-log-likelihood of each choice (eval/masked.py).
+
+    With `end_of_text` (a decoder's end-of-text id), each choice is scored followed by that token, as LoRA
+    fine-tuning trains it: without it a choice whose tokens are a prefix of another's (' Copyleft' of
+    ' Copyleft Limited') always has the higher sum, so the longer one can never win. The token is part of the
+    scored continuation but adds no bytes to acc_norm's per-byte normalisation. Encoders ignore it (a masked
+    LM's pseudo-log-likelihood has no end to predict); head-scored tasks do not come here (classify_examples)."""
     model.eval()
     device = next(model.parameters()).device
     choice_cache: dict[str, list[int]] = {}
+    suffix = [end_of_text] if end_of_text is not None and not encoder else []
 
-    def choice_ids(ex):
-        return [choice_cache.setdefault(c, tokenizer(c, add_special_tokens=False)["input_ids"]) for c in ex["choices"]]
+    def choice_ids(ex, extra=()):
+        return [choice_cache.setdefault(c, tokenizer(c, add_special_tokens=False)["input_ids"]) + list(extra)
+                for c in ex["choices"]]
 
     if encoder:
         from domainpt.eval.masked import masked_choice_logliks
@@ -87,7 +95,8 @@ def score_examples(model, tokenizer, examples: list[dict], bos: int, desc: str =
         prompts = [prompt_ids(tokenizer, ex["prompt"], bos) for ex in examples]
         lls = [None] * len(examples)
         for idx in tqdm(length_sorted_batches(prompts, batch_size), desc=desc, unit="batch", leave=False):
-            got = batch_choice_logliks(model, [prompts[i] for i in idx], [choice_ids(examples[i]) for i in idx], device)
+            got = batch_choice_logliks(model, [prompts[i] for i in idx], [choice_ids(examples[i], suffix) for i in idx],
+                                       device)
             for i, ll in zip(idx, got):
                 lls[i] = ll
     return [choice_row(ex, ll) for ex, ll in zip(examples, lls)]
@@ -100,6 +109,14 @@ def choice_row(ex: dict, ll: list[float]) -> dict:
     return {"id": ex["id"], "answer": ex["answer"], "pred": pred, "pred_norm": pred_norm,
             "correct": int(pred == ex["answer"]), "correct_norm": int(pred_norm == ex["answer"]),
             "logliks": [round(x, 5) for x in ll]}
+
+
+def prefix_pairs(tokenizer, choices: list[str]) -> list[tuple[str, str]]:
+    """(shorter, longer) choices whose token ids are a proper prefix of the other's: scored alone (no
+    end-of-text), the longer one's summed log-likelihood is the shorter one's plus more negative terms."""
+    ids = {c: tokenizer(c, add_special_tokens=False)["input_ids"] for c in dict.fromkeys(choices)}
+    return [(a, b) for a in ids for b in ids
+            if len(ids[a]) < len(ids[b]) and ids[b][:len(ids[a])] == ids[a]]
 
 
 def classifier_inputs(tokenizer, prompt: str, bos: int, encoder: bool) -> list[int]:

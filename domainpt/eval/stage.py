@@ -42,12 +42,15 @@ def with_shots(tests: list[dict], train: list[dict], k: int) -> list[dict]:
     return [{**e, "prompt": demo + e["prompt"]} for e in tests]
 
 
-def score_task(task, model, tok, examples, bos: int, batch_size: int, desc: str, objective: str = "clm") -> list[dict]:
+def score_task(task, model, tok, examples, bos: int, batch_size: int, desc: str, objective: str = "clm",
+               end_of_text: bool = False) -> list[dict]:
     """Per-example rows: log-likelihood choice for classification / multiple choice (pseudo-log-likelihood for a
-    masked LM), a generated answer for qa (decoders only: preflight refuses qa tasks for an encoder)."""
+    masked LM), a generated answer for qa (decoders only: preflight refuses qa tasks for an encoder).
+    `end_of_text`: a decoder scores each choice followed by end-of-text (score_examples; encoders ignore it)."""
     if task.type == "qa":
         return generate_answers(model, tok, examples, bos, end_of_text_id(tok), task.max_answer_tokens, batch_size, desc)
-    return score_examples(model, tok, examples, bos, desc=desc, batch_size=batch_size, encoder=objective == "mlm")
+    return score_examples(model, tok, examples, bos, desc=desc, batch_size=batch_size, encoder=objective == "mlm",
+                          end_of_text=end_of_text_id(tok) if end_of_text else None)
 
 
 def run_evaluate(recipe) -> dict:
@@ -82,7 +85,7 @@ def run_evaluate(recipe) -> dict:
             entry = scores["tasks"].setdefault(task.name, {"metric": task.metric}).setdefault(model_name, {})
             if ec.zero_shot:
                 rows = score_task(task, model, tok, before_ft[task.name], bos, ec.batch_size,
-                                  f"{ec.few_shot}-shot {task.name} {model_name}", objective)
+                                  f"{ec.few_shot}-shot {task.name} {model_name}", objective, ec.zero_shot_end_of_text)
                 atomic_write_jsonl(out / "predictions" / task.name / model_name / "zero_shot.jsonl", rows)
                 entry["zero_shot"] = {**task_metric(task.metric, rows), "shots": ec.few_shot}
         del model
@@ -108,7 +111,9 @@ def run_evaluate(recipe) -> dict:
                     inputs = [classifier_inputs(tok, e["prompt"], bos, head["encoder"]) for e in tests[task.name]]
                     rows = classify_examples(peft_model, inputs, tests[task.name], head["pad_id"], desc, ec.batch_size)
                 else:
-                    rows = score_task(task, peft_model, tok, tests[task.name], bos, ec.batch_size, desc, objective)
+                    # with end-of-text, as the adapter was trained (finetune.training_features)
+                    rows = score_task(task, peft_model, tok, tests[task.name], bos, ec.batch_size, desc, objective,
+                                      end_of_text=True)
                 atomic_write_jsonl(out / "predictions" / task.name / model_name / f"seed{seed}.jsonl", rows)
                 entry["finetuned"][str(seed)] = task_metric(task.metric, rows)
             del peft_model, base
