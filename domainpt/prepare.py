@@ -30,7 +30,7 @@ from domainpt.data.ingest import BadRecords, iter_source
 from domainpt.data.merge import find_shards, merge_shards
 from domainpt.data.shard import clean_text, parse_shard, process_shard
 from domainpt.errors import DomainptError
-from domainpt.eval.tasks import task_splits, write_split
+from domainpt.eval.tasks import split_task, write_split
 from domainpt.manifest import (atomic_write_json, atomic_write_jsonl, file_sha256, read_jsonl, stage_dir,
                                stage_fingerprint, write_manifest)
 from domainpt.models import end_of_text_id, load_tokenizer, materialize_general_model
@@ -141,15 +141,19 @@ def ensure_task_splits(recipe, tok, prep: Path, fp: str) -> tuple[dict, list[str
     """Write prep/tasks/<name>/{train,test}.jsonl once (every shard task reuses them); return the split
     sizes and the test texts that training documents are checked against."""
     done = prep / "tasks" / "splits.json"
-    if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fp:
-        stats = json.loads(done.read_text())["tasks"]
+    cached = json.loads(done.read_text()) if done.is_file() else {}
+    # splits written before the near-duplicate check lack its count: redo them
+    if cached.get("fingerprint") == fp and all("near_duplicate_overlap_removed" in t for t in cached["tasks"].values()):
+        stats = cached["tasks"]
     else:
         shutil.rmtree(prep / "tasks", ignore_errors=True)
         stats = {}
         for task in recipe.tasks:
-            train, test, overlap = task_splits(task, tok, BadRecords(max_share=recipe.data.max_bad_share), recipe.data.seed)
+            train, test, removed = split_task(task, tok, BadRecords(max_share=recipe.data.max_bad_share), recipe.data.seed,
+                                              recipe.data.dedup)
             write_split(prep / "tasks" / task.name, train, test)
-            stats[task.name] = {"train": len(train), "test": len(test), "train_test_overlap_removed": overlap,
+            stats[task.name] = {"train": len(train), "test": len(test), "train_test_overlap_removed": removed["exact"],
+                                "near_duplicate_overlap_removed": removed["near"],
                                 "labels": dict(Counter(e["label"] for e in train + test)),
                                 "prefix_choice_pairs": choice_prefix_pairs(tok, train + test) if task.type != "qa" else []}
         atomic_write_json(done, {"fingerprint": fp, "tasks": stats})

@@ -8,9 +8,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import string
 from collections import defaultdict
 from pathlib import Path
 
+from domainpt.config import DedupConfig
+from domainpt.data.dedup import near_duplicates_across
 from domainpt.data.ingest import BadRecords, field_value, iter_source
 from domainpt.errors import DomainptError
 from domainpt.manifest import atomic_write_jsonl, read_jsonl
@@ -26,13 +29,20 @@ def _truncate(tokenizer, text: str, max_tokens: int) -> str:
     return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens]).rstrip() + " ..."
 
 
-def _prompt(task, record: dict, **fill) -> str:
-    """The task's prompt with {text}/{question} and any other top-level text field of the record filled in."""
-    fields = {k: v for k, v in record.items() if isinstance(v, str)}
+def _prompt(task, record: dict, **fill) -> tuple[str, str]:
+    """The task's prompt with {text}/{question} and any other top-level text field of the record filled in,
+    and what the record put into it (its fields only, one a line): the input the train/test overlap check compares."""
+    fields = {**{k: v for k, v in record.items() if isinstance(v, str)}, **fill}
     try:
-        return task.prompt.format(**{**fields, **fill})
+        return task.prompt.format(**fields), _fields_only(task.prompt).format(**fields)
     except (KeyError, IndexError) as e:
         raise DomainptError(f"task '{task.name}': the prompt names {e} but the records have no such text field") from None
+
+
+def _fields_only(template: str) -> str:
+    """The template without its fixed words: those are in every prompt and would only make unrelated ones look alike."""
+    return "\n".join("{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+                     for _, name, spec, conv in string.Formatter().parse(template) if name is not None)
 
 
 def build_examples(task, tokenizer, bad: BadRecords, source=None, labels: list | None = None) -> tuple[list[dict], list | None]:
@@ -71,8 +81,8 @@ def build_examples(task, tokenizer, bad: BadRecords, source=None, labels: list |
             if lab not in labels:
                 continue
             text = field_value(r, task.text_field) if field_value(r, task.text_field) is not None else r["text"]
-            examples.append({"id": str(r.get("id")), "text": text, "label": lab,
-                             "prompt": _prompt(task, r, text=_truncate(tokenizer, text, task.max_prompt_tokens)),
+            prompt, seen = _prompt(task, r, text=_truncate(tokenizer, text, task.max_prompt_tokens))
+            examples.append({"id": str(r.get("id")), "text": text, "label": lab, "prompt": prompt, "seen": seen,
                              "choices": choices, "answer": labels.index(lab)})
     elif task.type == "qa":
         for r in iter_source(src, bad):
@@ -86,8 +96,9 @@ def build_examples(task, tokenizer, bad: BadRecords, source=None, labels: list |
                 bad.add(str(r.get("id")), f"qa record lacks {task.question_field}/{task.answers_field} (or they are not text)")
                 continue
             short = _truncate(tokenizer, ctx or "", task.max_prompt_tokens)
+            prompt, seen = _prompt(task, r, question=q, context=short, text=short)
             examples.append({"id": str(r.get("id")), "text": f"{ctx or ''}\n{q}".strip(), "label": "qa",
-                             "prompt": _prompt(task, r, question=q, context=short, text=short),
+                             "prompt": prompt, "seen": seen,
                              "choices": [" " + answers[0].strip()], "answer": 0, "answers": list(answers)})
     else:
         for r in iter_source(src, bad):
@@ -104,19 +115,27 @@ def build_examples(task, tokenizer, bad: BadRecords, source=None, labels: list |
                 bad.add(str(r.get("id")), "answer index out of range")
                 continue
             short = _truncate(tokenizer, q, task.max_prompt_tokens)
-            examples.append({"id": str(r.get("id")), "text": q, "label": str(a),
-                             "prompt": _prompt(task, r, question=short, text=short),
+            prompt, seen = _prompt(task, r, question=short, text=short)
+            examples.append({"id": str(r.get("id")), "text": q, "label": str(a), "prompt": prompt, "seen": seen,
                              "choices": [" " + str(c) for c in ch], "answer": a})
     if not examples:
         raise DomainptError(f"{where}: no usable examples")
     return examples, labels
 
 
-def task_splits(task, tokenizer, bad: BadRecords, seed: int) -> tuple[list, list, int]:
-    """(train, test, overlapping examples removed from train). A task with a test_source keeps that file as
-    its test set; otherwise the source is split. Train texts that also occur in the test set are a leak:
-    from a split they are dropped (duplicates in one source), from a separate test file they are an error
-    unless tasks.train_test_overlap says 'drop'."""
+def task_splits(task, tokenizer, bad: BadRecords, seed: int, dedup=None) -> tuple[list, list, int]:
+    """(train, test, examples removed from train for overlapping the test set, exact and near duplicates)."""
+    train, test, removed = split_task(task, tokenizer, bad, seed, dedup)
+    return train, test, removed["exact"] + removed["near"]
+
+
+def split_task(task, tokenizer, bad: BadRecords, seed: int, dedup=None) -> tuple[list, list, dict]:
+    """(train, test, {"exact": n, "near": m} training examples removed). A task with a test_source keeps that
+    file as its test set; otherwise the source is split. Train texts that also occur in the test set, or are
+    near duplicates of a test text (`dedup`'s MinHash threshold, shingle_words and num_perm; default
+    DedupConfig()), are a leak: from a split they are dropped (duplicates in one source), from a separate
+    test file they are an error unless tasks.train_test_overlap says 'drop'."""
+    dedup = dedup or DedupConfig()
     examples, labels = build_examples(task, tokenizer, bad)
     if task.test_source is None:
         train, test = split_examples(examples, task.test_size, task.train_size, seed)
@@ -130,12 +149,47 @@ def task_splits(task, tokenizer, bad: BadRecords, seed: int) -> tuple[list, list
         train = sorted(examples, key=lambda e: seeded_rank(seed + 1, e["id"]))[:task.train_size]
         policy = task.train_test_overlap
     test_texts = {e["text"] for e in test}
-    overlap = [e for e in train if e["text"] in test_texts]
-    if overlap and policy == "error":
-        raise DomainptError(f"task '{task.name}': {len(overlap)} training examples also appear in the test set "
-                            f"({task.test_source.path or task.test_source.hf}), e.g. {overlap[0]['id']}; "
-                            f"fix the data or set train_test_overlap: drop on the task")
-    return [e for e in train if e["text"] not in test_texts], test, len(overlap)
+    exact = [e for e in train if e["text"] in test_texts]
+    train = [e for e in train if e["text"] not in test_texts]
+    near = near_overlap(train, test, dedup)
+    if (exact or near) and policy == "error":
+        raise DomainptError(_overlap_error(task, exact, near, dedup))
+    leaked = {id(e) for e, _, _ in near}
+    train = [e for e in train if id(e) not in leaked]
+    for e in train + test:
+        e.pop("seen", None)  # only the overlap check needs it
+    return train, test, {"exact": len(exact), "near": len(near)}
+
+
+def near_overlap(train: list[dict], test: list[dict], dedup) -> list[tuple[dict, dict, float]]:
+    """(train example, its most similar test example, word-shingle Jaccard) for each training example whose
+    input is a near duplicate of a test example's, in training order.
+
+    The input compared is what the prompt shows (e["seen"]: the text cut to max_prompt_tokens, and any other
+    field the prompt names), not the record's full text: leakage is about what the model reads, and two
+    records that differ only after the cut give it the same input. A text shorter than one shingle is one
+    shingle, its whole word sequence (as in the corpus near-dedup): it matches only the same words in the
+    same order, since word sets of a few words overlap by chance (2 of 3 words shared is already 0.5)."""
+    pairs = near_duplicates_across([e["seen"] for e in train], [e["seen"] for e in test],
+                                   dedup.threshold, dedup.num_perm, dedup.shingle_words)
+    best = {}
+    for i, j, sim in pairs:  # sorted by (i, j): ties go to the first test example
+        if i not in best or sim > best[i][1]:
+            best[i] = (j, sim)
+    return [(train[i], test[j], sim) for i, (j, sim) in sorted(best.items())]
+
+
+def _overlap_error(task, exact: list, near: list, dedup) -> str:
+    found = []
+    if exact:
+        src = task.test_source
+        found.append(f"{len(exact)} training examples also appear in the test set ({src.path or src.builtin or src.hf}), "
+                     f"e.g. {exact[0]['id']}")
+    if near:
+        a, b, sim = near[0]
+        found.append(f"{len(near)} training examples are near duplicates of a test example (word {dedup.shingle_words}-gram "
+                     f"Jaccard >= {dedup.threshold}), e.g. train {a['id']} ~ test {b['id']} ({sim:.2f})")
+    return f"task '{task.name}': " + "; ".join(found) + "; fix the data or set train_test_overlap: drop on the task"
 
 
 def split_examples(examples: list[dict], test_size: int, train_size: int, seed: int) -> tuple[list, list]:
