@@ -3,6 +3,7 @@
     domainpt run recipes/demo/tiny.yaml                 # every stage; finished ones are skipped
     domainpt pretrain recipes/demo/legal.yaml train.max_steps=20
     torchrun --nproc_per_node 2 -m domainpt pretrain recipes/demo/tiny.yaml
+    domainpt pretrain_control RECIPE compare.control=continued_general   # the control arm alone (`run` does it too)
     domainpt run recipes/medical.yaml --dry-run --processes 8   # the plan and its cost; nothing runs
     domainpt prepare recipes/medical.yaml --shard 3/16  # one of 16 data tasks; then: prepare --merge
     domainpt compare runs/medical runs/legal --to runs/cmp     # several finished runs in one report
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from domainpt.config import field_docs, load_recipe
 from domainpt.errors import DomainptError
-from domainpt.manifest import STAGES, invalidate, is_done, run_lock
+from domainpt.manifest import ALL_STAGES, CONTROL_STAGE, has_control, invalidate, is_done, run_lock, run_stages
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -31,6 +32,8 @@ def _stage_fn(stage: str):
         from domainpt.prepare import run_prepare as fn
     elif stage == "pretrain":
         from domainpt.pretrain import run_pretrain as fn
+    elif stage == CONTROL_STAGE:
+        from domainpt.pretrain import run_pretrain_control as fn
     elif stage == "finetune":
         from domainpt.finetune import run_finetune as fn
     elif stage == "evaluate":
@@ -61,7 +64,7 @@ def run_stage(recipe, stage: str, force: bool = False) -> None:
     t0 = time.time()
     if _rank() == 0:
         print(f"[domainpt] {stage}: starting", flush=True)
-    if stage == "pretrain" or _rank() == 0:
+    if stage in ("pretrain", CONTROL_STAGE) or _rank() == 0:
         _stage_fn(stage)(recipe)
     if _world() > 1:
         _barrier()
@@ -76,11 +79,15 @@ def _barrier() -> None:
     PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
 
 
+_STAGE_HELP = {"run": "run every stage, skipping finished ones",
+               CONTROL_STAGE: "pre-train the control arm (compare.control: the general model on general text, same budget)"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="domainpt", description="Domain-adaptive continued pre-training with an honest comparison report.")
     sub = p.add_subparsers(dest="command", required=True)
-    for name in STAGES + ("run",):
-        s = sub.add_parser(name, help=f"run the {name} stage" if name != "run" else "run every stage, skipping finished ones")
+    for name in ALL_STAGES + ("run",):
+        s = sub.add_parser(name, help=_STAGE_HELP.get(name, f"run the {name} stage"))
         s.add_argument("recipe", help="recipe YAML file" + (" (or, for compare, two or more run folders)" if name == "compare" else ""))
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=20")
         s.add_argument("--force", action="store_true", help="redo this stage (and invalidate the later ones)")
@@ -145,7 +152,9 @@ def main(argv=None) -> None:
                 else:
                     run_prepare(recipe, merge_only=True)
             return
-        stages = STAGES if args.command == "run" else (args.command,)
+        if args.command == CONTROL_STAGE and not has_control(recipe):
+            raise DomainptError(f"{CONTROL_STAGE}: compare.control is 'none' in {args.recipe}; set compare.control=continued_general")
+        stages = run_stages(recipe) if args.command == "run" else (args.command,)
         lock = run_lock(recipe.out_dir) if _rank() == 0 else nullcontext()
         with lock:
             for st in stages:

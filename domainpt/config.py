@@ -354,6 +354,24 @@ class ReportConfig:
             raise ValueError("need 0 < assumed_mfu <= 1, 0 < confidence < 1 and bootstrap_samples >= 100")
 
 
+# compare.control values: "none", or the general model continued on general text (Don't Stop Pretraining's control).
+CONTROL_ARMS = ("none", "continued_general")
+
+
+@dataclass
+class CompareConfig:
+    control: str = _f("none", "Control arm: 'continued_general' also continues the general model on general text only "
+                              "(the non-domain documents left after prepare), with the domain pre-training's steps, "
+                              "tokens per step, schedule, learning rate and seed, then fine-tunes and scores it like the "
+                              "other two models: the control of Gururangan et al. 2020 (Don't Stop Pretraining, "
+                              "¬DAPT), which separates domain adaptation from the effect of more training of any kind. "
+                              "'none': only the general and the domain model.")
+
+    def __post_init__(self):
+        if self.control not in CONTROL_ARMS:
+            raise ValueError(f"control must be {' or '.join(CONTROL_ARMS)}, got {self.control!r}")
+
+
 @dataclass
 class Recipe:
     name: str = _f(None, "Run name.")
@@ -367,6 +385,7 @@ class Recipe:
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA fine-tuning."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
     report: ReportConfig = field(default_factory=ReportConfig, metadata={"help": "Comparison report."})
+    compare: CompareConfig = field(default_factory=CompareConfig, metadata={"help": "What the domain model is compared with."})
 
     def __post_init__(self):
         for k in ("name", "domain", "out_dir", "model", "data"):
@@ -375,6 +394,8 @@ class Recipe:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError("task names must be unique")
+        if self.compare.control != "none" and not self.data.general:
+            raise ValueError(f"compare.control={self.compare.control} trains on general text: it needs data.general sources")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -391,7 +412,7 @@ class Recipe:
 
 
 # Sections added after the first release: left at their defaults they do not change a run's fingerprint.
-_LATER_SECTIONS = {"tokenizer"}
+_LATER_SECTIONS = {"tokenizer", "compare"}
 # Keys that change how a stage runs but not what it produces.
 _NOT_FINGERPRINTED = {("data", "num_proc")}
 

@@ -8,6 +8,8 @@ that evaluate scores) — or, for a classification task with `scoring: head`, a 
 prompt together with the adapter — and save it in peft's format under
 out_dir/finetune/<task>/<model>/seed<k>/adapter. Both models see the same examples in the same order
 for a given seed, the same steps and the same hyper-parameters: only the starting weights differ.
+With compare.control=continued_general a third model, control_model (out_dir/pretrain_control/model), is
+fine-tuned in exactly the same way.
 """
 from __future__ import annotations
 
@@ -25,17 +27,27 @@ from domainpt.eval.masked import answer_sequence, masked_answer_loss, special_id
 from domainpt.eval.scoring import classifier_inputs, pad_batch, prompt_ids
 from domainpt.eval.tasks import read_split
 from domainpt.lora_targets import resolve_targets
-from domainpt.manifest import atomic_write_json, require_done, stage_dir, write_manifest
+from domainpt.manifest import CONTROL_STAGE, atomic_write_json, has_control, require_done, stage_dir, write_manifest
 from domainpt.models import (checkpoint_objective, end_of_text_id, load_classifier, load_model, load_tokenizer,
                              quantization_config)
 
 MODELS = ("general_model", "domain_model")
+CONTROL_MODEL = "control_model"  # compare.control: the general model continued on general text (pretrain_control)
+
+
+def models_of(recipe) -> tuple[str, ...]:
+    """The models fine-tuned and scored: MODELS, and the control model when the recipe has a control arm."""
+    return MODELS + ((CONTROL_MODEL,) if has_control(recipe) else ())
 
 
 def model_paths(recipe) -> dict:
     prep = require_done(recipe, "prepare", "finetune")
     require_done(recipe, "pretrain", "finetune")
-    return {"general_model": prep["base_model"], "domain_model": str(stage_dir(recipe, "pretrain") / "model")}
+    paths = {"general_model": prep["base_model"], "domain_model": str(stage_dir(recipe, "pretrain") / "model")}
+    if has_control(recipe):
+        require_done(recipe, CONTROL_STAGE, "finetune")
+        paths[CONTROL_MODEL] = str(stage_dir(recipe, CONTROL_STAGE) / "model")
+    return paths
 
 
 def lora_config(recipe, model, new_token_ids: list[int] | None = None, head: bool = False, objective: str = "clm"):
@@ -187,14 +199,17 @@ def run_finetune(recipe) -> dict:
     out = stage_dir(recipe, "finetune")
     out.mkdir(parents=True, exist_ok=True)
     # Each model reads the examples with its own tokenizer (the domain model's may be extended).
-    toks = {m: load_tokenizer(paths[m], recipe.model.trust_remote_code) for m in MODELS}
+    models = models_of(recipe)
+    toks = {m: load_tokenizer(paths[m], recipe.model.trust_remote_code) for m in models}
     prep = require_done(recipe, "prepare", "finetune")
-    new_ids = {"general_model": None, "domain_model": prep.get("added_token_ids") if recipe.lora.train_new_tokens else None}
-    objectives = {m: checkpoint_objective(paths[m], recipe.model.objective, recipe.model.trust_remote_code) for m in MODELS}
+    # the domain and control models both start from prepare's (possibly extended) model; the general model has no new rows
+    added = prep.get("added_token_ids") if recipe.lora.train_new_tokens else None
+    new_ids = {m: None if m == "general_model" else added for m in models}
+    objectives = {m: checkpoint_objective(paths[m], recipe.model.objective, recipe.model.trust_remote_code) for m in models}
     runs, tokens = {}, 0
     for task in recipe.tasks:
         examples = read_split(prep_dir / "tasks" / task.name, "train")
-        for model_name in MODELS:
+        for model_name in models:
             tok = toks[model_name]
             bos = eot = end_of_text_id(tok)
             head = head_setup(recipe, task, objectives[model_name], tok)

@@ -22,14 +22,28 @@ from pathlib import Path
 from domainpt.errors import DomainptError
 
 STAGES = ("prepare", "pretrain", "finetune", "evaluate", "compare")
+# The control arm's pre-training (compare.control): a sibling of pretrain, run only when the recipe asks for it.
+CONTROL_STAGE = "pretrain_control"
+ALL_STAGES = ("prepare", "pretrain", CONTROL_STAGE, "finetune", "evaluate", "compare")
 # Which recipe sections each stage depends on: changing one invalidates the stage and all after it.
+# `compare` (the control arm) counts only when set: left at its default it changes no fingerprint.
 STAGE_SECTIONS = {
-    "prepare": ("model", "data", "tasks", "tokenizer"),
-    "pretrain": ("model", "data", "tasks", "tokenizer", "train"),
-    "finetune": ("model", "data", "tasks", "tokenizer", "train", "lora"),
-    "evaluate": ("model", "data", "tasks", "tokenizer", "train", "lora", "eval"),
-    "compare": ("model", "data", "tasks", "tokenizer", "train", "lora", "eval", "report"),
+    "prepare": ("model", "data", "tasks", "tokenizer", "compare"),
+    "pretrain": ("model", "data", "tasks", "tokenizer", "train", "compare"),
+    CONTROL_STAGE: ("model", "data", "tasks", "tokenizer", "train", "compare"),
+    "finetune": ("model", "data", "tasks", "tokenizer", "train", "lora", "compare"),
+    "evaluate": ("model", "data", "tasks", "tokenizer", "train", "lora", "eval", "compare"),
+    "compare": ("model", "data", "tasks", "tokenizer", "train", "lora", "eval", "report", "compare"),
 }
+
+
+def has_control(recipe) -> bool:
+    return recipe.compare.control != "none"
+
+
+def run_stages(recipe) -> tuple[str, ...]:
+    """The stages `domainpt run` goes through: pretrain_control only when the recipe has a control arm."""
+    return tuple(s for s in ALL_STAGES if s != CONTROL_STAGE or has_control(recipe))
 _PACKAGES = ("domainpt", "torch", "transformers", "peft", "accelerate", "datasets", "evaluate", "numpy")
 
 
@@ -119,7 +133,9 @@ def require_done(recipe, stage: str, needed_by: str) -> dict:
 
 def invalidate(recipe, stage: str) -> None:
     """Remove the manifest of this stage and every later one (their inputs are about to change)."""
-    for s in STAGES[STAGES.index(stage):]:
+    for s in ALL_STAGES[ALL_STAGES.index(stage):]:
+        if stage == "pretrain" and s == CONTROL_STAGE:  # a sibling arm: it does not read the domain model
+            continue
         (stage_dir(recipe, s) / "manifest.json").unlink(missing_ok=True)
 
 

@@ -87,20 +87,23 @@ def build_plan(recipe, processes: int = 1, gpu: str | None = None) -> dict:
     pretrain_flops = per_token * train_tokens
     # LoRA: forward 2N + activation gradients 2N per token (the frozen base gets no weight gradients).
     ft_len = max(t.max_prompt_tokens for t in recipe.tasks) + 16 if recipe.tasks else 0
-    ft_tokens = len(recipe.tasks) * 2 * len(lc.seeds) * lc.steps * lc.batch_size * ft_len
+    n_models = 3 if recipe.compare.control != "none" else 2  # general, domain (and the control arm's model)
+    ft_tokens = len(recipe.tasks) * n_models * len(lc.seeds) * lc.steps * lc.batch_size * ft_len
     ft_flops = 4 * shape["matmul_params"] * ft_tokens
     # A masked LM's pseudo-perplexity runs one window per scored token (eval/masked.py).
     per_scored = ec.ppl_window if shape["objective"] == "mlm" else 1
-    eval_tokens = 2 * 2 * ec.ppl_max_tokens * per_scored + sum(2 * (1 + len(lc.seeds)) * t.test_size * (t.max_prompt_tokens + 16)
+    eval_tokens = 2 * n_models * ec.ppl_max_tokens * per_scored + sum(n_models * (1 + len(lc.seeds)) * t.test_size * (t.max_prompt_tokens + 16)
                                                   for t in recipe.tasks)
     eval_flops = 2 * shape["matmul_params"] * eval_tokens
     peak, mfu = PEAK_FLOPS[gpu], recipe.report.assumed_mfu
-    gpu_h = {k: f / (peak * mfu) / 3600 for k, f in (("pretrain", pretrain_flops), ("finetune", ft_flops), ("evaluate", eval_flops))}
+    control_flops = pretrain_flops if n_models == 3 else 0.0  # same steps and tokens per step, on general text
+    gpu_h = {k: f / (peak * mfu) / 3600 for k, f in (("pretrain", pretrain_flops), ("pretrain_control", control_flops),
+                                                     ("finetune", ft_flops), ("evaluate", eval_flops))}
     token_bytes = 2 if shape["vocab"] <= 65536 else 4
     n = shape["params"]
     disk = {"token_shards": train_tokens * token_bytes,
-            "checkpoints": tc.keep_last * n * (4 + 8),  # fp32 weights + AdamW's two fp32 moments
-            "models": n * 4 * (2 if recipe.model.init == "random" else 1),
+            "checkpoints": (n_models - 1) * tc.keep_last * n * (4 + 8),  # per arm: fp32 weights + AdamW's two fp32 moments
+            "models": n * 4 * ((2 if recipe.model.init == "random" else 1) + n_models - 2),
             "hub_download": n * 2 if recipe.model.base not in PACKAGED and not Path(recipe.model.base).exists() else 0}
     return {"recipe": recipe.name, "domain": recipe.domain, "out_dir": recipe.out_dir, "model": {"base": recipe.model.base, **shape},
             "processes": processes, "gpu": gpu, "assumed_mfu": mfu,
@@ -109,12 +112,14 @@ def build_plan(recipe, processes: int = 1, gpu: str | None = None) -> dict:
             "pretrain": {"steps": tc.max_steps, "tokens_per_step": tokens_per_step, "tokens": train_tokens,
                          "flops_per_token": per_token, "flops": pretrain_flops, "gpu_hours": gpu_h["pretrain"],
                          "schedule": tc.schedule, "lr": tc.lr, "warmup_steps": tc.warmup_steps},
-            "finetune": {"runs": len(recipe.tasks) * 2 * len(lc.seeds), "tokens": ft_tokens, "flops": ft_flops,
+            "pretrain_control": {"arm": recipe.compare.control, "steps": tc.max_steps, "tokens": train_tokens,
+                                 "flops": control_flops, "gpu_hours": gpu_h["pretrain_control"]} if n_models == 3 else None,
+            "finetune": {"models": n_models, "runs": len(recipe.tasks) * n_models * len(lc.seeds), "tokens": ft_tokens, "flops": ft_flops,
                          "gpu_hours": gpu_h["finetune"]},
             "evaluate": {"tokens": eval_tokens, "flops": eval_flops, "gpu_hours": gpu_h["evaluate"]},
             "tasks": [{"name": t.name, "type": t.type, "source": _src(t.source),
                        "test_source": _src(t.test_source) if t.test_source else None} for t in recipe.tasks],
-            "total_flops": pretrain_flops + ft_flops + eval_flops, "total_gpu_hours": sum(gpu_h.values()),
+            "total_flops": pretrain_flops + control_flops + ft_flops + eval_flops, "total_gpu_hours": sum(gpu_h.values()),
             "disk_bytes": disk, "disk_total_bytes": sum(disk.values())}
 
 
@@ -132,19 +137,28 @@ def _src(s) -> str:
     return where + (f", at most {s.max_docs:,} docs" if s.max_docs else "")
 
 
+def _control_lines(p: dict) -> list[str]:
+    c = p["pretrain_control"]
+    if not c:
+        return []
+    return [f"  control   {c['arm']}: the general model on general text only, same {c['steps']:,} steps = {_n(c['tokens'])} tokens "
+            f"-> {c['flops']:.3g} FLOPs = {c['gpu_hours']:,.3g} {p['gpu']}-hours; fine-tuned and scored as a third model"]
+
+
 def format_plan(p: dict) -> str:
     m, pt, ft, ev = p["model"], p["pretrain"], p["finetune"], p["evaluate"]
     lines = [
         f"[domainpt] dry run of '{p['recipe']}' ({p['domain']}) -> {p['out_dir']}; nothing downloaded or computed",
         f"  model     {m['base']}: {m['model_type']}, {m['params'] / 1e6:,.1f}M parameters, {m['layers']} layers, "
         f"hidden {m['hidden']}, vocab {m['vocab']:,}, context {m['context']} (config: {m['config_from']})",
-        "  stages    prepare -> pretrain -> finetune -> evaluate -> compare",
+        f"  stages    prepare -> pretrain{' + pretrain_control' if p['pretrain_control'] else ''} -> finetune -> evaluate -> compare",
         f"  prepare   domain: {'; '.join(p['data']['domain_sources'])}",
         f"            general (replay {p['data']['replay_share']:.0%} + forgetting check): {'; '.join(p['data']['general_sources']) or 'none'}",
         f"  pretrain  {m['objective']}, {pt['steps']:,} steps x {pt['tokens_per_step']:,} tokens/step on {p['processes']} process(es) "
         f"= {_n(pt['tokens'])} tokens; {pt['schedule']} schedule, peak lr {pt['lr']:g}, warm-up {pt['warmup_steps']}",
         f"            {pt['flops_per_token']:.3g} FLOPs/token -> {pt['flops']:.3g} FLOPs = {pt['gpu_hours']:,.3g} {p['gpu']}-hours at {p['assumed_mfu']:.0%} MFU",
-        f"  finetune  {ft['runs']} LoRA runs ({len(p['tasks'])} task(s) x 2 models x seeds), ~{_n(ft['tokens'])} tokens, "
+        *_control_lines(p),
+        f"  finetune  {ft['runs']} LoRA runs ({len(p['tasks'])} task(s) x {ft['models']} models x seeds), ~{_n(ft['tokens'])} tokens, "
         f"{ft['flops']:.3g} FLOPs = {ft['gpu_hours']:.3g} {p['gpu']}-hours",
         f"  evaluate  ~{_n(ev['tokens'])} tokens scored, {ev['flops']:.3g} FLOPs = {ev['gpu_hours']:.3g} {p['gpu']}-hours",
     ]

@@ -8,7 +8,8 @@ Map (domainpt/data/shard.py): each shard reads 1/N of every source, cleans, scru
 tokenizes it. Reduce (domainpt/data/merge.py): global exact and near-duplicate removal, held-out
 split, decontamination, source weights, replay share, shuffle, pack. The output does not depend on N.
 
-Writes out_dir/prepare/: train/ (packed blocks), heldout_domain.jsonl, heldout_general.jsonl,
+Writes out_dir/prepare/: train/ (packed blocks), train_control/ (with compare.control: the general documents
+left for training, packed the same way), heldout_domain.jsonl, heldout_general.jsonl,
 tasks/<name>/{train,test}.jsonl, stats.json, data_card.md, doc_lengths.png, manifest.json (last).
 """
 from __future__ import annotations
@@ -97,15 +98,40 @@ def run_prepare(recipe, merge_only: bool = False) -> dict:
     }
     if vocab:
         stats["vocabulary_extension"] = vocab
+    if "control" in m:
+        stats["control"] = control_stats(recipe, m["control"])
     stats["vocab_overlap_domain_general"] = write_card(prep, recipe, {**stats, "doc_lengths": m["doc_lengths"]},
                                                        m["removed_samples"], m["vocab_samples"])
     atomic_write_json(prep / "stats.json", stats)
     manifest = write_manifest(recipe, "prepare", started, tokens=m["pack"]["tokens"], base_model=base,
                               pretrain_init=tok_dir if vocab else base,
                               added_token_ids=vocab["new_token_ids"] if vocab else [],
-                              outputs={"train_tokens_sha256": file_sha256(prep / "train" / "tokens.bin")})
+                              outputs=_output_hashes(prep))
     shutil.rmtree(prep / "shards", ignore_errors=True)  # merged; the packed copy is what later stages read
     return manifest
+
+
+def _output_hashes(prep: Path) -> dict:
+    out = {"train_tokens_sha256": file_sha256(prep / "train" / "tokens.bin")}
+    if (prep / "train_control" / "tokens.bin").is_file():
+        out["train_control_tokens_sha256"] = file_sha256(prep / "train_control" / "tokens.bin")
+    return out
+
+
+def control_stats(recipe, meta: dict) -> dict:
+    """stats.json's `control`: the control arm's general-only blocks against what pre-training will take of them
+    (train.max_steps x global batch on one process x data.seq_len; repeated in epochs, like the domain blocks)."""
+    tc, seq = recipe.train, recipe.data.seq_len
+    if meta["blocks"] == 0:
+        raise DomainptError(f"compare.control={recipe.compare.control}: the general text left for training ({meta['tokens']} "
+                            f"tokens) does not fill one block of data.seq_len={seq}; add data.general sources")
+    needed = tc.max_steps * tc.batch_size * tc.grad_accum * seq
+    epochs = round(needed / (meta["blocks"] * seq), 4)
+    if epochs > 1:
+        print(f"[domainpt] control arm: general text gives {meta['blocks'] * seq:,} tokens in blocks, pre-training takes "
+              f"{needed:,} (one process): its blocks repeat, {epochs:.2f} epochs", flush=True)
+    return {"arm": recipe.compare.control, "documents": meta["documents"], "tokens_out": meta["tokens"],
+            "blocks": meta["blocks"], "sources": meta["sources"], "pretrain_tokens": needed, "epochs": epochs}
 
 
 def run_prepare_shard(recipe, spec: str) -> Path:

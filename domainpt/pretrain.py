@@ -8,6 +8,8 @@ A plain Accelerate loop. Global batch = batch_size x grad_accum x processes bloc
 seeded permutation fixed before training, so a resumed run (load_state + skip_first_batches) and a
 run with more processes see exactly the same blocks per optimizer step. Writes out_dir/pretrain/:
 metrics.jsonl (one line per optimizer step), checkpoints/step_N, model/ (safetensors + tokenizer).
+With compare.control=continued_general, `domainpt pretrain_control RECIPE` runs the same loop from the same
+start on prepare/train_control (general text only) into out_dir/pretrain_control/, same layout.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ from domainpt.errors import DomainptError
 from domainpt.eval.perplexity import heldout_perplexity
 from domainpt.eval.tasks import read_heldout
 from domainpt.flops import device_peak_flops, model_flops_per_token
-from domainpt.manifest import atomic_write_json, atomic_write_text, read_manifest, require_done, stage_dir, write_manifest
+from domainpt.manifest import (CONTROL_STAGE, atomic_write_json, atomic_write_text, read_manifest, require_done, stage_dir,
+                               write_manifest)
 from domainpt.models import end_of_text_id, load_model, load_tokenizer, objective_for
 from domainpt.resources import checkpoint_bytes, ensure_free_space
 from domainpt.schedules import lr_multiplier
@@ -180,14 +183,26 @@ def _load_checkpoint(accelerator, ckpt: Path) -> dict:
                             f"delete it to resume from the one before") from None
 
 
-def run_pretrain(recipe) -> dict:
+# arm -> (stage folder, prepare's packed blocks it trains on)
+ARMS = {"domain": ("pretrain", "train"), "control": (CONTROL_STAGE, "train_control")}
+
+
+def run_pretrain_control(recipe) -> dict:
+    """The control arm (compare.control): the same loop from the same start, on prepare's general-only blocks."""
+    return run_pretrain(recipe, arm="control")
+
+
+def run_pretrain(recipe, arm: str = "domain") -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     started = time.time()
-    prep = require_done(recipe, "prepare", "pretrain")
+    stage, train_dir = ARMS[arm]
+    prep = require_done(recipe, "prepare", stage)
     prep_dir = stage_dir(recipe, "prepare")
-    out = stage_dir(recipe, "pretrain")
+    if not (prep_dir / train_dir / "meta.json").is_file():
+        raise DomainptError(f"{prep_dir / train_dir} is missing: rerun `domainpt prepare RECIPE --force` with this recipe")
+    out = stage_dir(recipe, stage)
     tc = recipe.train
     mp = tc.mixed_precision
     if mp == "auto":
@@ -223,7 +238,7 @@ def run_pretrain(recipe) -> dict:
     if tc.compile:  # in place: state_dict keys, checkpoints and the saved model stay those of the plain model
         model.compile()
 
-    blocks = PackedBlocks(prep_dir / "train", recipe.data.seq_len)
+    blocks = PackedBlocks(prep_dir / train_dir, recipe.data.seq_len)
     world = accelerator.num_processes
     micro_total = tc.max_steps * tc.grad_accum * world
     # Twice the blocks a run needs: rollbacks skip past bad batches and must not run out of data.
@@ -245,9 +260,10 @@ def run_pretrain(recipe) -> dict:
     flops_tok = model_flops_per_token(accelerator.unwrap_model(model), recipe.data.seq_len)
     peak = device_peak_flops(accelerator.device)
     tokens_per_step = tc.batch_size * tc.grad_accum * world * recipe.data.seq_len
+    epochs = micro_total * tc.batch_size / len(blocks)
     if main:
-        epochs = micro_total * tc.batch_size / len(blocks)
-        print(f"[domainpt] pretrain plan: objective={objective} processes={world} mixed_precision={mp}\n"
+        arm_note = f" (control arm: general text only, prepare/{train_dir})" if arm == "control" else ""
+        print(f"[domainpt] {stage} plan{arm_note}: objective={objective} processes={world} mixed_precision={mp}\n"
               f"  global batch {tc.batch_size * tc.grad_accum * world} blocks = {tokens_per_step:,} tokens/step, "
               f"{tc.max_steps} steps = {tokens_per_step * tc.max_steps:,} tokens ({epochs:.2f} epochs of {len(blocks)} blocks)\n"
               f"  ~{flops_tok:.3g} FLOPs/token, ~{flops_tok * tokens_per_step * tc.max_steps:.3g} FLOPs in all", flush=True)
@@ -381,7 +397,7 @@ def run_pretrain(recipe) -> dict:
         log.step(rec)
         if tc.report_to:
             accelerator.log({k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"}, step=step + 1)
-        faults.kill_point("pretrain.step_end", step + 1)
+        faults.kill_point(f"{stage}.step_end", step + 1)  # pretrain.step_end, pretrain_control.step_end
         if (step + 1) % tc.log_every == 0 or last:
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
         bar.update(1)
@@ -408,7 +424,7 @@ def run_pretrain(recipe) -> dict:
             shutil.rmtree(tmp)
         unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tok.save_pretrained(tmp)
-        faults.kill_point("pretrain.final_model", step)
+        faults.kill_point(f"{stage}.final_model", step)
         if (out / "model").exists():
             shutil.rmtree(out / "model")
         tmp.rename(out / "model")
@@ -416,14 +432,15 @@ def run_pretrain(recipe) -> dict:
     manifest = None
     if main:
         steps_done = len(_metrics_up_to(log.metrics, step))
-        manifest = write_manifest(recipe, "pretrain", started, tokens=tokens_seen, steps=steps_done,
+        manifest = write_manifest(recipe, stage, started, arm=arm, data=train_dir, data_epochs=round(epochs, 4),
+                                  tokens=tokens_seen, steps=steps_done, tokens_per_step=tokens_per_step,
                                   flops=flops_tok * tokens_seen, flops_per_token=flops_tok, processes=world,
                                   device=str(accelerator.device), distributed_type=accelerator.distributed_type.value,
                                   mixed_precision=mp, objective=objective,
                                   stop_reason=stop_reason, eval_history=history, bad_steps=bad_steps,
                                   gpu_hours=(time.time() - started) * world / 3600 if accelerator.device.type == "cuda" else 0.0)
     accelerator.wait_for_everyone()
-    return manifest or read_manifest(recipe, "pretrain")
+    return manifest or read_manifest(recipe, stage)
 
 
 def _bad_step_reason(loss: float, grad_norm: float | None, mixed_precision: str) -> str | None:

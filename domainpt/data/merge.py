@@ -179,9 +179,27 @@ def merge_shards(recipe, tokenizer, eot: int, shards: list[dict], out: Path, fix
     """Select, mix and pack the training documents into out/train; return the numbers for stats.json and the card."""
     corpus = Corpus(shards)
     try:
-        return _merge(recipe, tokenizer, eot, corpus, out, fixed_samples)
+        m = _merge(recipe, tokenizer, eot, corpus, out, fixed_samples)
+        general = m.pop("general_pool")
+        if recipe.compare.control != "none":
+            m["control"] = pack_control(recipe.data, tokenizer, eot, corpus, general, out / "train_control")
+        return m
     finally:
         corpus.close()
+
+
+def pack_control(cfg, tokenizer, eot: int, corpus: Corpus, general: np.ndarray, folder: Path) -> dict:
+    """The control arm's blocks (compare.control): every general document the domain run could train on (not held
+    out; after the same cleaning, dedup, PII scrub and decontamination), in a seeded order, packed like train/."""
+    docs = corpus.docs
+    idx = general[np.lexsort((docs["order"][general], docs["rank"][general]))]  # no sharding changes this order
+    idx = idx[np.random.default_rng(cfg.seed).permutation(len(idx))]
+    names = corpus.shards[0]["info"]["source_names"]
+    per = np.bincount(docs["source"][idx].astype(np.int64), weights=docs["ntok"][idx], minlength=len(names))
+    sources = {names[s]: int(n) for s, n in enumerate(per) if n}
+    writer = PackWriter(folder, len(tokenizer), eot, fault_point="pack.control_document")
+    writer.add(tqdm((corpus.tokens(i) for i in idx), total=len(idx), desc="pack control", unit="doc", leave=False, disable=None))
+    return writer.close(cfg.seq_len, {"sources": sources})
 
 
 def _merge(recipe, tokenizer, eot: int, corpus: Corpus, out: Path, fixed_samples: list) -> dict:
@@ -258,6 +276,7 @@ def _merge(recipe, tokenizer, eot: int, corpus: Corpus, out: Path, fixed_samples
         "exact_duplicates_removed": int((~unique).sum()), "near_duplicates_removed": int(near.sum()),
         "contaminated_found": int(contaminated.sum()), "documents_out": int(len(train)),
         "per_source_tokens": per_source, "replay_tokens": int(lengths[len(domain):].sum()),
+        "general_pool": np.flatnonzero(pool & (docs["kind"] == 1)),  # what a control arm trains on (pack_control)
         "doc_lengths": lengths, "removed_samples": fixed_samples + _removed_samples(corpus, removed, tokenizer),
         "vocab_samples": {KINDS[k]: _lowest_texts(shards, KINDS[k], SAMPLE_DOCS) for k in range(len(KINDS))},
     }

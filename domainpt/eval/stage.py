@@ -6,7 +6,8 @@ pseudo-perplexity on held-out text, the same for every choice of a task.
     domainpt evaluate recipes/demo/legal.yaml
 
 Writes out_dir/evaluate/scores.json and per-example predictions under
-out_dir/evaluate/predictions/<task>/<model>/<zero_shot|seedK>.jsonl (for paired statistics later).
+out_dir/evaluate/predictions/<task>/<model>/<zero_shot|seedK>.jsonl (for paired statistics later);
+<model> is general_model, domain_model, and control_model when the recipe has compare.control.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from domainpt.eval.metrics import QA_METRICS, compute
 from domainpt.eval.perplexity import heldout_perplexity
 from domainpt.eval.scoring import classifier_inputs, classify_examples, generate_answers, score_examples
 from domainpt.eval.tasks import read_heldout, read_split, seeded_rank
-from domainpt.finetune import MODELS, head_setup, model_paths
+from domainpt.finetune import head_setup, model_paths, models_of
 from domainpt.manifest import atomic_write_json, atomic_write_jsonl, require_done, stage_dir, write_manifest
 from domainpt.models import checkpoint_objective, end_of_text_id, load_classifier, load_model, load_tokenizer
 
@@ -71,7 +72,7 @@ def run_evaluate(recipe) -> dict:
                  for t in recipe.tasks}
     scores = {"perplexity": {}, "tasks": {}}
     tokens = 0
-    for model_name in MODELS:
+    for model_name in models_of(recipe):  # general, domain (and control, with compare.control)
         tok = load_tokenizer(paths[model_name], recipe.model.trust_remote_code)  # the domain model's may be extended
         bos = end_of_text_id(tok)
         objective = checkpoint_objective(paths[model_name], recipe.model.objective, recipe.model.trust_remote_code)
