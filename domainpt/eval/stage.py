@@ -11,17 +11,25 @@ out_dir/evaluate/predictions/<task>/<model>/<zero_shot|seedK>.jsonl (for paired 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 import torch
 
 from domainpt.eval.metrics import QA_METRICS, compute
-from domainpt.eval.perplexity import heldout_perplexity
+from domainpt.eval.perplexity import heldout_perplexity, take_documents
 from domainpt.eval.scoring import classifier_inputs, classify_examples, generate_answers, score_examples
 from domainpt.eval.tasks import read_heldout, read_split, seeded_rank
 from domainpt.finetune import head_setup, model_paths, models_of
 from domainpt.manifest import atomic_write_json, atomic_write_jsonl, require_done, stage_dir, write_manifest
 from domainpt.models import checkpoint_objective, end_of_text_id, load_classifier, load_model, load_tokenizer
+
+
+def tokenizer_identity(tok) -> dict:
+    """Size and a hash of the vocabulary: per-token perplexities of two models compare only when these match."""
+    vocab = json.dumps(sorted(tok.get_vocab().items()), ensure_ascii=False).encode()
+    return {"size": len(tok), "sha256": hashlib.sha256(vocab).hexdigest()[:16]}
 
 
 def task_metric(metric: str, rows: list[dict]) -> dict:
@@ -65,7 +73,10 @@ def run_evaluate(recipe) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ec = recipe.eval
-    heldout = read_heldout(prep_dir)
+    # Every model scores the same documents, cut once by the general model's tokenizer: with an extended
+    # vocabulary the domain model would otherwise reach ppl_max_tokens on more text than the general model.
+    base_tok = load_tokenizer(paths["general_model"], recipe.model.trust_remote_code)
+    heldout = {k: [text for text, _ in take_documents(base_tok, v, ec.ppl_max_tokens)] for k, v in read_heldout(prep_dir).items()}
     tests = {t.name: read_split(prep_dir / "tasks" / t.name, "test") for t in recipe.tasks}
     # k-shot scoring before fine-tuning: the same k training examples in front of every test prompt, for both models.
     before_ft = {t.name: with_shots(tests[t.name], read_split(prep_dir / "tasks" / t.name, "train"), ec.few_shot)
@@ -74,12 +85,12 @@ def run_evaluate(recipe) -> dict:
     tokens = 0
     for model_name in models_of(recipe):  # general, domain (and control, with compare.control)
         tok = load_tokenizer(paths[model_name], recipe.model.trust_remote_code)  # the domain model's may be extended
+        scores.setdefault("tokenizers", {})[model_name] = tokenizer_identity(tok)
         bos = end_of_text_id(tok)
         objective = checkpoint_objective(paths[model_name], recipe.model.objective, recipe.model.trust_remote_code)
         model = load_model(paths[model_name], objective, recipe.model.trust_remote_code).to(device)
         for kind, texts in heldout.items():
-            r = heldout_perplexity(model, tok, texts, objective, ec.ppl_window, ec.ppl_stride, ec.ppl_max_tokens, ec.batch_size,
-                                   bos, device)
+            r = heldout_perplexity(model, tok, texts, objective, ec.ppl_window, ec.ppl_stride, None, ec.batch_size, bos, device)
             scores["perplexity"].setdefault(kind, {})[model_name] = r
             tokens += r["tokens"]
         for task in recipe.tasks:
