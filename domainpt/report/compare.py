@@ -2,6 +2,9 @@
 
     domainpt compare recipes/demo/legal.yaml
 
+With compare.control on, a third arm (control_model: the general model continued on general text for the same
+budget) is scored beside the two, and every task gains domain - control differences.
+
 results.json (schema_version 1) keeps at least: perplexity.{domain,general}.{general_model,domain_model},
 tasks.<name>.{metric, general_model.finetuned.{mean,ci,seeds}, domain_model.finetuned..., difference.{mean,ci}},
 stages.<stage>.{tokens, wall_s}. Everything else is added information.
@@ -19,8 +22,8 @@ import numpy as np
 
 from domainpt.eval.metrics import QA_METRICS
 from domainpt.flops import PEAK_FLOPS
-from domainpt.manifest import (STAGES, atomic_write_json, atomic_write_text, file_sha256, read_manifest, require_done, stage_dir,
-                               versions, write_manifest)
+from domainpt.manifest import (atomic_write_json, atomic_write_text, file_sha256, read_manifest, require_done, run_stages,
+                               stage_dir, versions, write_manifest)
 from domainpt.report.render import to_html, to_markdown
 from domainpt.report.sections import ppl_label, sections
 from domainpt.report.stats import POWER, holm, model_score, paired_difference, paired_document_bootstrap
@@ -131,7 +134,7 @@ def adjust_for_multiple_comparisons(res: dict, alpha: float) -> None:
 
 def stage_costs(recipe) -> dict:
     out = {}
-    for s in STAGES[:-1]:
+    for s in run_stages(recipe)[:-1]:
         m = read_manifest(recipe, s) or {}
         out[s] = {"tokens": int(m.get("tokens", 0)), "wall_s": float(m.get("wall_s", 0.0))}
         for k in ("flops", "gpu_hours", "processes", "device", "steps"):
@@ -215,7 +218,7 @@ def build_results(recipe) -> dict:
         "pretrain_eval_history": pre.get("eval_history", []),
         "training_curve": [{"step": m["step"], "loss": m["loss"]} for m in curve],
         "data_hashes": data_hashes(recipe),
-        "stage_commands": {s: (read_manifest(recipe, s) or {}).get("command") for s in STAGES[:-1]},
+        "stage_commands": {s: (read_manifest(recipe, s) or {}).get("command") for s in run_stages(recipe)[:-1]},
         "confidence": recipe.report.confidence,
         "statistics": {"tasks": "crossed random effects over seeds and test items, paired across models; t interval "
                                 "and p with Satterthwaite degrees of freedom (report/stats.py)",

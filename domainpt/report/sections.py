@@ -56,7 +56,9 @@ def task_verdict(name: str, t: dict, level: int) -> list[str]:
                      f"[{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}] — "
                      + reading(c, "domain text helped beyond more training", "the control did better") + ".")
     mdd = t.get("minimum_detectable_difference")
-    if mdd is not None:
+    if mdd == 0:
+        lines.append("Every seed and item gave the same difference, so no minimum detectable difference can be stated.")
+    elif mdd is not None:
         lines.append(f"At {t['n_test']} items and {seeds} seeds this comparison detects a difference of about "
                      f"{100 * mdd:.1f} points with 80% power; smaller true effects may go unseen.")
     if t.get("learned") is False:

@@ -143,7 +143,8 @@ def model_score(metric: str, preds: np.ndarray, refs: np.ndarray, confidence: fl
     point = seed_mean(metric, preds, refs)
     var, df = crossed_variance(item_scores(metric, preds, refs))
     s = t_summary(point, var, df, confidence)
-    return {"mean": point, "ci": s["ci"], "seeds": per_seed(metric, preds, refs), "se": s["se"], "df": s["df"]}
+    ci = [max(0.0, s["ci"][0]), min(1.0, s["ci"][1])]  # every metric here is a share: the interval stays in [0, 1]
+    return {"mean": point, "ci": ci, "seeds": per_seed(metric, preds, refs), "se": s["se"], "df": s["df"]}
 
 
 def paired_difference(metric: str, preds_a: np.ndarray, preds_b: np.ndarray, refs: np.ndarray, n_resamples: int = 0,
