@@ -133,3 +133,14 @@ def test_near_duplicate_counts_reach_stats_json_and_the_data_card(tmp_path):
     assert isinstance(t["licence-category"]["near_duplicate_overlap_removed"], int)
     card = (prep / "data_card.md").read_text()
     assert "near-duplicate overlap removed (word 5-gram Jaccard >= 0.8)" in card and "| planted | 12 | 6 | 1 | 3 | 2 |" in card
+
+
+def test_a_list_of_choices_stays_a_list_of_whole_choices(tokenizer):
+    """A multiple-choice source whose choices are one list-valued field (the ICD-10-CM probe, CaseHOLD's
+    endings) gives whole strings as choices, not the characters of their newline-joined text."""
+    task = TaskConfig(name="probe", type="multiple_choice", source=SourceConfig(builtin="icd10cm-probe", max_docs=5),
+                      prompt="ICD-10-CM code {question} is:")
+    examples, _ = build_examples(task, tokenizer, BadRecords())
+    first = examples[0]
+    assert len(first["choices"]) == 4 and all(len(c.split()) >= 1 and len(c) > 3 for c in first["choices"])
+    assert first["choices"][first["answer"]] == " Cholera due to Vibrio cholerae 01, biovar cholerae"

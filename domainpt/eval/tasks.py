@@ -105,7 +105,7 @@ def build_examples(task, tokenizer, bad: BadRecords, source=None, labels: list |
             try:
                 q, a = field_value(r, task.question_field), int(field_value(r, task.answer_field))
                 cf = task.choices_field
-                ch = [field_value(r, f) for f in cf] if isinstance(cf, list) else list(field_value(r, cf))
+                ch = [field_value(r, f) for f in cf] if isinstance(cf, list) else list(field_value(r, cf, join=False))
                 if not isinstance(q, str) or any(c is None for c in ch):
                     raise TypeError
             except (KeyError, TypeError, ValueError):
