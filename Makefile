@@ -1,9 +1,9 @@
-# make demo   — set up .venv if needed, then run the legal demo end to end (offline, CPU, ~18 min)
+# make demo   — set up .venv if needed, then run the medical demo end to end (offline, CPU, <= 25 min)
 # make test   — set up .venv (and chromium) if needed, then run the test suite (~11 min on 2 cores)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.domainpt-setup
-DEMO ?= recipes/demo/legal.yaml
+DEMO ?= recipes/demo/medical.yaml
 
 .PHONY: setup demo test clean browser
 setup: $(STAMP)

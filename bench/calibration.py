@@ -1,7 +1,7 @@
 """Is the comparison's p-value honest? Null comparisons simulated from a demo's real prediction matrices.
 
     python bench/calibration.py                       # the shipped matrices (bench/data/), 2,000 nulls
-    python bench/calibration.py --run runs/legal-demo  # matrices of any finished run (its first task)
+    python bench/calibration.py --run runs/medical-demo [--task NAME]  # matrices of any finished run
     python bench/calibration.py --save                 # refresh bench/data/ from --run
 
 A generative model is fitted to a task's fine-tuned predictions (every model x seed is one "run"):
@@ -37,17 +37,19 @@ SHIPPED = ROOT / "bench" / "data" / "demo_prediction_matrices.json"
 ALPHA = 0.05
 
 
-def read_run(run: Path) -> dict:
-    """{task, labels, refs (items), preds (runs x items)} of a finished run's first classification task."""
+def read_run(run: Path, task: str | None = None) -> dict:
+    """{task, refs (items), preds (runs x items)} of a finished run's task (default: its first)."""
     pred_root = run / "evaluate" / "predictions"
-    task = sorted(p.name for p in pred_root.iterdir())[0]
-    preds, refs = [], None
+    task = task or sorted(p.name for p in pred_root.iterdir())[0]
+    preds, refs, seeds = [], None, 0
     for model in sorted(p.name for p in (pred_root / task).iterdir()):
-        for f in sorted((pred_root / task / model).glob("seed*.jsonl")):
+        files = sorted((pred_root / task / model).glob("seed*.jsonl"))
+        seeds = len(files)
+        for f in files:
             rows = [json.loads(l) for l in open(f)]
             preds.append([r["pred"] for r in rows])
             refs = [r["answer"] for r in rows]
-    return {"run": str(run), "task": task, "refs": refs, "preds": preds}
+    return {"run": str(run), "task": task, "refs": refs, "preds": preds, "seeds_per_model": seeds}
 
 
 def logit(p):
@@ -134,6 +136,7 @@ def rates(g: dict, rng, n: int, seeds: int, items: int, delta: float, n_resample
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=None, help="a finished run folder (default: the shipped matrices)")
+    ap.add_argument("--task", default=None, help="which task of --run (default: the first)")
     ap.add_argument("--save", action="store_true", help="write --run's matrices to bench/data/ for later runs")
     ap.add_argument("--nulls", type=int, default=2000)
     ap.add_argument("--planted", type=int, default=500)
@@ -142,13 +145,13 @@ def main() -> None:
     ap.add_argument("--points", type=float, default=0.05, help="planted difference (accuracy)")
     ap.add_argument("--resamples", type=int, default=1000)
     args = ap.parse_args()
-    m = read_run(args.run) if args.run else json.loads(SHIPPED.read_text())
+    m = read_run(args.run, args.task) if args.run else json.loads(SHIPPED.read_text())
     if args.save:
         SHIPPED.parent.mkdir(exist_ok=True)
         SHIPPED.write_text(json.dumps(m))
     g = fit(m)
     n_runs = len(m["preds"])
-    seeds = args.seeds or n_runs // 2
+    seeds = args.seeds or m.get("seeds_per_model") or n_runs // 2
     items = args.items or len(m["refs"])
     acc = (np.asarray(m["preds"]) == np.asarray(m["refs"])[None]).mean(1)
     print(f"matrices: {m.get('run', 'shipped')} task {m['task']}: {n_runs} runs x {len(m['refs'])} items, "

@@ -44,6 +44,8 @@ def has_control(recipe) -> bool:
 def run_stages(recipe) -> tuple[str, ...]:
     """The stages `domainpt run` goes through: pretrain_control only when the recipe has a control arm."""
     return tuple(s for s in ALL_STAGES if s != CONTROL_STAGE or has_control(recipe))
+
+
 _PACKAGES = ("domainpt", "torch", "transformers", "peft", "accelerate", "datasets", "evaluate", "numpy")
 
 

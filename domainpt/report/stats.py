@@ -205,6 +205,8 @@ def paired_document_bootstrap(nll_a, units_a, nll_b, units_b, n_resamples: int, 
     null = 1.0 if stat == "ratio" else 0.0
     alpha = 1 - confidence
     lo, hi = (float(x) for x in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
-    p = min(1.0, 2 * min(np.mean(boot <= null), np.mean(boot >= null))) if np.any(boot != null) else 1.0
+    # (k + 1) / (B + 1): a bootstrap p-value is never exactly 0 — it is below the resolution of B resamples
+    tail = min(np.sum(boot <= null), np.sum(boot >= null))
+    p = min(1.0, 2 * (tail + 1) / (n_resamples + 1)) if np.any(boot != null) else 1.0
     return {"mean": point, "ci": [lo, hi], "p_value": float(p), "includes_zero": bool(lo <= null <= hi),
             "null_value": null, "documents": n, "method": "paired bootstrap over documents"}
