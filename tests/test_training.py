@@ -61,7 +61,7 @@ def test_lora_changes_only_adapter_weights_and_reloads_identically(tiny_run):
 
     from domainpt.eval.scoring import score_examples
     from domainpt.eval.tasks import read_split
-    from domainpt.models import load_model, load_tokenizer
+    from domainpt.models import end_of_text_id, load_model, load_tokenizer
 
     out, _ = tiny_run
     base_dir = out / "pretrain" / "model"
@@ -78,7 +78,7 @@ def test_lora_changes_only_adapter_weights_and_reloads_identically(tiny_run):
     for seed in (0, 1):  # evaluate loads every seed's adapter into one base model: each must match a fresh load
         if seed:
             model = PeftModel.from_pretrained(load_model(str(base_dir), "clm"), str(out / "finetune" / "licence-category" / "domain_model" / "seed1" / "adapter"))
-        rows = score_examples(model, tok, tests, bos=0)
+        rows = score_examples(model, tok, tests, bos=0, end_of_text=end_of_text_id(tok))  # as evaluate scores after LoRA
         saved = [json.loads(l) for l in open(out / "evaluate" / "predictions" / "licence-category" / "domain_model" / f"seed{seed}.jsonl")]
         assert [r["pred"] for r in rows] == [r["pred"] for r in saved]
         assert [x for r in rows for x in r["logliks"]] == pytest.approx([x for r in saved for x in r["logliks"]], abs=1e-3)
