@@ -65,7 +65,8 @@ def test_variance_matches_hand_computed_anova():
     ms_s, ms_i = I * ((r - g) ** 2).sum() / (S - 1), S * ((c - g) ** 2).sum() / (I - 1)
     ms_e = ((x - r[:, None] - c[None] + g) ** 2).sum() / ((S - 1) * (I - 1))
     var, _ = crossed_variance(x)
-    assert var == pytest.approx(max(ms_s + ms_i - ms_e, ms_s, ms_i) / (S * I))
+    # each variance component clamped at 0 on its own
+    assert var == pytest.approx((ms_e + max(ms_s - ms_e, 0) + max(ms_i - ms_e, 0)) / (S * I))
     # one seed: the paired t over items
     assert crossed_variance(x[:1])[0] == pytest.approx(x[0].var(ddof=1) / I)
 
@@ -105,3 +106,17 @@ def test_document_bootstrap_same_model_and_planted_gain():
     assert better["mean"] < 1 and better["ci"][1] < 1 and 0 < better["p_value"] < 0.05
     bpb = paired_document_bootstrap(nll, tokens * 4, nll * 0.9, tokens * 4, 500, 0.95, stat="difference")
     assert bpb["mean"] < 0 and not bpb["includes_zero"]
+
+
+def test_negative_variance_components_fall_back_to_the_residual():
+    """Cell differences that vary while every seed mean and item mean agree: the variance is the residual's,
+    not zero (a review found p = 0 here before)."""
+    d = paired_difference("accuracy", np.array([[0, 1], [1, 0]]), np.array([[1, 1], [1, 1]]), np.array([1, 1]))
+    assert d["mean"] == 0.5 and d["se"] > 0 and 0 < d["p_value"] < 1
+
+
+def test_bad_inputs_are_refused_not_reported():
+    with pytest.raises(ValueError):
+        crossed_variance(np.array([[0.0, np.nan, 1.0]]))
+    with pytest.raises(ValueError):
+        paired_document_bootstrap([1.0], [2.0], [1.0], [2.0], 100, 0.95)

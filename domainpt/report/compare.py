@@ -97,7 +97,8 @@ def heldout_intervals(scores: dict, arms: list[str], n_resamples: int, confidenc
     out = {}
     for kind, per_model in scores["perplexity"].items():
         for key, a, b in COMPARISONS:
-            if a not in arms or b not in arms or "per_document" not in per_model.get(a, {}):
+            if a not in arms or b not in arms or "per_document" not in per_model.get(a, {}) \
+                    or len(per_model[a]["per_document"]["nll"]) < 2:  # one document: nothing to resample
                 continue
             da, db = per_model[a]["per_document"], per_model[b]["per_document"]
             ln2 = math.log(2)

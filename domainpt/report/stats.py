@@ -10,8 +10,9 @@ differences d[s, i] (model b minus model a) are split by a two-way random-effect
 item and residual mean squares; Var(mean) = (MS_seed + MS_item - MS_resid) / (S I) is the unbiased
 estimate (each variance component kept >= 0), and the t distribution with Satterthwaite's degrees of
 freedom gives both the interval and the two-sided p. So the interval excludes zero exactly when
-p < 1 - confidence. This is the Dorfman-Berbaum-Metz / Obuchowski-Rockette analysis that radiology
-uses for "readers x cases" studies (Hillis 2007), with seeds as readers and test items as cases.
+p < 1 - confidence. This is the Dorfman-Berbaum-Metz analysis that radiology uses for "readers x cases"
+studies (Dorfman, Berbaum & Metz 1992), with seeds as readers and test items as cases, and the original
+three-term Satterthwaite df (conservative in pure-noise simulations; Hillis 2007 proposes another df).
 Metrics that are not a mean over items (macro F1) enter through jackknife pseudo-values per item,
 as DBM does for the AUC.
 
@@ -108,6 +109,8 @@ def crossed_variance(x: np.ndarray) -> tuple[float, float]:
     S, I = x.shape
     if I < 2:
         raise ValueError("need at least two test items")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("per-item scores must be finite (a NaN score cannot be compared)")
     if S == 1:
         return float(x.var(ddof=1) / I), float(I - 1)
     grand, rows, cols = x.mean(), x.mean(1), x.mean(0)
@@ -115,15 +118,18 @@ def crossed_variance(x: np.ndarray) -> tuple[float, float]:
     ms_item = S * np.sum((cols - grand) ** 2) / (I - 1)
     resid = x - rows[:, None] - cols[None, :] + grand
     ms_res = np.sum(resid ** 2) / ((S - 1) * (I - 1))
-    combo = ms_seed + ms_item - ms_res
-    # S I Var = I s2_seed + S s2_item + s2_res is at least E[MS_seed] and E[MS_item]: keep components >= 0.
-    if combo >= max(ms_seed, ms_item):
+    # S I Var = I s2_seed + S s2_item + s2_res; each component is clamped at 0 on its own:
+    # s2_seed = (MS_seed - MS_res) / I, s2_item = (MS_item - MS_res) / S.
+    seed_part, item_part = ms_seed > ms_res, ms_item > ms_res
+    if seed_part and item_part:
+        combo = ms_seed + ms_item - ms_res
         den = ms_seed ** 2 / (S - 1) + ms_item ** 2 / (I - 1) + ms_res ** 2 / ((S - 1) * (I - 1))
-        df = combo ** 2 / den if den > 0 else float(S * I - 1)
-        return float(combo / (S * I)), float(df)
-    if ms_seed >= ms_item:
+        return float(combo / (S * I)), float(combo ** 2 / den)
+    if seed_part:
         return float(ms_seed / (S * I)), float(S - 1)
-    return float(ms_item / (S * I)), float(I - 1)
+    if item_part:
+        return float(ms_item / (S * I)), float(I - 1)
+    return float(ms_res / (S * I)), float((S - 1) * (I - 1))
 
 
 def t_summary(point: float, var: float, df: float, confidence: float) -> dict:
@@ -132,7 +138,8 @@ def t_summary(point: float, var: float, df: float, confidence: float) -> dict:
     q = float(stats.t.ppf(0.5 + confidence / 2, df))
     mdd = (q + float(stats.t.ppf(POWER, df))) * se
     if se == 0.0:  # every seed and item gave the same difference: no sampling variation left to test against
-        return {"ci": [point, point], "p_value": 1.0 if point == 0 else 0.0, "se": 0.0, "df": df, "mdd": 0.0}
+        return {"ci": [point, point], "p_value": 1.0 if point == 0 else 0.0, "se": 0.0, "df": df, "mdd": 0.0,
+                "degenerate": True}
     p = float(2 * stats.t.sf(abs(point) / se, df))
     return {"ci": [point - q * se, point + q * se], "p_value": min(1.0, p), "se": se, "df": df, "mdd": mdd}
 
@@ -187,12 +194,15 @@ def paired_document_bootstrap(nll_a, units_a, nll_b, units_b, n_resamples: int, 
     Per document: summed NLL and its unit count (tokens for perplexity, bytes x ln 2 for bits per byte).
     stat 'ratio': exp(NLL_b/units_b) / exp(NLL_a/units_a) (a perplexity ratio; 1 = no change);
     stat 'difference': NLL_b/units_b - NLL_a/units_a (bits per byte). Percentile interval; the two-sided
-    p-value is twice the share of resamples on the far side of 'no change', so the two agree.
+    p-value is twice the share of resamples on the far side of 'no change', so the two agree (up to the
+    interpolation of the percentile at the boundary).
     """
     arrs = [np.asarray(v, dtype=float) for v in (nll_a, units_a, nll_b, units_b)]
     n = len(arrs[0])
-    if n == 0 or any(len(v) != n for v in arrs):
-        raise ValueError("per-document arrays must be non-empty and of equal length")
+    if n < 2 or any(len(v) != n for v in arrs):
+        raise ValueError("per-document arrays need at least two documents, all of equal length")
+    if not all(np.all(np.isfinite(v)) for v in arrs) or min(arrs[1].sum(), arrs[3].sum()) <= 0 or n_resamples < 1:
+        raise ValueError("per-document sums must be finite, unit totals positive and n_resamples >= 1")
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, np.full(n, 1 / n), size=n_resamples).astype(float)  # (resamples x documents)
 
