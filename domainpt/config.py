@@ -343,7 +343,8 @@ class EvalConfig:
 
 @dataclass
 class ReportConfig:
-    bootstrap_samples: int = _f(2000, "Bootstrap resamples for intervals.")
+    bootstrap_samples: int = _f(2000, "Bootstrap resamples for the held-out perplexity and bits-per-byte intervals (over documents); "
+                                      "task comparisons use an analytic seeds x items analysis (report/stats.py).")
     confidence: float = _f(0.95, "Interval confidence level.")
     gpu: str = _f("H100", "GPU used for the GPU-hour estimate when the run was on CPU (and by --dry-run).")
     assumed_mfu: float = _f(0.25, "Model-FLOPs utilisation assumed by --dry-run's GPU-hour estimate "
