@@ -37,6 +37,9 @@ class SourceConfig:
     builtin: str | None = _f(None, "A corpus that ships inside an installed package (see `domainpt sources`).")
     hf: str | None = _f(None, "A Hugging Face dataset id, read with streaming (needs network).")
     hf_config: str | None = _f(None, "Dataset configuration name for `hf`.")
+    revision: str | None = _f(None, "Branch, tag or commit of `hf` (default: main). 'refs/convert/parquet' reads the hub's "
+                                    "parquet export, the way to a dataset that still ships a loading script (which "
+                                    "`datasets` 4+ no longer runs); there `hf_config` names the export's config folder.")
     split: str = _f("train", "Dataset split for `hf`.")
     text_field: str = _f("text", "Record field holding the document text ('a.b' for nested fields; a list of strings is joined).")
     name: str | None = _f(None, "Short name used in stats and cards (default: derived from the source).")
@@ -49,6 +52,8 @@ class SourceConfig:
         given = [k for k in ("path", "builtin", "hf") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("exactly one of path, builtin, hf must be set")
+        if self.revision is not None and not (self.hf and self.revision.strip()):
+            raise ValueError("revision applies to an `hf` source and must not be empty")
         if self.weight <= 0:
             raise ValueError("weight must be > 0")
         if self.max_docs is not None and self.max_docs <= 0:

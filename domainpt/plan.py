@@ -133,7 +133,8 @@ def _n(x: float) -> str:
 
 def _src(s) -> str:
     where = s.path or (f"builtin:{s.builtin}" if s.builtin else
-                       f"hf:{s.hf}" + (f" ({s.hf_config})" if s.hf_config else "") + (f" [{s.split}]" if s.split != "train" else ""))
+                       f"hf:{s.hf}" + (f"@{s.revision}" if s.revision else "") + (f" ({s.hf_config})" if s.hf_config else "")
+                       + (f" [{s.split}]" if s.split != "train" else ""))
     return where + (f", at most {s.max_docs:,} docs" if s.max_docs else "")
 
 

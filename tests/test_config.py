@@ -46,6 +46,15 @@ def test_wrong_type_and_bad_value_name_the_key(tmp_path):
         load_recipe(_write(tmp_path, BASE.replace("path:", "pth:")))
 
 
+def test_revision_belongs_to_a_hub_source(tmp_path):
+    hub = BASE.replace("{path: corpus.jsonl}", "{hf: org/data, hf_config: c, revision: refs/convert/parquet}")
+    assert load_recipe(_write(tmp_path, hub)).data.domain[0].revision == "refs/convert/parquet"
+    with pytest.raises(DomainptError, match=r"r\.yaml: data\.domain\.0: revision applies to an `hf` source"):
+        load_recipe(_write(tmp_path, BASE.replace("{path: corpus.jsonl}", "{path: corpus.jsonl, revision: v1}")))
+    with pytest.raises(DomainptError, match=r"data\.domain\.0\.revision: expected str"):
+        load_recipe(_write(tmp_path, hub.replace("refs/convert/parquet", "[main]")))
+
+
 def test_overrides_are_typed_and_validated(tmp_path):
     p = _write(tmp_path, BASE)
     r = load_recipe(p, ["train.max_steps=7", "lora.seeds=[1, 2]", "data.domain.0.max_docs=5"])

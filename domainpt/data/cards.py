@@ -41,7 +41,9 @@ def length_histogram(lengths, path: Path) -> None:
 
 def source_facts(src) -> dict:
     info = dict(BUILTINS[src.builtin].info) if src.builtin else {}
-    where = src.path or (f"builtin:{src.builtin}" if src.builtin else f"hub:{src.hf}")
+    where = src.path or (f"builtin:{src.builtin}" if src.builtin else
+                         f"hub:{src.hf}" + (f" ({src.hf_config})" if src.hf_config else "")
+                         + (f" at {src.revision}" if src.revision else ""))  # what was read, for provenance
     return {"where": where, "licence": src.licence or info.get("licence", "not declared"), **info}
 
 

@@ -202,14 +202,32 @@ def iter_source(src, bad: BadRecords) -> Iterator[dict]:
     bad.first = first_before or bad.first
 
 
+# The hub's parquet export of a dataset (a branch kept by the hub's parquet converter). It has no dataset card:
+# each config is only a folder, {config}/{split}/0000.parquet.
+PARQUET_EXPORT = "refs/convert/parquet"
+
+
+def _load_hub(src):
+    """datasets.load_dataset for one hub source, streaming, at its revision."""
+    import datasets
+
+    if src.revision == PARQUET_EXPORT and src.hf_config:
+        # The export has no card naming its configs, so `datasets` sees one config holding every folder:
+        # the config is read as the folder it is.
+        return datasets.load_dataset(src.hf, data_dir=src.hf_config, split=src.split, streaming=True, revision=src.revision)
+    return datasets.load_dataset(src.hf, src.hf_config, split=src.split, streaming=True, revision=src.revision)
+
+
 def _hf_records(src) -> Iterator[dict]:
     """Stream a hub dataset (or a local dataset folder); class-label columns come back as their names."""
     import datasets
 
     try:
-        ds = datasets.load_dataset(src.hf, src.hf_config, split=src.split, streaming=True)
+        ds = _load_hub(src)
     except Exception as e:  # network, auth or name errors all surface here
-        raise DomainptError(f"cannot load hub dataset '{src.hf}': {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        at = f" at revision '{src.revision}'" if src.revision else ""
+        raise DomainptError(f"cannot load hub dataset '{src.hf}'{at}: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     names = {k: f for k, f in (ds.features or {}).items() if isinstance(f, datasets.ClassLabel)}
     for i, rec in enumerate(ds):
         for k, f in names.items():
