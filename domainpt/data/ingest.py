@@ -207,6 +207,27 @@ def iter_source(src, bad: BadRecords) -> Iterator[dict]:
 PARQUET_EXPORT = "refs/convert/parquet"
 
 
+class ClassName(str):
+    """A class-label value decoded to its name, which still knows its index in the feature's names.
+
+    It is the name wherever text is expected (classification matches labels by name, prompts show it, JSON
+    writes it), and int() gives the index: a multiple-choice answer_field that is a class label (MedMCQA's
+    `cop`, names a..d) is the index of the right choice. A plain string is never guessed into an index."""
+
+    class_index: int  # not `index`: that would hide str.index
+
+    def __new__(cls, name: str, class_index: int):
+        value = super().__new__(cls, name)
+        value.class_index = class_index
+        return value
+
+    def __int__(self) -> int:
+        return self.class_index
+
+    def __getnewargs__(self):  # pickling (prepare's worker processes) keeps the index
+        return str(self), self.class_index
+
+
 def _load_hub(src):
     """datasets.load_dataset for one hub source, streaming, at its revision."""
     import datasets
@@ -219,7 +240,7 @@ def _load_hub(src):
 
 
 def _hf_records(src) -> Iterator[dict]:
-    """Stream a hub dataset (or a local dataset folder); class-label columns come back as their names."""
+    """Stream a hub dataset (or a local dataset folder); class-label columns come back as ClassName values."""
     import datasets
 
     try:
@@ -228,10 +249,10 @@ def _hf_records(src) -> Iterator[dict]:
         at = f" at revision '{src.revision}'" if src.revision else ""
         raise DomainptError(f"cannot load hub dataset '{src.hf}'{at}: "
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    names = {k: f for k, f in (ds.features or {}).items() if isinstance(f, datasets.ClassLabel)}
+    labels = {k: f for k, f in (ds.features or {}).items() if isinstance(f, datasets.ClassLabel)}
     for i, rec in enumerate(ds):
-        for k, f in names.items():
+        for k, f in labels.items():
             if isinstance(rec.get(k), int) and 0 <= rec[k] < f.num_classes:
-                rec[k] = f.int2str(rec[k])
+                rec[k] = ClassName(f.int2str(rec[k]), rec[k])
         rec.setdefault("id", f"{src.hf}:{src.split}:{i}")
         yield rec
