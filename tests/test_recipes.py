@@ -1,5 +1,5 @@
-"""Shipped recipes: each dry-runs offline, the FLOPs estimate is right, every dataset has a card,
-and the hub-dataset features the full recipes rely on (class names, nested fields, choice columns) work."""
+"""Shipped recipes: each dry-runs offline, the FLOPs estimate is right, every dataset has a card.
+The hub datasets they name are read from stand-ins with the real features in test_hub_fixtures.py."""
 import json
 import re
 
@@ -92,62 +92,6 @@ def test_readme_lists_every_recipe_with_its_launch_command():
         rel = path.relative_to(ROOT)
         assert re.search(rf"accelerate launch .*-m domainpt pretrain {re.escape(str(rel))}", readme), rel
         assert f"domainpt run {rel} --dry-run" in readme
-
-
-# --- hub-dataset features the full recipes rely on, exercised on a local dataset folder -------------
-
-@pytest.fixture
-def local_hub_dataset(tmp_path):
-    """A dataset folder like a hub repo: parquet with class-label features, nested contexts, choice columns."""
-    import datasets
-
-    feats = datasets.Features({
-        "question": datasets.Value("string"),
-        "context": {"contexts": datasets.Sequence(datasets.Value("string"))},
-        "label": datasets.ClassLabel(names=["bearish", "bullish", "neutral"]),
-        "opa": datasets.Value("string"), "opb": datasets.Value("string"), "cop": datasets.Value("int64"),
-    })
-    rows = {"question": [f"Is item {i} rising?" for i in range(12)],
-            "context": [{"contexts": [f"Part one of {i}.", f"Part two of {i}."]} for i in range(12)],
-            "label": [i % 3 for i in range(12)],
-            "opa": [f"up {i}" for i in range(12)], "opb": [f"down {i}" for i in range(12)], "cop": [i % 2 for i in range(12)]}
-    folder = tmp_path / "ds"
-    (folder / "data").mkdir(parents=True)
-    datasets.Dataset.from_dict(rows, features=feats).to_parquet(str(folder / "data" / "train-00000.parquet"))
-    return folder
-
-
-def test_hub_source_streams_with_class_names_and_nested_fields(local_hub_dataset):
-    from domainpt.config import SourceConfig
-    from domainpt.data.ingest import BadRecords, iter_source
-
-    recs = list(iter_source(SourceConfig(hf=str(local_hub_dataset), text_field="context.contexts"), BadRecords()))
-    assert len(recs) == 12
-    assert recs[0]["text"] == "Part one of 0.\nPart two of 0."
-    assert [r["label"] for r in recs[:3]] == ["bearish", "bullish", "neutral"]
-    assert recs[0]["id"].endswith(":train:0")
-
-
-def test_tasks_read_choice_columns_and_fill_prompts_from_record_fields(local_hub_dataset, tokenizer):
-    from domainpt.config import TaskConfig, SourceConfig
-    from domainpt.data.ingest import BadRecords
-    from domainpt.eval.tasks import build_examples
-
-    src = SourceConfig(hf=str(local_hub_dataset))
-    mc = TaskConfig(name="mc", type="multiple_choice", source=src, choices_field=["opa", "opb"], answer_field="cop",
-                    prompt="Q: {question}\nA:")
-    ex, _ = build_examples(mc, tokenizer, BadRecords())
-    assert ex[1]["choices"] == [" up 1", " down 1"] and ex[1]["answer"] == 1 and ex[1]["prompt"] == "Q: Is item 1 rising?\nA:"
-    cls = TaskConfig(name="cls", source=SourceConfig(hf=str(local_hub_dataset), text_field="context.contexts"),
-                     prompt="{text}\nQuestion: {question}\nSentiment:", verbalizers={"bearish": "down", "bullish": "up", "neutral": "flat"})
-    ex, labels = build_examples(cls, tokenizer, BadRecords())
-    assert labels == ["bearish", "bullish", "neutral"] and ex[0]["choices"] == [" down", " up", " flat"]
-    assert ex[2]["prompt"] == "Part one of 2.\nPart two of 2.\nQuestion: Is item 2 rising?\nSentiment:"
-    bad = TaskConfig(name="bad", source=src, text_field="question", prompt="{nonexistent}")
-    from domainpt.errors import DomainptError
-
-    with pytest.raises(DomainptError, match=r"task 'bad': the prompt names 'nonexistent'"):
-        build_examples(bad, tokenizer, BadRecords())
 
 
 def test_separate_test_source_with_a_label_only_it_has(tmp_path, tokenizer):
