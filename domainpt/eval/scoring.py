@@ -12,8 +12,9 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 
-def prompt_ids(tokenizer, prompt: str, bos: int) -> list[int]:
-    return [bos] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+def prompt_ids(tokenizer, prompt: str, bos: int | None) -> list[int]:
+    """The prompt's tokens after `bos` (None: no BOS, lm-evaluation-harness's convention for most models)."""
+    return ([] if bos is None else [bos]) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
 @torch.no_grad()
@@ -67,10 +68,12 @@ def choice_logliks(model, prompt: list[int], choices: list[list[int]], device) -
     return batch_choice_logliks(model, [prompt], [choices], device)[0]
 
 
-def score_examples(model, tokenizer, examples: list[dict], bos: int, desc: str = "score", batch_size: int = 8,
-                   encoder: bool = False, end_of_text: int | None = None) -> list[dict]:
-    """Per-example predictions: argmax of summed log-likelihood (acc) and of per-byte log-likelihood (acc_norm).
-    An encoder is scored by the pseudo-log-likelihood of each choice (eval/masked.py).
+def score_examples(model, tokenizer, examples: list[dict], bos: int | None, desc: str = "score", batch_size: int = 8,
+                   encoder: bool = False, end_of_text: int | None = None, norm_unit: str = "bytes") -> list[dict]:
+    """Per-example predictions: argmax of summed log-likelihood (acc) and of length-normalised log-likelihood
+    (acc_norm: per UTF-8 byte of " " + choice, or with norm_unit='characters' per character of the choice
+    without its leading space, as lm-evaluation-harness). An encoder is scored by the pseudo-log-likelihood of
+    each choice (eval/masked.py).
 
     With `end_of_text` (a decoder's end-of-text id), each choice is scored followed by that token, as LoRA
     fine-tuning trains it: without it a choice whose tokens are a prefix of another's (' Copyleft' of
@@ -99,11 +102,19 @@ def score_examples(model, tokenizer, examples: list[dict], bos: int, desc: str =
                                        device)
             for i, ll in zip(idx, got):
                 lls[i] = ll
-    return [choice_row(ex, ll) for ex, ll in zip(examples, lls)]
+    return [choice_row(ex, ll, norm_unit) for ex, ll in zip(examples, lls)]
 
 
-def choice_row(ex: dict, ll: list[float]) -> dict:
-    norm = [v / max(1, len(c.encode("utf-8"))) for v, c in zip(ll, ex["choices"])]
+def choice_length(choice: str, unit: str) -> int:
+    """acc_norm's divisor. lm-eval divides by len(choice) of the choice as its doc_to_choice gives it, i.e.
+    without the " " delimiter that domainpt stores in front of every choice."""
+    if unit == "characters":
+        return max(1, len(choice[1:] if choice.startswith(" ") else choice))
+    return max(1, len(choice.encode("utf-8")))
+
+
+def choice_row(ex: dict, ll: list[float], norm_unit: str = "bytes") -> dict:
+    norm = [v / choice_length(c, norm_unit) for v, c in zip(ll, ex["choices"])]
     pred = max(range(len(ll)), key=ll.__getitem__)
     pred_norm = max(range(len(norm)), key=norm.__getitem__)
     return {"id": ex["id"], "answer": ex["answer"], "pred": pred, "pred_norm": pred_norm,
