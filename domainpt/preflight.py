@@ -9,9 +9,17 @@ import torch
 
 from domainpt.attention import check_usable
 from domainpt.errors import DomainptError
+from domainpt.eval.harness import harness_tasks
 from domainpt.eval.scoring import prefix_pairs
 from domainpt.lora_targets import resolve_targets
 from domainpt.models import check_weights_format, load_tokenizer, objective_for
+
+
+def check_harness_model(recipe, objective: str, base: str) -> None:
+    """lm-evaluation-harness scores causal LMs only (prepare checks the task names before it writes anything)."""
+    if harness_tasks(recipe.eval) and objective == "mlm":
+        raise DomainptError(f"eval.harness_tasks / eval.forgetting_tasks: lm-evaluation-harness scores causal LMs; "
+                            f"{base} is trained as a masked LM (objective mlm)")
 
 
 def module_names(config, objective: str, trust_remote_code: bool) -> list[str]:
@@ -51,6 +59,7 @@ def check_model(recipe, base: str) -> None:
         raise DomainptError(f"tasks {generative}: type qa generates answers, which a masked LM ({base}, objective mlm) cannot; "
                             f"use a causal LM, or drop these tasks")
     check_usable(recipe.train.attention, objective, device=None)
+    check_harness_model(recipe, objective, base)
     _REPORTED.clear()  # check_model starts every prepare run: a pair is said once per run (here or in prepare)
     for task in recipe.tasks:
         if (choices := known_choices(task)) is not None:

@@ -35,6 +35,7 @@ from domainpt.eval.tasks import split_task, write_split
 from domainpt.manifest import (atomic_write_json, atomic_write_jsonl, file_sha256, read_jsonl, stage_dir,
                                stage_fingerprint, write_manifest)
 from domainpt.models import end_of_text_id, load_tokenizer, materialize_general_model
+from domainpt.eval.harness import check_task_names
 from domainpt.preflight import check_model, choice_prefix_pairs, report_prefix_pairs
 
 _KEEP_ON_RESTART = ("shards", "extended_model", "tasks")  # finished work a rerun reuses (each checks its own fingerprint)
@@ -154,6 +155,7 @@ def _setup(recipe, prep: Path, fp: str):
     for src in recipe.data.domain + recipe.data.general + [s for t in recipe.tasks for s in (t.source, t.test_source) if s]:
         if src.path and not Path(src.path).exists():  # fail before any work is done
             raise DomainptError(f"data file not found: {src.path}")
+    check_task_names(recipe.eval)  # lm-eval installed and every named harness task known to it
     base = materialize_general_model(recipe, Path(recipe.out_dir) / "base_model")
     check_model(recipe, base)
     tok = load_tokenizer(base, recipe.model.trust_remote_code)

@@ -8,6 +8,8 @@ pseudo-perplexity on held-out text, the same for every choice of a task.
 Writes out_dir/evaluate/scores.json and per-example predictions under
 out_dir/evaluate/predictions/<task>/<model>/<zero_shot|seedK>.jsonl (for paired statistics later);
 <model> is general_model, domain_model, and control_model when the recipe has compare.control.
+With eval.harness_tasks / eval.forgetting_tasks, lm-evaluation-harness also scores every model
+(eval/harness.py: out_dir/evaluate/harness/<model>/).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import time
 
 import torch
 
+from domainpt.eval.harness import check_task_names, harness_tasks, score_checkpoint
 from domainpt.eval.metrics import QA_METRICS, compute
 from domainpt.eval.perplexity import heldout_perplexity, take_documents
 from domainpt.eval.scoring import classifier_inputs, classify_examples, generate_answers, score_examples
@@ -51,15 +54,20 @@ def with_shots(tests: list[dict], train: list[dict], k: int) -> list[dict]:
     return [{**e, "prompt": demo + e["prompt"]} for e in tests]
 
 
-def score_task(task, model, tok, examples, bos: int, batch_size: int, desc: str, objective: str = "clm",
-               end_of_text: bool = False) -> list[dict]:
+def score_task(task, model, tok, examples, bos: int | None, batch_size: int, desc: str, objective: str = "clm",
+               end_of_text: bool = False, norm_unit: str = "bytes") -> list[dict]:
     """Per-example rows: log-likelihood choice for classification / multiple choice (pseudo-log-likelihood for a
     masked LM), a generated answer for qa (decoders only: preflight refuses qa tasks for an encoder).
     `end_of_text`: a decoder scores each choice followed by end-of-text (score_examples; encoders ignore it)."""
     if task.type == "qa":
         return generate_answers(model, tok, examples, bos, end_of_text_id(tok), task.max_answer_tokens, batch_size, desc)
     return score_examples(model, tok, examples, bos, desc=desc, batch_size=batch_size, encoder=objective == "mlm",
-                          end_of_text=end_of_text_id(tok) if end_of_text else None)
+                          end_of_text=end_of_text_id(tok) if end_of_text else None, norm_unit=norm_unit)
+
+
+def zero_shot_conventions(ec, bos: int) -> tuple[int | None, str]:
+    """(BOS id or None, acc_norm unit) for scoring before fine-tuning: domainpt's, or lm-eval's (README)."""
+    return (None, "characters") if ec.zero_shot_convention == "lm-eval" else (bos, "bytes")
 
 
 def run_evaluate(recipe) -> dict:
@@ -73,6 +81,8 @@ def run_evaluate(recipe) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ec = recipe.eval
+    if harness_tasks(ec):  # an unknown task or a missing lm-eval should stop us before the long scoring, not after
+        check_task_names(ec)
     # Every model scores the same documents, cut once by the general model's tokenizer: with an extended
     # vocabulary the domain model would otherwise reach ppl_max_tokens on more text than the general model.
     base_tok = load_tokenizer(paths["general_model"], recipe.model.trust_remote_code)
@@ -96,8 +106,10 @@ def run_evaluate(recipe) -> dict:
         for task in recipe.tasks:
             entry = scores["tasks"].setdefault(task.name, {"metric": task.metric}).setdefault(model_name, {})
             if ec.zero_shot:
-                rows = score_task(task, model, tok, before_ft[task.name], bos, ec.batch_size,
-                                  f"{ec.few_shot}-shot {task.name} {model_name}", objective, ec.zero_shot_end_of_text)
+                zs_bos, norm_unit = zero_shot_conventions(ec, bos)
+                rows = score_task(task, model, tok, before_ft[task.name], zs_bos, ec.batch_size,
+                                  f"{ec.few_shot}-shot {task.name} {model_name}", objective, ec.zero_shot_end_of_text,
+                                  norm_unit)
                 atomic_write_jsonl(out / "predictions" / task.name / model_name / "zero_shot.jsonl", rows)
                 entry["zero_shot"] = {**task_metric(task.metric, rows), "shots": ec.few_shot}
         del model
@@ -129,5 +141,10 @@ def run_evaluate(recipe) -> dict:
                 atomic_write_jsonl(out / "predictions" / task.name / model_name / f"seed{seed}.jsonl", rows)
                 entry["finetuned"][str(seed)] = task_metric(task.metric, rows)
             del peft_model, base
+    if harness_tasks(ec):  # lm-eval loads each checkpoint itself, with its own tokenizer
+        for model_name in models_of(recipe):
+            summary = score_checkpoint(paths[model_name], paths[model_name], ec, out / "harness" / model_name, device,
+                                       recipe.model.trust_remote_code)
+            scores.setdefault("harness", {})[model_name] = summary["results"]
     atomic_write_json(out / "scores.json", scores)
     return write_manifest(recipe, "evaluate", started, tokens=tokens)

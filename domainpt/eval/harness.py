@@ -1,0 +1,117 @@
+"""lm-evaluation-harness as a second evaluation backend: the field's benchmarks, scored the field's way.
+
+domainpt's own scorer is needed for fine-tuned adapters and private tasks; papers report lm-eval numbers
+(PubMedQA, MedMCQA, MMLU subsets; forgetting as an average of general tasks, Ibrahim et al. 2024). Each
+model checkpoint domainpt wrote is scored through lm-eval's Python API with its own tokenizer, and
+lm-eval's logged samples are kept per document, so report/ can pair the models item by item with the
+same statistics as domainpt's tasks.
+
+Writes out_dir/evaluate/harness/<model>/summary.json (lm-eval's aggregated results) and
+out_dir/evaluate/harness/<model>/<task>.jsonl (one row per document: doc_id, doc_hash, target, metrics).
+lm-eval is an optional extra: `pip install 'domainpt[harness]'`.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import logging
+from pathlib import Path
+
+from domainpt.errors import DomainptError
+from domainpt.manifest import atomic_write_json, atomic_write_jsonl
+
+INSTALL = "pip install 'domainpt[harness]'"
+
+
+def require_lm_eval():
+    try:
+        import lm_eval
+    except ImportError:
+        raise DomainptError(f"eval.harness_tasks / eval.forgetting_tasks need lm-evaluation-harness: {INSTALL}") from None
+    return lm_eval
+
+
+def harness_tasks(ec) -> dict[str, str]:
+    """Every harness task or group the recipe names, with its purpose: 'domain' (compared like domainpt's
+    tasks) or 'forgetting' (general knowledge kept, reported in the forgetting line)."""
+    named = {name: "domain" for name in ec.harness_tasks}
+    named.update({name: "forgetting" for name in ec.forgetting_tasks if name not in named})
+    return named
+
+
+@functools.lru_cache(maxsize=4)
+def task_manager(include: str | None):
+    """lm-eval's task index (it reads ~15,000 task YAMLs: ~9 s, so once per process)."""
+    require_lm_eval()
+    from lm_eval.tasks import TaskManager
+
+    if include and not Path(include).is_dir():
+        raise DomainptError(f"eval.harness_include: {include} is not a folder of task YAMLs")
+    return TaskManager(include_path=include)
+
+
+def check_task_names(ec) -> None:
+    """Stop before any work when a named task is unknown to lm-eval (with the closest names it knows)."""
+    names = list(harness_tasks(ec))
+    if not names:
+        return
+    known = set(task_manager(ec.harness_include).all_tasks)
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            where = f" or in eval.harness_include={ec.harness_include}" if ec.harness_include else ""
+            raise DomainptError(f"eval: lm-evaluation-harness has no task or group '{name}'{where}{hint}")
+
+
+def sample_row(sample: dict) -> dict:
+    """What the paired statistics need from one logged sample: the document's identity and its metric values."""
+    row = {"doc_id": sample["doc_id"], "doc_hash": sample.get("doc_hash"), "filter": sample.get("filter", "none"),
+           "target": str(sample.get("target")), "metrics": {m: _plain(sample[m]) for m in sample.get("metrics", []) if m in sample}}
+    resps = sample.get("filtered_resps") or []
+    if resps and all(isinstance(r, (list, tuple)) and len(r) == 2 for r in resps):  # loglikelihood requests
+        row["logliks"] = [float(r[0]) for r in resps]
+    return row
+
+
+def metric_key(name: str) -> tuple[str, str]:
+    """lm-eval's 'acc,none' -> ('acc', 'none')."""
+    metric, _, filt = name.partition(",")
+    return metric, filt or "none"
+
+
+def score_checkpoint(path: str, tokenizer_path: str, ec, out: Path, device, trust_remote_code: bool) -> dict:
+    """Run every named harness task on one checkpoint; write its samples and summary; return the summary.
+
+    float32, as domainpt's own scorer, so the two backends agree on the same items (tests/test_harness.py)."""
+    lm_eval = require_lm_eval()
+    from lm_eval.models.huggingface import HFLM
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    lm = HFLM(pretrained=path, tokenizer=tokenizer_path, device=str(device), batch_size=ec.batch_size, dtype="float32",
+              trust_remote_code=trust_remote_code)
+    res = lm_eval.simple_evaluate(model=lm, tasks=list(harness_tasks(ec)), num_fewshot=ec.harness_fewshot,
+                                  limit=ec.harness_limit, task_manager=task_manager(ec.harness_include), log_samples=True,
+                                  bootstrap_iters=0)
+    if res is None:  # lm-eval returns None on non-zero ranks; domainpt evaluates in one process
+        raise DomainptError("lm-evaluation-harness returned no results (run evaluate in one process)")
+    for task, samples in res["samples"].items():
+        rows = sorted((sample_row(s) for s in samples), key=lambda r: (r["filter"], r["doc_id"]))
+        atomic_write_jsonl(out / f"{task}.jsonl", rows)
+    summary = {"results": _plain(res["results"]), "group_subtasks": _plain(res.get("group_subtasks", {})),
+               "n_samples": _plain(res.get("n-samples", {})), "versions": _plain(res.get("versions", {})),
+               "lm_eval_version": getattr(lm_eval, "__version__", None), "fewshot": ec.harness_fewshot,
+               "limit": ec.harness_limit, "purpose": harness_tasks(ec)}
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _plain(obj):
+    """JSON-safe copy of lm-eval's results ('N/A' strings and numbers pass; tuples become lists)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
