@@ -24,6 +24,8 @@ from domainpt.eval.metrics import QA_METRICS
 from domainpt.flops import PEAK_FLOPS
 from domainpt.manifest import (atomic_write_json, atomic_write_text, file_sha256, read_manifest, require_done, run_stages,
                                stage_dir, versions, write_manifest)
+from domainpt.report.arms import ARMS, COMPARISONS
+from domainpt.report.harness import general_task_forgetting, harness_results
 from domainpt.report.render import to_html, to_markdown
 from domainpt.report.sections import ppl_label, sections
 from domainpt.report.stats import POWER, holm, model_score, paired_difference, paired_document_bootstrap
@@ -31,9 +33,6 @@ from domainpt.report.stats import POWER, holm, model_score, paired_difference, p
 SCHEMA_VERSION = 1
 
 
-ARMS = ("general_model", "domain_model", "control_model")
-# (key in results.json, model a, model b): each difference is b minus a.
-COMPARISONS = (("difference", "general_model", "domain_model"), ("difference_vs_control", "control_model", "domain_model"))
 
 
 def read_predictions(path: Path, metric: str, field: str = "pred") -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +124,10 @@ def adjust_for_multiple_comparisons(res: dict, alpha: float) -> None:
     # acc_norm and the perplexity ratio are descriptive companions of acc and bits per byte: not in the family
     walk({"tasks": {n: {k: v for k, v in t.items() if k != "acc_norm"} for n, t in res["tasks"].items()},
           "heldout_intervals": {kind: {key: {"bpb_difference": c["bpb_difference"]} for key, c in per.items()}
-                                for kind, per in res.get("heldout_intervals", {}).items()}}, "")
+                                for kind, per in res.get("heldout_intervals", {}).items()},
+          # a harness task's first metric (acc before acc_norm); its other metrics are descriptive
+          "harness": {task: {m: {k: e[k] for k, _, _ in COMPARISONS if k in e} for m, e in entries.items() if e["primary"]}
+                      for task, entries in res.get("harness", {}).items()}}, "")
     for (_, node), adj in zip(found, holm([n["p_value"] for _, n in found])):
         node["p_adjusted"] = adj
         node["reliable"] = adj < alpha
@@ -231,6 +233,11 @@ def build_results(recipe) -> dict:
     }
     if "control_model" in arms:
         res["forgetting_control"] = forgetting(ppl, bpb, "control_model")
+    if "harness" in scores:  # lm-evaluation-harness tasks, paired per document like domainpt's own
+        res["harness"] = harness_results(stage_dir(recipe, "evaluate"), arms, recipe.report.confidence)
+        summary = json.loads((stage_dir(recipe, "evaluate") / "harness" / arms[0] / "summary.json").read_text())
+        res["harness_settings"] = {k: summary.get(k) for k in ("lm_eval_version", "fewshot", "limit", "purpose", "versions")}
+        res["forgetting"].update(general_task_forgetting(res["harness"]))
     adjust_for_multiple_comparisons(res, 1 - recipe.report.confidence)
     return res
 

@@ -94,8 +94,30 @@ def heldout_verdict(res: dict) -> list[str]:
     return lines
 
 
+def harness_verdict(res: dict, level: int) -> list[str]:
+    """Named lm-eval tasks' primary metric (domain minus general, before any fine-tuning), and the
+    forgetting line's general tasks."""
+    lines = []
+    shots = (res.get("harness_settings") or {}).get("fewshot")
+    for task, entries in res.get("harness", {}).items():
+        for metric, e in entries.items():
+            if e["primary"] and e["purpose"] == "domain" and "group" not in e and "difference" in e:
+                d = e["difference"]
+                lines.append(f"**{task}** (lm-evaluation-harness, {metric}, {e['n']} documents, "
+                             f"{'the task’s default' if shots is None else shots}-shot, no fine-tuning): domain minus "
+                             f"general = {100 * d['mean']:+.1f} points [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}] — "
+                             + reading(d, "the domain model is better", "the general model is better") + ".")
+    f = res.get("forgetting", {})
+    if f.get("general_tasks"):
+        per = "; ".join(f"{t} {100 * v['difference']:+.1f} [{100 * v['ci'][0]:+.1f}, {100 * v['ci'][1]:+.1f}]"
+                        for t, v in f["general_tasks"].items())
+        lines.append(f"Forgetting on general tasks (lm-evaluation-harness): domain minus general averages "
+                     f"{100 * f['general_tasks_mean_difference']:+.1f} points over {len(f['general_tasks'])} tasks ({per}).")
+    return lines
+
+
 def verdict_section(res: dict, level: int) -> Section:
-    lines = heldout_verdict(res)
+    lines = heldout_verdict(res) + harness_verdict(res, level)
     for name, t in res["tasks"].items():
         lines += task_verdict(name, t, level)
     mc = res.get("multiple_comparisons")
@@ -157,6 +179,31 @@ def tasks_section(res: dict, out: Path, level: int) -> Section:
     return Section("Tasks", [text], (head, rows), [("task scores", plots.task_bars(res["tasks"], out / "tasks.png"))])
 
 
+def harness_section(res: dict, level: int) -> Section:
+    """Every lm-eval task and metric, per model, with paired differences where the metric is a mean over documents."""
+    arms = res.get("arms", ["general_model", "domain_model"])
+    head = ["task", "metric", "documents"] + [ARM_LABELS[a] for a in arms] + ["domain - general", "p", "domain - control", "p "]
+    rows = []
+    for task, entries in res["harness"].items():
+        for metric, e in entries.items():
+            label = task + (" (forgetting)" if e["purpose"] == "forgetting" and "group" not in e else "")
+            # a metric that is not a mean over documents is shown as lm-eval computed it (no interval, not in percent)
+            scores = [fmt_score(e[a]) if "ci" in e[a] else f"{e[a]['mean']:.4g}" if isinstance(e[a]["mean"], (int, float))
+                      else "—" for a in arms]
+            primary = e["primary"] and "group" not in e
+            rows.append([label, metric, str(e["n"])] + scores +
+                        [fmt_diff(e.get("difference")), fmt_p(e.get("difference")) if primary else "—",
+                         fmt_diff(e.get("difference_vs_control")), fmt_p(e.get("difference_vs_control")) if primary else "—"])
+    st = res.get("harness_settings") or {}
+    shots = "each task's default number of" if st.get("fewshot") is None else str(st["fewshot"])
+    text = (f"lm-evaluation-harness {st.get('lm_eval_version')} on each model's checkpoint (no fine-tuning), {shots} "
+            f"few-shot examples, scored and normalised as lm-eval does: numbers comparable with published ones"
+            + (f" — except that only {st['limit']} documents per task were scored (eval.harness_limit)" if st.get("limit") else "")
+            + f". Scores in percent with {level}% intervals; differences paired per document (one run, items random). "
+              "A task's first metric is in the report's Holm family; the others are descriptive.")
+    return Section("lm-evaluation-harness", [text], (head, rows))
+
+
 def seeds_section(res: dict) -> Section:
     """Each fine-tuning seed's score: how much of a difference is one lucky or unlucky run."""
     arms = res.get("arms", ["general_model", "domain_model"])
@@ -208,6 +255,8 @@ def sections(res: dict, out: Path) -> list[Section]:
     level = int(round(res["confidence"] * 100))
     secs = [intro_section(res, level), verdict_section(res, level), perplexity_section(res), tasks_section(res, out, level),
             seeds_section(res)]
+    if res.get("harness"):
+        secs.append(harness_section(res, level))
     if res.get("training_curve"):
         secs.append(Section("Training curve", ["Training loss, and held-out perplexities measured during continued pre-training "
                                                "(the forgetting curve: general perplexity should not climb)."],

@@ -34,12 +34,15 @@ from scipy import stats
 from domainpt.eval.metrics import QA_METRICS, compute
 
 POWER = 0.8  # the power at which the minimum detectable difference is stated
+# A metric name for predictions that already are per-item scores in [0, 1] (lm-eval's per-document acc, say).
+ITEM_SCORE = "item_score"
+_PRESCORED = set(QA_METRICS) | {ITEM_SCORE}
 
 
 def _metric_fn(metric: str):
     if metric == "accuracy":  # vectorised fast path, same value as the shipped module
         return lambda preds, refs: float(np.mean(preds == refs))
-    if metric in QA_METRICS:  # qa: `preds` already hold per-example scores
+    if metric in _PRESCORED:  # qa and item_score: `preds` already hold per-example scores
         return lambda preds, refs: float(np.mean(preds))
     return lambda preds, refs: compute(metric, preds.tolist(), refs.tolist())
 
@@ -95,7 +98,7 @@ def item_scores(metric: str, preds: np.ndarray, refs: np.ndarray) -> np.ndarray:
     preds, refs = np.atleast_2d(np.asarray(preds)), np.asarray(refs)
     if metric == "accuracy":
         return (preds == refs[None]).astype(float)
-    if metric in QA_METRICS:
+    if metric in _PRESCORED:
         return preds.astype(float)
     if metric == "f1":
         return np.stack([_f1_pseudo_values(p, refs) for p in preds])
