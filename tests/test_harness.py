@@ -1,0 +1,228 @@
+"""lm-evaluation-harness as an evaluation backend: a local harness task through `domainpt run`, the same
+numbers as `lm_eval` run directly on the checkpoints domainpt wrote, and agreement between domainpt's own
+zero-shot scorer (under lm-eval's convention) and lm-eval on the same items."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import check_results_contract, cli, tiny_recipe_variant
+
+pytest.importorskip("lm_eval")
+
+TASK = "local_licence"
+
+
+def write_local_task(folder: Path, examples: list[dict], name: str = TASK) -> Path:
+    """A multiple-choice lm-eval task YAML over domainpt's prepared test items: the same prompt, the choices
+    without domainpt's leading space (lm-eval puts its target delimiter, a space, in front of each)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.jsonl", "w") as f:
+        for e in examples:
+            f.write(json.dumps({"prompt": e["prompt"], "choices": [c[1:] if c.startswith(" ") else c for c in e["choices"]],
+                                "answer": e["answer"]}) + "\n")
+    (folder / f"{name}.yaml").write_text(f"""task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {folder / f'{name}.jsonl'}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{prompt}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+""")
+    return folder
+
+
+def read_examples(run: Path) -> list[dict]:
+    return [json.loads(l) for l in open(run / "prepare" / "tasks" / "licence-category" / "test.jsonl")]
+
+
+def lm_eval_directly(model_path: str, include: Path, out: Path) -> tuple[dict, list[dict]]:
+    """`lm_eval run` on a checkpoint, as a user would type it: (aggregated results, logged samples)."""
+    r = subprocess.run([sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args",
+                        f"pretrained={model_path},dtype=float32", "--tasks", TASK, "--include_path", str(include),
+                        "--device", "cpu", "--batch_size", "8", "--output_path", str(out), "--log_samples"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(next(out.rglob("results_*.json")).read_text())
+    samples = [json.loads(l) for l in open(next(out.rglob(f"samples_{TASK}_*.jsonl")))]
+    return results["results"][TASK], sorted(samples, key=lambda s: s["doc_id"])
+
+
+@pytest.fixture(scope="module")
+def harness_run(tiny_run, tmp_path_factory):
+    """The tiny run's trained stages, then evaluate + compare with a local harness task and lm-eval's convention."""
+    tmp = tmp_path_factory.mktemp("harness")
+    include = write_local_task(tmp / "tasks", read_examples(tiny_run[0]))
+
+    def edit(r):
+        r["eval"].update(harness_tasks=[TASK], harness_include=str(include), zero_shot_convention="lm-eval")
+
+    recipe = tiny_recipe_variant(tmp, edit)
+    run = tmp / "run"
+    for stage in ("base_model", "prepare", "pretrain", "finetune"):
+        shutil.copytree(tiny_run[0] / stage, run / stage)
+    r = cli("run", recipe)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run, include, tmp
+
+
+def test_run_writes_a_harness_section_with_intervals_for_both_models(harness_run):
+    run, _, _ = harness_run
+    res = json.loads((run / "compare" / "results.json").read_text())
+    check_results_contract(run / "compare" / "results.json")
+    acc = res["harness"][TASK]["acc"]
+    n = len(read_examples(run))
+    assert acc["n"] == n and acc["paired"] and acc["primary"] and acc["purpose"] == "domain"
+    for arm in ("general_model", "domain_model"):
+        lo, hi = acc[arm]["ci"]
+        assert lo <= acc[arm]["mean"] <= hi
+    d = acc["difference"]
+    assert d["mean"] == pytest.approx(acc["domain_model"]["mean"] - acc["general_model"]["mean"])
+    assert 0 <= d["p_value"] <= d["p_adjusted"] <= 1  # in the report's Holm family
+    assert f"harness.{TASK}.acc.difference" in res["multiple_comparisons"]["comparisons"]
+    assert "harness.%s.acc_norm.difference" % TASK not in res["multiple_comparisons"]["comparisons"]
+    assert res["harness_settings"]["lm_eval_version"]
+    report = (run / "compare" / "report.md").read_text()
+    assert "## lm-evaluation-harness" in report and f"| {TASK} | acc |" in report
+
+
+def test_harness_numbers_are_lm_evals_own_on_the_checkpoints_domainpt_wrote(harness_run):
+    """The same task through `lm_eval run` on each checkpoint: the same aggregate and per-document values."""
+    run, include, tmp = harness_run
+    res = json.loads((run / "compare" / "results.json").read_text())
+    for arm, path in (("general_model", run / "base_model"), ("domain_model", run / "pretrain" / "model")):
+        direct, samples = lm_eval_directly(str(path), include, tmp / f"direct_{arm}")
+        for metric in ("acc", "acc_norm"):
+            assert res["harness"][TASK][metric][arm]["mean"] == pytest.approx(direct[f"{metric},none"], abs=1e-12)
+        ours = [json.loads(l) for l in open(run / "evaluate" / "harness" / arm / f"{TASK}.jsonl")]
+        assert [r["doc_id"] for r in ours] == [s["doc_id"] for s in samples]
+        for r, s in zip(ours, samples):
+            assert r["metrics"]["acc"] == s["acc"] and r["metrics"]["acc_norm"] == s["acc_norm"]
+            assert r["logliks"] == pytest.approx([float(x[0]) for x in s["filtered_resps"]], abs=1e-4)
+
+
+def _lm_eval_scores(model_path: str, include: Path) -> list[dict]:
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    lm = HFLM(pretrained=model_path, device="cpu", batch_size=8, dtype="float32")
+    res = lm_eval.simple_evaluate(model=lm, tasks=[TASK], task_manager=TaskManager(include_path=str(include)),
+                                  log_samples=True, bootstrap_iters=0)
+    return sorted(res["samples"][TASK], key=lambda s: s["doc_id"])
+
+
+@pytest.mark.parametrize("model", ["tiny", "smollm2-135m"])
+def test_domainpt_scorer_agrees_with_lm_eval_under_its_convention(model, tiny_run, tmp_path):
+    """Same items, same prompts: domainpt's zero-shot scorer with eval.zero_shot_convention=lm-eval (no BOS,
+    acc_norm per character) gives lm-eval's log-likelihoods and both its acc and acc_norm predictions; with
+    domainpt's own convention (a BOS token first) the log-likelihoods differ, as the README says."""
+    from domainpt.eval.scoring import score_examples
+    from domainpt.eval.stage import zero_shot_conventions
+    from domainpt.config import EvalConfig
+    from domainpt.models import end_of_text_id, load_model, load_tokenizer, resolve
+
+    path = str(tiny_run[0] / "base_model") if model == "tiny" else resolve("smollm2-135m")
+    examples = [{**e, "id": str(i)} for i, e in enumerate(read_examples(tiny_run[0]))]
+    include = write_local_task(tmp_path / "tasks", examples)
+    tok, lm = load_tokenizer(path), load_model(path, "clm")
+    bos, unit = zero_shot_conventions(EvalConfig(zero_shot_convention="lm-eval"), end_of_text_id(tok))
+    ours = score_examples(lm, tok, examples, bos, norm_unit=unit)
+    theirs = _lm_eval_scores(path, include)
+    assert len(ours) == len(theirs) == len(examples)
+    ll_ours = np.array([r["logliks"] for r in ours])
+    ll_theirs = np.array([[float(x[0]) for x in s["filtered_resps"]] for s in theirs])
+    assert np.abs(ll_ours - ll_theirs).max() < 1e-3
+    assert [float(r["correct"]) for r in ours] == [s["acc"] for s in theirs]
+    assert [float(r["correct_norm"]) for r in ours] == [s["acc_norm"] for s in theirs]
+    with_bos = score_examples(lm, tok, examples, end_of_text_id(tok))  # domainpt's default convention
+    assert np.abs(np.array([r["logliks"] for r in with_bos]) - ll_theirs).max() > 1e-3
+
+
+def test_a_recipe_naming_an_unknown_harness_task_stops_in_one_line(tmp_path):
+    recipe = tiny_recipe_variant(tmp_path, lambda r: r["eval"].update(harness_tasks=["pubmedqaa"]))
+    r = cli("run", recipe, "--dry-run")
+    assert r.returncode != 0
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "no task or group 'pubmedqaa'" in err[0] and "pubmedqa" in err[0]
+    assert not (tmp_path / "run" / "prepare").exists()
+
+
+def test_without_lm_eval_a_harness_recipe_says_what_to_install(tmp_path):
+    """lm-eval is an optional extra: hidden from the interpreter, the run stops before any work."""
+    blocker = tmp_path / "block"
+    (blocker / "lm_eval").mkdir(parents=True)
+    (blocker / "lm_eval" / "__init__.py").write_text("raise ImportError('lm_eval hidden by the test')\n")
+    recipe = tiny_recipe_variant(tmp_path, lambda r: r["eval"].update(forgetting_tasks=["arc_easy"]))
+    r = cli("run", recipe, env={"PYTHONPATH": str(blocker)})
+    assert r.returncode != 0
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "pip install 'domainpt[harness]'" in err[0], r.stderr[-2000:]
+    assert not (tmp_path / "run" / "prepare" / "manifest.json").exists()
+
+
+def _write_arm(folder: Path, results: dict, samples: dict, group_subtasks: dict, purpose: dict):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps({"results": results, "group_subtasks": group_subtasks, "purpose": purpose}))
+    for task, rows in samples.items():
+        (folder / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _rows(values, metric="acc"):
+    return [{"doc_id": i, "doc_hash": f"h{i}", "filter": "none", "metrics": {metric: v}} for i, v in enumerate(values)]
+
+
+def test_groups_pool_their_tasks_documents_and_non_mean_metrics_get_no_interval(tmp_path):
+    """A group's documents are its subtasks' together (lm-eval weights mmlu by size: the pooled mean); a metric
+    whose aggregate is not the mean over documents (corpus F1) is lm-eval's number alone; forgetting tasks
+    average their primary metric's differences, a group's subtasks not counted twice."""
+    from domainpt.report.harness import general_task_forgetting, harness_results
+
+    rng = np.random.default_rng(0)
+    a1, a2 = rng.integers(0, 2, 30).astype(float), rng.integers(0, 2, 50).astype(float)
+    b1, b2 = np.clip(a1 + (rng.random(30) < 0.3), 0, 1), np.clip(a2 + (rng.random(50) < 0.3), 0, 1)
+    groups = {"grp": ["t1", "t2"]}
+    purpose = {"grp": "forgetting", "f1task": "domain"}
+    for arm, (x1, x2) in (("general_model", (a1, a2)), ("domain_model", (b1, b2))):
+        pooled = np.concatenate([x1, x2]).mean()
+        f1_rows = [{"doc_id": i, "doc_hash": f"h{i}", "filter": "none", "metrics": {"f1": [i % 2, 1]}} for i in range(10)]
+        _write_arm(tmp_path / "harness" / arm,
+                   {"grp": {"acc,none": pooled, "acc_stderr,none": "N/A", "alias": "grp"},
+                    "t1": {"acc,none": x1.mean(), "alias": " - t1"}, "t2": {"acc,none": x2.mean(), "alias": " - t2"},
+                    "f1task": {"f1,none": 0.42 if arm == "general_model" else 0.47}},
+                   {"t1": _rows(x1), "t2": _rows(x2), "f1task": f1_rows}, groups, purpose)
+    h = harness_results(tmp_path, ["general_model", "domain_model"], 0.95)
+    g = h["grp"]["acc"]
+    assert g["n"] == 80 and g["paired"] and g["purpose"] == "forgetting" and "group" not in g
+    assert g["difference"]["mean"] == pytest.approx(np.concatenate([b1, b2]).mean() - np.concatenate([a1, a2]).mean())
+    assert h["t1"]["acc"]["group"] == "grp" and h["t1"]["acc"]["n"] == 30
+    f = h["f1task"]["f1"]
+    assert f["paired"] is False and "difference" not in f and f["domain_model"]["mean"] == 0.47
+    forgetting = general_task_forgetting(h)
+    assert list(forgetting["general_tasks"]) == ["grp"]
+    assert forgetting["general_tasks_mean_difference"] == pytest.approx(g["difference"]["mean"])
+
+
+def test_models_scored_on_different_documents_are_not_paired(tmp_path):
+    from domainpt.errors import DomainptError
+    from domainpt.report.harness import harness_results
+
+    for arm, hashes in (("general_model", "abc"), ("domain_model", "abd")):
+        rows = [{"doc_id": i, "doc_hash": h, "filter": "none", "metrics": {"acc": 1.0}} for i, h in enumerate(hashes)]
+        _write_arm(tmp_path / "harness" / arm, {"t": {"acc,none": 1.0}}, {"t": rows}, {}, {"t": "domain"})
+    with pytest.raises(DomainptError, match="other documents"):
+        harness_results(tmp_path, ["general_model", "domain_model"], 0.95)
