@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -35,6 +36,35 @@ def tiny_recipe_variant(tmp_path, edit) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+def write_harness_task(folder: Path, examples: list[dict], name: str) -> Path:
+    """A multiple-choice lm-eval task YAML over domainpt's prepared test items: the same prompt, the choices
+    without domainpt's leading space (lm-eval puts its target delimiter, a space, in front of each)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.jsonl", "w") as f:
+        for e in examples:
+            f.write(json.dumps({"prompt": e["prompt"], "choices": [c[1:] if c.startswith(" ") else c for c in e["choices"]],
+                                "answer": e["answer"]}) + "\n")
+    (folder / f"{name}.yaml").write_text(f"""task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {folder / f'{name}.jsonl'}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{prompt}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+""")
+    return folder
 
 
 @pytest.fixture(scope="session")

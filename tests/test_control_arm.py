@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, cli
+from conftest import TINY, cli, review_examples, write_harness_task
 from domainpt.config import load_recipe
 from domainpt.finetune import MODELS, models_of
 from domainpt.manifest import ALL_STAGES, STAGE_SECTIONS, invalidate, run_stages
@@ -23,13 +23,20 @@ TASK = "licence-category"
 
 
 @pytest.fixture(scope="module")
-def control_run(tmp_path_factory):
+def harness(tmp_path_factory):
+    """Overrides adding a small local lm-eval task: the harness scores the control model too."""
+    folder = write_harness_task(tmp_path_factory.mktemp("harness_tasks"), review_examples(24), "local_reviews")
+    return ["eval.harness_tasks=[local_reviews]", f"eval.harness_include={folder}"]
+
+
+@pytest.fixture(scope="module")
+def control_run(tmp_path_factory, harness):
     """(out_dir, the finishing run, metrics.jsonl of the control as the kill at step 6 left it)."""
     out = tmp_path_factory.mktemp("control") / "run"
-    killed = cli("run", TINY, f"out_dir={out}", CONTROL, env={"DOMAINPT_FAULT": "pretrain_control.step_end@6"})
+    killed = cli("run", TINY, f"out_dir={out}", CONTROL, *harness, env={"DOMAINPT_FAULT": "pretrain_control.step_end@6"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     before_kill = [json.loads(l) for l in open(out / "pretrain_control" / "metrics.jsonl")]
-    r = cli("run", TINY, f"out_dir={out}", CONTROL)
+    r = cli("run", TINY, f"out_dir={out}", CONTROL, *harness)
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r, before_kill
 
@@ -112,9 +119,18 @@ def test_control_model_is_fine_tuned_and_scored_like_the_others(control_run):
     assert _manifest(out, "finetune")["models"]["control_model"].endswith("pretrain_control/model")
 
 
-def test_rerun_skips_every_finished_stage(control_run):
+def test_harness_scores_the_control_model_and_states_domain_minus_control(control_run):
+    res = json.loads((control_run[0] / "compare" / "results.json").read_text())
+    acc = res["harness"]["local_reviews"]["acc"]
+    assert acc["n"] == 24 and {"general_model", "domain_model", "control_model"} <= set(acc)
+    assert acc["difference_vs_control"]["mean"] == pytest.approx(acc["domain_model"]["mean"] - acc["control_model"]["mean"])
+    assert "harness.local_reviews.acc.difference_vs_control" in res["multiple_comparisons"]["comparisons"]
+    assert (control_run[0] / "evaluate" / "harness" / "control_model" / "local_reviews.jsonl").is_file()
+
+
+def test_rerun_skips_every_finished_stage(control_run, harness):
     out = control_run[0]
-    r = cli("run", TINY, f"out_dir={out}", CONTROL)
+    r = cli("run", TINY, f"out_dir={out}", CONTROL, *harness)
     assert r.returncode == 0, r.stderr[-2000:]
     for stage in ALL_STAGES:
         assert f"[domainpt] {stage}: finished earlier, skipped" in r.stdout, stage

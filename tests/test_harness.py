@@ -10,40 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import check_results_contract, cli, tiny_recipe_variant
+from conftest import check_results_contract, cli, tiny_recipe_variant, write_harness_task
 
 pytest.importorskip("lm_eval")
 
-TASK = "local_licence"
-
-
-def write_local_task(folder: Path, examples: list[dict], name: str = TASK) -> Path:
-    """A multiple-choice lm-eval task YAML over domainpt's prepared test items: the same prompt, the choices
-    without domainpt's leading space (lm-eval puts its target delimiter, a space, in front of each)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{name}.jsonl", "w") as f:
-        for e in examples:
-            f.write(json.dumps({"prompt": e["prompt"], "choices": [c[1:] if c.startswith(" ") else c for c in e["choices"]],
-                                "answer": e["answer"]}) + "\n")
-    (folder / f"{name}.yaml").write_text(f"""task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {folder / f'{name}.jsonl'}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{prompt}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-""")
-    return folder
+TASK = "local_licence"  # a local lm-eval task over the tiny run's licence test items
 
 
 def read_examples(run: Path) -> list[dict]:
@@ -66,7 +37,7 @@ def lm_eval_directly(model_path: str, include: Path, out: Path) -> tuple[dict, l
 def harness_run(tiny_run, tmp_path_factory):
     """The tiny run's trained stages, then evaluate + compare with a local harness task and lm-eval's convention."""
     tmp = tmp_path_factory.mktemp("harness")
-    include = write_local_task(tmp / "tasks", read_examples(tiny_run[0]))
+    include = write_harness_task(tmp / "tasks", read_examples(tiny_run[0]), TASK)
 
     def edit(r):
         r["eval"].update(harness_tasks=[TASK], harness_include=str(include), zero_shot_convention="lm-eval")
@@ -138,7 +109,7 @@ def test_domainpt_scorer_agrees_with_lm_eval_under_its_convention(model, tiny_ru
 
     path = str(tiny_run[0] / "base_model") if model == "tiny" else resolve("smollm2-135m")
     examples = [{**e, "id": str(i)} for i, e in enumerate(read_examples(tiny_run[0]))]
-    include = write_local_task(tmp_path / "tasks", examples)
+    include = write_harness_task(tmp_path / "tasks", examples, TASK)
     tok, lm = load_tokenizer(path), load_model(path, "clm")
     bos, unit = zero_shot_conventions(EvalConfig(zero_shot_convention="lm-eval"), end_of_text_id(tok))
     ours = score_examples(lm, tok, examples, bos, norm_unit=unit)
