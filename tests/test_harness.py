@@ -48,11 +48,11 @@ def harness_run(tiny_run, tmp_path_factory):
         shutil.copytree(tiny_run[0] / stage, run / stage)
     r = cli("run", recipe)
     assert r.returncode == 0, r.stderr[-3000:]
-    return run, include, tmp
+    return run, include, tmp, r
 
 
 def test_run_writes_a_harness_section_with_intervals_for_both_models(harness_run):
-    run, _, _ = harness_run
+    run = harness_run[0]
     res = json.loads((run / "compare" / "results.json").read_text())
     check_results_contract(run / "compare" / "results.json")
     acc = res["harness"][TASK]["acc"]
@@ -69,11 +69,12 @@ def test_run_writes_a_harness_section_with_intervals_for_both_models(harness_run
     assert res["harness_settings"]["lm_eval_version"]
     report = (run / "compare" / "report.md").read_text()
     assert "## lm-evaluation-harness" in report and f"| {TASK} | acc |" in report
+    assert f"[domainpt] lm-eval {TASK} (acc): general" in harness_run[3].stdout
 
 
 def test_harness_numbers_are_lm_evals_own_on_the_checkpoints_domainpt_wrote(harness_run):
     """The same task through `lm_eval run` on each checkpoint: the same aggregate and per-document values."""
-    run, include, tmp = harness_run
+    run, include, tmp, _ = harness_run
     res = json.loads((run / "compare" / "results.json").read_text())
     for arm, path in (("general_model", run / "base_model"), ("domain_model", run / "pretrain" / "model")):
         direct, samples = lm_eval_directly(str(path), include, tmp / f"direct_{arm}")
@@ -197,3 +198,16 @@ def test_models_scored_on_different_documents_are_not_paired(tmp_path):
         _write_arm(tmp_path / "harness" / arm, {"t": {"acc,none": 1.0}}, {"t": rows}, {}, {"t": "domain"})
     with pytest.raises(DomainptError, match="other documents"):
         harness_results(tmp_path, ["general_model", "domain_model"], 0.95)
+
+
+def test_a_masked_lm_with_harness_tasks_is_refused_in_one_line():
+    from domainpt.config import load_recipe
+    from domainpt.errors import DomainptError
+    from domainpt.preflight import check_harness_model
+
+    from conftest import TINY
+
+    recipe = load_recipe(TINY, ["eval.harness_tasks=[arc_easy]"])
+    check_harness_model(recipe, "clm", "some-decoder")
+    with pytest.raises(DomainptError, match="scores causal LMs; bert-base is trained as a masked LM"):
+        check_harness_model(recipe, "mlm", "bert-base")

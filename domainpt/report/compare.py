@@ -281,5 +281,12 @@ def summary_lines(recipe) -> list[str]:
             line += (f"; control+LoRA {100 * t['control_model']['finetuned']['mean']:.1f}, domain - control {100 * c['mean']:+.1f} "
                      f"[{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]")
         lines.append(line)
+    for task, entries in r.get("harness", {}).items():  # lm-eval tasks the recipe named: their first metric
+        for metric, e in entries.items():
+            if e["primary"] and "group" not in e and "difference" in e:
+                d = e["difference"]
+                lines.append(f"[domainpt] lm-eval {task} ({metric}{', forgetting' if e['purpose'] == 'forgetting' else ''}): "
+                             f"general {100 * e['general_model']['mean']:.1f}, domain {100 * e['domain_model']['mean']:.1f}, "
+                             f"difference {100 * d['mean']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]")
     lines.append(f"[domainpt] report: {out / 'report.html'} (also report.md, results.json)")
     return lines
