@@ -104,6 +104,26 @@ class DecontamConfig:
             raise ValueError("action must be 'drop' or 'report'")
 
 
+# data.transform values: raw domain text, or AdaptLLM's reading-comprehension exercises appended to it.
+TRANSFORMS = ("none", "reading_comprehension")
+
+
+@dataclass
+class ReadingComprehensionConfig:
+    share: float = _f(1.0, "Share of domain training documents that get exercises (a seeded coin per document).")
+    max_per_kind: int = _f(2, "Exercises per kind and document, at most (six kinds: title, word_to_text, nli, commonsense, "
+                              "paraphrase, completion).")
+    max_chars: int = _f(20000, "Characters of each document searched for exercises (sentence splitting is the cost).")
+    keywords: int = _f(100, "Domain keywords for word_to_text: the words the domain uses far more than general text.")
+    sample_docs: int = _f(2000, "Documents of each kind (the first ones read) the keywords are computed from.")
+    seed: int = _f(0, "Seed for which documents are transformed and which exercises are kept.")
+
+    def __post_init__(self):
+        if not 0 < self.share <= 1 or self.max_per_kind < 1 or self.max_chars < 100 or self.keywords < 1 \
+                or self.sample_docs < 1:
+            raise ValueError("need 0 < share <= 1, max_per_kind >= 1, max_chars >= 100, keywords >= 1, sample_docs >= 1")
+
+
 @dataclass
 class DataConfig:
     domain: list = _f([], "Domain corpora for continued pre-training (list of sources).")
@@ -121,8 +141,15 @@ class DataConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig, metadata={"help": "Exact and near-duplicate removal."})
     pii: PIIConfig = field(default_factory=PIIConfig, metadata={"help": "PII scrubbing."})
     decontam: DecontamConfig = field(default_factory=DecontamConfig, metadata={"help": "Decontamination against eval texts."})
+    transform: str = _f("none", "'reading_comprehension': append to each domain training document question/answer "
+                                "exercises mined from it (AdaptLLM, Cheng et al. 2024: recovers the prompting ability raw "
+                                "domain text can cost). Held-out text stays raw, so perplexities compare with a raw run.")
+    reading_comprehension: ReadingComprehensionConfig = field(default_factory=ReadingComprehensionConfig,
+                                                              metadata={"help": "Limits and seed of the reading-comprehension transform."})
 
     def __post_init__(self):
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}")
         if not self.domain:
             raise ValueError("at least one domain source is needed")
         if not 0 <= self.replay_share < 1:
@@ -351,8 +378,8 @@ class EvalConfig:
                                       "`pip install 'domainpt[harness]'`.")
     harness_include: str | None = _f(None, "A folder of lm-eval task YAMLs (local or private tasks) added to lm-eval's own.")
     harness_fewshot: int | None = _f(None, "Few-shot examples for harness tasks (default: each task's own, as `lm_eval` does).")
-    harness_limit: int | None = _f(None, "Score at most this many documents per harness task (for quick checks: the numbers "
-                                         "are then not comparable with published ones).")
+    harness_limit: int | None = _f(None, "Score only the first N documents of each harness task (for quick checks: the "
+                                         "numbers are then not comparable with published ones).")
     forgetting_tasks: list[str] = _f([], "General lm-eval tasks (e.g. arc_easy, hellaswag, piqa, winogrande) reported in the "
                                          "forgetting line beside general bits per byte (Ibrahim et al. 2024).")
 
@@ -360,8 +387,8 @@ class EvalConfig:
         if self.zero_shot_convention not in SCORING_CONVENTIONS:
             raise ValueError(f"zero_shot_convention must be one of {', '.join(SCORING_CONVENTIONS)}")
         if (self.harness_fewshot is not None and self.harness_fewshot < 0) or \
-                (self.harness_limit is not None and self.harness_limit < 1):
-            raise ValueError("need harness_fewshot >= 0 and harness_limit >= 1")
+                (self.harness_limit is not None and self.harness_limit < 2):
+            raise ValueError("need harness_fewshot >= 0 and harness_limit >= 2 (a paired interval needs two documents)")
         if not all(isinstance(t, str) and t.strip() for t in self.harness_tasks + self.forgetting_tasks):
             raise ValueError("harness_tasks and forgetting_tasks must be lists of lm-eval task names")
         if not 0 < self.ppl_stride <= self.ppl_window:
@@ -438,6 +465,9 @@ class Recipe:
         for section, key in _NOT_FINGERPRINTED:
             if isinstance(d.get(section), dict):
                 d[section].pop(key, None)
+        ec = self.eval
+        if "data" in sections and (ec.harness_tasks or ec.forgetting_tasks):  # prepare decontaminates against them
+            d["harness_decontam"] = [ec.harness_tasks, ec.forgetting_tasks, ec.harness_include, ec.harness_limit]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

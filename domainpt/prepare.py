@@ -35,7 +35,7 @@ from domainpt.eval.tasks import split_task, write_split
 from domainpt.manifest import (atomic_write_json, atomic_write_jsonl, file_sha256, read_jsonl, stage_dir,
                                stage_fingerprint, write_manifest)
 from domainpt.models import end_of_text_id, load_tokenizer, materialize_general_model
-from domainpt.eval.harness import check_task_names
+from domainpt.eval.harness import check_task_names, harness_tasks, harness_test_texts, load_leaf_tasks
 from domainpt.preflight import check_model, choice_prefix_pairs, report_prefix_pairs
 
 _KEEP_ON_RESTART = ("shards", "extended_model", "tasks")  # finished work a rerun reuses (each checks its own fingerprint)
@@ -48,8 +48,10 @@ def run_prepare(recipe, merge_only: bool = False) -> dict:
     fp = stage_fingerprint(recipe, "prepare")
     base, tok_dir, tok, vocab = _setup(recipe, prep, fp)
     task_stats, eval_texts = ensure_task_splits(recipe, tok, prep, fp)
+    harness_texts = harness_decontam_texts(recipe)
     if not merge_only:
-        _run_shards(recipe, tok_dir, recipe.data.num_proc, prep, fp, tok, eval_texts)
+        _run_shards(recipe, tok_dir, recipe.data.num_proc, prep, fp, tok, eval_texts + harness_texts,
+                    ensure_miner(recipe, prep, fp))
     shards = find_shards(prep, fp)
     cfg = recipe.data
     first = shards[0]["info"]  # every shard reads every record, so each saw all bad records
@@ -99,8 +101,13 @@ def run_prepare(recipe, merge_only: bool = False) -> dict:
     }
     if vocab:
         stats["vocabulary_extension"] = vocab
+    if harness_texts:  # lm-eval tasks' documents are test texts too (counted in contaminated_found)
+        stats["harness_test_texts"] = len(harness_texts)
     if "control" in m:
         stats["control"] = control_stats(recipe, m["control"])
+    if m["reading_comprehension"]:  # kind -> exercises in the documents trained on; the rest beside it
+        stats["reading_comprehension"] = m["reading_comprehension"].pop("per_kind")
+        stats["reading_comprehension_summary"] = m["reading_comprehension"]
     stats["vocab_overlap_domain_general"] = write_card(prep, recipe, {**stats, "doc_lengths": m["doc_lengths"]},
                                                        m["removed_samples"], m["vocab_samples"])
     atomic_write_json(prep / "stats.json", stats)
@@ -143,7 +150,9 @@ def run_prepare_shard(recipe, spec: str) -> Path:
     fp = stage_fingerprint(recipe, "prepare")
     _, _, tok, _ = _setup(recipe, prep, fp)
     with tokenizer_threads():
-        folder = process_shard(recipe, tok, i, n, prep, fp, ensure_task_splits(recipe, tok, prep, fp)[1])
+        folder = process_shard(recipe, tok, i, n, prep, fp,
+                               ensure_task_splits(recipe, tok, prep, fp)[1] + harness_decontam_texts(recipe),
+                               ensure_miner(recipe, prep, fp))
     info = json.loads((folder / "shard.json").read_text())
     print(f"[domainpt] prepare shard {i}/{n}: {info['documents_in']} documents read, {info['documents']} kept -> {folder}",
           flush=True)
@@ -204,6 +213,45 @@ def _report_prefix_pairs(recipe, tok, stats: dict) -> None:
             report_prefix_pairs(recipe, task, pairs, objective)
 
 
+def harness_decontam_texts(recipe) -> list[str]:
+    """The named lm-eval tasks' test documents (prompt and gold answer), loaded now: a task whose data cannot load
+    stops prepare in one line, and training text is decontaminated against them like domainpt's own test sets."""
+    if not harness_tasks(recipe.eval):
+        return []
+    return harness_test_texts(load_leaf_tasks(recipe.eval), recipe.eval.harness_limit)
+
+
+def first_clean_texts(recipe, sources, n: int) -> list[str]:
+    """The first n documents of `sources` in read order, cleaned and scrubbed as training text is: a sample every
+    shard task computes alike."""
+    texts = []
+    for src in sources:
+        for rec in iter_source(src, BadRecords(max_share=1.0)):
+            text, reason = clean_text(rec["text"], recipe.data)
+            if reason is None:
+                texts.append(pii.scrub(text, recipe.data.pii.types)[0] if recipe.data.pii.enabled else text)
+            if len(texts) >= n:
+                return texts
+    return texts
+
+
+def ensure_miner(recipe, prep: Path, fp: str):
+    """The reading-comprehension miner (data.transform), with domain keywords computed once from the first
+    documents of each kind and kept in prep/reading_comprehension.json; None when the transform is off."""
+    from domainpt.data.reading_comprehension import Miner, domain_keywords
+
+    if recipe.data.transform != "reading_comprehension":
+        return None
+    rc, path = recipe.data.reading_comprehension, prep / "reading_comprehension.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    if saved.get("fingerprint") != fp:
+        keywords = domain_keywords(first_clean_texts(recipe, recipe.data.domain, rc.sample_docs),
+                                   first_clean_texts(recipe, recipe.data.general, rc.sample_docs), rc.keywords)
+        saved = {"fingerprint": fp, "keywords": keywords}
+        atomic_write_json(path, saved)
+    return Miner(tuple(saved["keywords"]), rc.max_per_kind, rc.max_chars, rc.seed, rc.share)
+
+
 def ensure_extension(recipe, base: str, tok, prep: Path, fp: str) -> tuple[str, dict]:
     """New tokens for frequent, badly split domain words -> prep/extended_model (the model pretrain starts from).
 
@@ -221,16 +269,7 @@ def ensure_extension(recipe, base: str, tok, prep: Path, fp: str) -> tuple[str, 
             return str(target), info
         shutil.rmtree(target)
     tc = recipe.tokenizer
-    texts = []
-    for src in recipe.data.domain:
-        for rec in iter_source(src, BadRecords(max_share=1.0)):
-            text, reason = clean_text(rec["text"], recipe.data)
-            if reason is None:
-                texts.append(pii.scrub(text, recipe.data.pii.types)[0] if recipe.data.pii.enabled else text)
-            if len(texts) >= tc.sample_docs:
-                break
-        if len(texts) >= tc.sample_docs:
-            break
+    texts = first_clean_texts(recipe, recipe.data.domain, tc.sample_docs)
     words = candidate_words(tok, texts, tc.max_new_tokens, tc.min_count, tc.min_pieces)
     if not words:
         raise DomainptError(f"tokenizer.extend: no domain word occurs {tc.min_count}+ times and takes {tc.min_pieces}+ tokens; "
@@ -276,14 +315,14 @@ def _clear_unfinished(prep: Path, keep_shardings: bool, shards: int) -> None:
                 shutil.rmtree(p)
 
 
-def _run_shards(recipe, tok_dir: str, n: int, prep: Path, fp: str, tok, eval_texts: list[str]) -> None:
+def _run_shards(recipe, tok_dir: str, n: int, prep: Path, fp: str, tok, eval_texts: list[str], miner=None) -> None:
     if n == 1:
         with tokenizer_threads():
-            process_shard(recipe, tok, 0, 1, prep, fp, eval_texts)
+            process_shard(recipe, tok, 0, 1, prep, fp, eval_texts, miner)
         return
     # spawn, not fork: a forked fast tokenizer deadlocks, and torch's threads do not survive fork
     with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
-        for f in [pool.submit(_shard_job, recipe, tok_dir, i, n, prep, fp, eval_texts) for i in range(n)]:
+        for f in [pool.submit(_shard_job, recipe, tok_dir, i, n, prep, fp, eval_texts, miner) for i in range(n)]:
             f.result()
 
 
@@ -299,6 +338,6 @@ def tokenizer_threads():
         os.environ["TOKENIZERS_PARALLELISM"] = before or "false"
 
 
-def _shard_job(recipe, tok_dir: str, i: int, n: int, prep: Path, fp: str, eval_texts: list[str]) -> None:
+def _shard_job(recipe, tok_dir: str, i: int, n: int, prep: Path, fp: str, eval_texts: list[str], miner=None) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # n processes already use the cores
-    process_shard(recipe, load_tokenizer(tok_dir, recipe.model.trust_remote_code), i, n, prep, fp, eval_texts)
+    process_shard(recipe, load_tokenizer(tok_dir, recipe.model.trust_remote_code), i, n, prep, fp, eval_texts, miner)

@@ -2,7 +2,6 @@
 numbers as `lm_eval` run directly on the checkpoints domainpt wrote, and agreement between domainpt's own
 zero-shot scorer (under lm-eval's convention) and lm-eval on the same items."""
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +34,8 @@ def lm_eval_directly(model_path: str, include: Path, out: Path) -> tuple[dict, l
 
 @pytest.fixture(scope="module")
 def harness_run(tiny_run, tmp_path_factory):
-    """The tiny run's trained stages, then evaluate + compare with a local harness task and lm-eval's convention."""
+    """The tiny recipe with a local harness task (over the tiny run's licence test items) and lm-eval's convention,
+    through `domainpt run` (harness tasks are part of prepare's decontamination, so every stage runs)."""
     tmp = tmp_path_factory.mktemp("harness")
     include = write_harness_task(tmp / "tasks", read_examples(tiny_run[0]), TASK)
 
@@ -44,8 +44,6 @@ def harness_run(tiny_run, tmp_path_factory):
 
     recipe = tiny_recipe_variant(tmp, edit)
     run = tmp / "run"
-    for stage in ("base_model", "prepare", "pretrain", "finetune"):
-        shutil.copytree(tiny_run[0] / stage, run / stage)
     r = cli("run", recipe)
     assert r.returncode == 0, r.stderr[-3000:]
     return run, include, tmp, r
@@ -112,13 +110,18 @@ def test_domainpt_scorer_agrees_with_lm_eval_under_its_convention(model, tiny_ru
     examples = [{**e, "id": str(i)} for i, e in enumerate(read_examples(tiny_run[0]))]
     include = write_harness_task(tmp_path / "tasks", examples, TASK)
     tok, lm = load_tokenizer(path), load_model(path, "clm")
-    bos, unit = zero_shot_conventions(EvalConfig(zero_shot_convention="lm-eval"), end_of_text_id(tok))
+    bos, unit = zero_shot_conventions(EvalConfig(zero_shot_convention="lm-eval"), end_of_text_id(tok), tok)
+    assert bos is None  # SmolLM2's tokenizer adds no BOS by default, so lm-eval adds none
     ours = score_examples(lm, tok, examples, bos, norm_unit=unit)
     theirs = _lm_eval_scores(path, include)
     assert len(ours) == len(theirs) == len(examples)
     ll_ours = np.array([r["logliks"] for r in ours])
     ll_theirs = np.array([[float(x[0]) for x in s["filtered_resps"]] for s in theirs])
     assert np.abs(ll_ours - ll_theirs).max() < 1e-3
+    # the same chosen answers: lm-eval's argmax of log-likelihood, and of log-likelihood per character of the choice
+    chars = np.array([[len(c[1:] if c.startswith(" ") else c) for c in e["choices"]] for e in examples])
+    assert [r["pred"] for r in ours] == ll_theirs.argmax(1).tolist()
+    assert [r["pred_norm"] for r in ours] == (ll_theirs / chars).argmax(1).tolist()
     assert [float(r["correct"]) for r in ours] == [s["acc"] for s in theirs]
     assert [float(r["correct_norm"]) for r in ours] == [s["acc_norm"] for s in theirs]
     with_bos = score_examples(lm, tok, examples, end_of_text_id(tok))  # domainpt's default convention
@@ -172,19 +175,21 @@ def test_groups_pool_their_tasks_documents_and_non_mean_metrics_get_no_interval(
     for arm, (x1, x2) in (("general_model", (a1, a2)), ("domain_model", (b1, b2))):
         pooled = np.concatenate([x1, x2]).mean()
         f1_rows = [{"doc_id": i, "doc_hash": f"h{i}", "filter": "none", "metrics": {"f1": [i % 2, 1]}} for i in range(10)]
-        _write_arm(tmp_path / "harness" / arm,
-                   {"grp": {"acc,none": pooled, "acc_stderr,none": "N/A", "alias": "grp"},
+        _write_arm(tmp_path / "harness" / arm,  # a group result as lm-eval 0.4.13 writes it (sample_count, name)
+                   {"grp": {"acc,none": pooled, "acc_stderr,none": "N/A", "alias": "grp", "name": "grp", "sample_len": 80,
+                            "sample_count": {"original": 80, "effective": 80}},
                     "t1": {"acc,none": x1.mean(), "alias": " - t1"}, "t2": {"acc,none": x2.mean(), "alias": " - t2"},
                     "f1task": {"f1,none": 0.42 if arm == "general_model" else 0.47}},
                    {"t1": _rows(x1), "t2": _rows(x2), "f1task": f1_rows}, groups, purpose)
     h = harness_results(tmp_path, ["general_model", "domain_model"], 0.95)
+    assert set(h["grp"]) == {"acc"}  # alias, name, sample_len, sample_count are not metrics
     g = h["grp"]["acc"]
     assert g["n"] == 80 and g["paired"] and g["purpose"] == "forgetting" and "group" not in g
     assert g["difference"]["mean"] == pytest.approx(np.concatenate([b1, b2]).mean() - np.concatenate([a1, a2]).mean())
     assert h["t1"]["acc"]["group"] == "grp" and h["t1"]["acc"]["n"] == 30
     f = h["f1task"]["f1"]
     assert f["paired"] is False and "difference" not in f and f["domain_model"]["mean"] == 0.47
-    forgetting = general_task_forgetting(h)
+    forgetting = general_task_forgetting(h, 0.95)
     assert list(forgetting["general_tasks"]) == ["grp"]
     assert forgetting["general_tasks_mean_difference"] == pytest.approx(g["difference"]["mean"])
 
@@ -211,3 +216,38 @@ def test_a_masked_lm_with_harness_tasks_is_refused_in_one_line():
     check_harness_model(recipe, "clm", "some-decoder")
     with pytest.raises(DomainptError, match="scores causal LMs; bert-base is trained as a masked LM"):
         check_harness_model(recipe, "mlm", "bert-base")
+
+
+def test_lm_eval_convention_keeps_a_bos_the_tokenizer_adds_by_default():
+    """lm-eval's HFLM leaves special tokens to the tokenizer: Llama-style tokenizers start with their BOS."""
+    from domainpt.config import EvalConfig
+    from domainpt.eval.stage import zero_shot_conventions
+
+    class LlamaLike:
+        bos_token_id = 1
+
+        def __call__(self, text):
+            return {"input_ids": [1, 42]}
+
+    assert zero_shot_conventions(EvalConfig(zero_shot_convention="lm-eval"), 0, LlamaLike()) == (1, "characters")
+    assert zero_shot_conventions(EvalConfig(), 0, LlamaLike()) == (0, "bytes")
+
+
+def test_prepare_decontaminates_training_text_against_harness_test_documents(tiny_run, tmp_path):
+    """A harness task whose documents quote licences of the domain corpus: prepare flags those licences."""
+    from domainpt.data.builtin import read_builtin
+
+    quoted = [" ".join(r["text"].split()[:60]) for _, r in zip(range(40), read_builtin("scancode-licenses"))
+              if len(r["text"].split()) > 80][:5]
+    include = write_harness_task(tmp_path / "tasks", [{"prompt": q, "choices": [" a", " b"], "answer": 0} for q in quoted],
+                                 "local_quotes")
+
+    def edit(r):
+        r["eval"].update(harness_tasks=["local_quotes"], harness_include=str(include))
+
+    r = cli("prepare", tiny_recipe_variant(tmp_path, edit))
+    assert r.returncode == 0, r.stderr[-3000:]
+    stats = json.loads((tmp_path / "run" / "prepare" / "stats.json").read_text())
+    raw = json.loads((tiny_run[0] / "prepare" / "stats.json").read_text())
+    assert stats["harness_test_texts"] == len(quoted)
+    assert stats["contaminated_found"] >= raw["contaminated_found"] + 1

@@ -102,8 +102,26 @@ def write_card(out: Path, recipe, stats: dict, removed_samples: list, samples: d
                   f"{v['added']} domain words added as tokens (mean-of-pieces init); tokens per word on held-out domain text "
                   f"{v['tokens_per_word_before']:.3f} -> {v['tokens_per_word_after']:.3f}. Most frequent: "
                   + ", ".join(f"{w['word']} ({w['count']}x, was {w['pieces']} tokens)" for w in v["words"][:20])]
+    lines += reading_comprehension_lines(stats)
     atomic_write_text(out / "data_card.md", "\n".join(lines) + "\n")
     return overlap
+
+
+def reading_comprehension_lines(stats: dict) -> list[str]:
+    """The card's account of data.transform: reading_comprehension — counts per kind and transformed documents."""
+    per_kind, summary = stats.get("reading_comprehension"), stats.get("reading_comprehension_summary")
+    if not per_kind:
+        return []
+    lines = ["", "## Reading-comprehension exercises (AdaptLLM)", "",
+             f"{summary['documents_transformed']:,} of {summary['domain_documents']:,} domain training documents got "
+             f"exercises mined from their own text, {summary['exercise_tokens']:,} tokens in all "
+             f"({summary['share_of_training_tokens']:.1%} of the training tokens; held-out text stays raw). "
+             "They went through the same decontamination and packing as the text.", "",
+             "| kind | exercises |", "|---|---|"] + [f"| {k} | {n:,} |" for k, n in per_kind.items()]
+    lines += ["", "Transformed documents, for a person to check (start and end):", ""]
+    for text in summary["samples"]:
+        lines += ["```", text, "```"]
+    return lines
 
 
 def corpus_card(name: str, recipes: list, runs: dict) -> str:

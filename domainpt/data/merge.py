@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from domainpt.data.dedup import candidate_pairs, groups, similar_pairs
 from domainpt.data.ngrams import ngram_hashes
 from domainpt.data.pack import PackWriter
+from domainpt.data.reading_comprehension import KINDS as RC_KINDS
 from domainpt.data.shard import KINDS, SAMPLE_DOCS, all_sources, read_shard, shard_dir
 from domainpt.errors import DomainptError
 
@@ -59,6 +60,13 @@ class Corpus:
         self.dtype = [np.dtype(json.loads((s["folder"] / "meta.json").read_text())["dtype"]) for s in shards]
         self.fd = [os.open(s["folder"] / "tokens.bin", os.O_RDONLY) for s in shards]
         self.ends = [np.load(s["folder"] / "doc_ends.npy") for s in shards]
+
+    def exercise_counts(self) -> np.ndarray | None:
+        """Per document: [exercise tokens, exercises per kind] (data.transform: reading_comprehension), or None."""
+        if not all((s["folder"] / "rc.bin").is_file() for s in self.shards) or not self.shards:
+            return None
+        width = 1 + len(RC_KINDS)
+        return np.concatenate([np.fromfile(s["folder"] / "rc.bin", dtype=np.uint32).reshape(-1, width) for s in self.shards])
 
     def close(self) -> None:
         for fd in self.fd:
@@ -267,7 +275,9 @@ def _merge(recipe, tokenizer, eot: int, corpus: Corpus, out: Path, fixed_samples
     for s, n in zip(docs["source"][train], lengths):
         per_source[sources[int(s)][1].name] += int(n)
     removed = {"exact_duplicate": ~unique, "near_duplicate": near, "contaminated": contaminated}
+    rc = corpus.exercise_counts()
     return {
+        "reading_comprehension": exercise_summary(rc, domain, lengths.sum(), shards) if rc is not None else None,
         "heldout_ngram_tokens": span,
         "tokens_removed": {"exact_duplicates": _tokens(docs, ~unique), "near_duplicates": _tokens(docs, near),
                            "contaminated": _tokens(docs, contaminated) if cfg.decontam.action == "drop" else 0},
@@ -280,6 +290,17 @@ def _merge(recipe, tokenizer, eot: int, corpus: Corpus, out: Path, fixed_samples
         "doc_lengths": lengths, "removed_samples": fixed_samples + _removed_samples(corpus, removed, tokenizer),
         "vocab_samples": {KINDS[k]: _lowest_texts(shards, KINDS[k], SAMPLE_DOCS) for k in range(len(KINDS))},
     }
+
+
+def exercise_summary(rc: np.ndarray, domain: np.ndarray, train_tokens: int, shards) -> dict:
+    """What the reading-comprehension transform added to the documents trained on (not the held-out or dropped ones)."""
+    per_kind = rc[domain, 1:].sum(0)
+    samples = sorted((x for s in shards for x in s["info"].get("reading_comprehension_samples", [])), key=lambda x: x["order"])
+    added = int(rc[domain, 0].sum())
+    return {"per_kind": {k: int(n) for k, n in zip(RC_KINDS, per_kind)},
+            "documents_transformed": int((rc[domain, 1:].sum(1) > 0).sum()), "domain_documents": int(len(domain)),
+            "exercise_tokens": added, "share_of_training_tokens": round(added / max(int(train_tokens), 1), 4),
+            "samples": [x["text"] for x in samples[:3]]}
 
 
 def _tokens(docs, mask) -> int:

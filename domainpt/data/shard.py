@@ -33,6 +33,7 @@ from domainpt.data.decontam import ContaminationIndex
 from domainpt.data.dedup import band_hashes, lsh_shape, signatures, word_key_of
 from domainpt.data.ingest import BadRecords, iter_source
 from domainpt.data.ngrams import ids_of_words, words
+from domainpt.data.reading_comprehension import KINDS as RC_KINDS
 from domainpt.data.pack import PackWriter, encode_texts
 from domainpt.errors import DomainptError
 from domainpt.manifest import atomic_write_json
@@ -111,7 +112,8 @@ class LowestRanked:
                 f.write(json.dumps({"rank": r, "order": o, "text": t}, ensure_ascii=False) + "\n")
 
 
-def process_shard(recipe, tokenizer, index: int, count: int, prep: Path, fingerprint: str, eval_texts: list[str]) -> Path:
+def process_shard(recipe, tokenizer, index: int, count: int, prep: Path, fingerprint: str, eval_texts: list[str],
+                  miner=None) -> Path:
     """Write shard `index` of `count` under prep/shards/ and return its folder (kept if already finished)."""
     target = shard_dir(prep, index, count)
     if (target / "shard.json").is_file():
@@ -121,7 +123,7 @@ def process_shard(recipe, tokenizer, index: int, count: int, prep: Path, fingerp
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        info = _write_shard(recipe, tokenizer, index, count, tmp, eval_texts)
+        info = _write_shard(recipe, tokenizer, index, count, tmp, eval_texts, miner)
         atomic_write_json(tmp / "shard.json", {"fingerprint": fingerprint, "index": index, "count": count, **info})
         try:
             tmp.rename(target)
@@ -135,7 +137,9 @@ def process_shard(recipe, tokenizer, index: int, count: int, prep: Path, fingerp
     return target
 
 
-def _write_shard(recipe, tok, index: int, count: int, out: Path, eval_texts: list[str]) -> dict:
+def _write_shard(recipe, tok, index: int, count: int, out: Path, eval_texts: list[str], miner=None) -> dict:
+    """`miner` (data.transform: reading_comprehension) appends exercises to domain documents: their training tokens
+    and the contamination check see the exercises; dedup keys, ranks and held-out candidates the raw text."""
     cfg = recipe.data
     bad = BadRecords(max_share=cfg.max_bad_share, max_record_bytes=cfg.max_record_mb * 1024 ** 2)
     contam = ContaminationIndex(cfg.decontam.ngram)
@@ -144,27 +148,39 @@ def _write_shard(recipe, tok, index: int, count: int, out: Path, eval_texts: lis
             contam.add(text)
     bands, rows = lsh_shape(cfg.dedup.threshold, cfg.dedup.num_perm)
     writer = PackWriter(out, len(tok), _eot(tok), fault_point="shard.document")
-    files = {name: open(out / name, "wb") for name in ("docs.bin", "bands.bin", "sig.bin")}
+    files = {name: open(out / name, "wb") for name in ("docs.bin", "bands.bin", "sig.bin") + (("rc.bin",) if miner else ())}
     counters = {"documents_in": 0, "cleaning_removed": Counter(), "pii_replaced": Counter()}
     samples: list = []
+    rc_samples: list = []
     lowest = {k: LowestRanked(max(cfg.heldout_docs, SAMPLE_DOCS)) for k in KINDS}
     batch: list = []
 
     def flush():
         texts = [b[3] for b in batch]
-        ids = encode_texts(tok, texts)
         split = [words(t) for t in texts]  # one regex pass per document: exact key, shingles, contamination
         ids_w = [ids_of_words(ws) for ws in split]
         sig = signatures(ids_w, cfg.dedup.num_perm, cfg.dedup.shingle_words) if cfg.dedup.near else \
             np.zeros((len(texts), cfg.dedup.num_perm), np.uint32)
+        exact = [word_key_of(ws) for ws in split]
+        train_texts, rc = list(texts), np.zeros((len(batch), 1 + len(RC_KINDS)), np.uint32)
+        if miner:  # exercises appended to domain documents (seeded by the document's own key: any sharding agrees)
+            for j, (order, kind, _, text) in enumerate(batch):
+                if kind == "domain":
+                    train_texts[j], per_kind = miner.transform(text, exact[j])
+                    if sum(per_kind):
+                        rc[j, 1:] = per_kind
+                        rc[j, 0] = len(encode_texts(tok, [train_texts[j][len(text):]])[0])  # the exercises' tokens
+                        _sample(rc_samples, "reading_comprehension", order, train_texts[j], chars=2500, tail=True)
+        ids = encode_texts(tok, train_texts)
         docs = np.zeros(len(batch), DOC_DTYPE)
         for j, (order, kind, src_i, text) in enumerate(batch):
-            exact = word_key_of(split[j])
-            rank = rank_of(cfg.seed, exact)
-            docs[j] = (order, exact, rank, len(ids[j]) + 1, src_i, KINDS.index(kind),
-                       cfg.decontam.enabled and contam.hits(ids_w[j]))
-            lowest[kind].add(rank, order, text)
+            rank = rank_of(cfg.seed, exact[j])
+            hits = contam.hits(ids_w[j] if train_texts[j] is text else ids_of_words(words(train_texts[j])))
+            docs[j] = (order, exact[j], rank, len(ids[j]) + 1, src_i, KINDS.index(kind), cfg.decontam.enabled and hits)
+            lowest[kind].add(rank, order, text)  # held-out candidates stay raw text
         writer.add(ids)
+        if miner:
+            files["rc.bin"].write(rc.tobytes())
         files["docs.bin"].write(docs.tobytes())
         files["bands.bin"].write(band_hashes(sig, bands, rows).tobytes())
         files["sig.bin"].write(sig.tobytes())
@@ -197,15 +213,17 @@ def _write_shard(recipe, tok, index: int, count: int, out: Path, eval_texts: lis
     return {"documents": meta["documents"], "source_names": [s.name for _, s in all_sources(cfg)], "bands": bands, "rows": rows, "num_perm": cfg.dedup.num_perm,
             "documents_in": counters["documents_in"], "cleaning_removed": dict(counters["cleaning_removed"]),
             "pii_replaced": dict(counters["pii_replaced"]), "bad_records": bad.total, "bad_record_reasons": dict(bad.counts),
-            "bad_record_examples": bad.examples, "removed_samples": samples,
+            "bad_record_examples": bad.examples, "removed_samples": samples, "reading_comprehension_samples": rc_samples,
 "eval_texts_too_short_to_check": contam.unchecked}
 
 
-def _sample(samples: list, why: str, order: int, text: str, per_reason: int = 3) -> None:
-    """Keep the first few removed documents per reason (by global order, so merges agree)."""
+def _sample(samples: list, why: str, order: int, text: str, per_reason: int = 3, chars: int = 400, tail: bool = False) -> None:
+    """Keep the first few documents per reason (by global order, so merges agree); with `tail`, a long text keeps
+    its start and mostly its end (where a transform appends its exercises)."""
     same = [s for s in samples if s["reason"] == why]
     if len(same) < per_reason:
-        samples.append({"reason": why, "order": order, "text": text[:400]})
+        cut = text[:chars] if not tail or len(text) <= chars else text[:chars // 5] + "\n[...]\n" + text[-(chars - chars // 5):]
+        samples.append({"reason": why, "order": order, "text": cut})
 
 
 def _eot(tok) -> int:

@@ -64,9 +64,45 @@ def check_task_names(ec) -> None:
             raise DomainptError(f"eval: lm-evaluation-harness has no task or group '{name}'{where}{hint}")
 
 
+def load_leaf_tasks(ec) -> dict[str, tuple[str, str, object]]:
+    """Every leaf task lm-eval runs for the named tasks, groups and tags: {leaf: (named as, purpose, Task)}.
+    Building a Task loads its data, so a dataset that cannot load stops prepare, not a finished evaluation."""
+    tm, leaves = task_manager(ec.harness_include), {}
+    for name, purpose in harness_tasks(ec).items():
+        try:
+            loaded = tm.load(name)
+        except Exception as e:  # lm-eval and datasets raise many kinds; the first line says which
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DomainptError(f"eval: lm-evaluation-harness task '{name}' cannot load its data: {first}") from None
+        for leaf, task in loaded["tasks"].items():
+            leaves.setdefault(leaf, (name, purpose, task))
+    return leaves
+
+
+def harness_test_texts(leaves: dict, limit: int | None) -> list[str]:
+    """Each scored document's prompt and gold answer: what domain training text must not contain (the same
+    n-gram decontamination as domainpt's own test sets)."""
+    texts = []
+    for _, _, task in leaves.values():
+        for i, doc in enumerate(task.eval_docs):
+            if limit and i >= limit:
+                break
+            text = task.doc_to_text(doc)
+            if not isinstance(text, str):
+                continue
+            try:  # the gold answer's text where the task has choices
+                target, choices = task.doc_to_target(doc), task.doc_to_choice(doc)
+                text += " " + (choices[target] if isinstance(target, int) and 0 <= target < len(choices) else str(target))
+            except Exception:  # a task without choices: its prompt alone
+                pass
+            texts.append(text)
+    return texts
+
+
 def sample_row(sample: dict) -> dict:
     """What the paired statistics need from one logged sample: the document's identity and its metric values."""
-    row = {"doc_id": sample["doc_id"], "doc_hash": sample.get("doc_hash"), "filter": sample.get("filter", "none"),
+    row = {"doc_id": sample["doc_id"], "doc_hash": sample.get("doc_hash"), "prompt_hash": sample.get("prompt_hash"),
+           "filter": sample.get("filter", "none"),
            "target": str(sample.get("target")), "metrics": {m: _plain(sample[m]) for m in sample.get("metrics", []) if m in sample}}
     resps = sample.get("filtered_resps") or []
     if resps and all(isinstance(r, (list, tuple)) and len(r) == 2 for r in resps):  # loglikelihood requests
@@ -80,20 +116,21 @@ def metric_key(name: str) -> tuple[str, str]:
     return metric, filt or "none"
 
 
-def score_checkpoint(path: str, tokenizer_path: str, ec, out: Path, device, trust_remote_code: bool) -> dict:
-    """Run every named harness task on one checkpoint; write its samples and summary; return the summary.
+def score_checkpoint(model, tokenizer, ec, out: Path, named_as: dict[str, str]) -> dict:
+    """Run every named harness task on one loaded checkpoint; write its samples and summary; return the summary.
 
-    float32, as domainpt's own scorer, so the two backends agree on the same items (tests/test_harness.py)."""
+    The model is loaded by domainpt (float32, as its own scorer: the two backends agree on the same items,
+    tests/test_harness.py) and handed to lm-eval as an object, which keeps lm-eval in this one process even
+    under `accelerate launch` (evaluate runs on rank 0 only)."""
     lm_eval = require_lm_eval()
     from lm_eval.models.huggingface import HFLM
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    lm = HFLM(pretrained=path, tokenizer=tokenizer_path, device=str(device), batch_size=ec.batch_size, dtype="float32",
-              trust_remote_code=trust_remote_code)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=ec.batch_size)
     res = lm_eval.simple_evaluate(model=lm, tasks=list(harness_tasks(ec)), num_fewshot=ec.harness_fewshot,
                                   limit=ec.harness_limit, task_manager=task_manager(ec.harness_include), log_samples=True,
                                   bootstrap_iters=0)
-    if res is None:  # lm-eval returns None on non-zero ranks; domainpt evaluates in one process
+    if res is None:  # lm-eval returns None on non-zero ranks
         raise DomainptError("lm-evaluation-harness returned no results (run evaluate in one process)")
     for task, samples in res["samples"].items():
         rows = sorted((sample_row(s) for s in samples), key=lambda r: (r["filter"], r["doc_id"]))
@@ -101,7 +138,8 @@ def score_checkpoint(path: str, tokenizer_path: str, ec, out: Path, device, trus
     summary = {"results": _plain(res["results"]), "group_subtasks": _plain(res.get("group_subtasks", {})),
                "n_samples": _plain(res.get("n-samples", {})), "versions": _plain(res.get("versions", {})),
                "lm_eval_version": getattr(lm_eval, "__version__", None), "fewshot": ec.harness_fewshot,
-               "limit": ec.harness_limit, "purpose": harness_tasks(ec)}
+               "n_shot": _plain(res.get("n-shot", {})), "limit": ec.harness_limit, "purpose": harness_tasks(ec),
+               "named_as": named_as}  # leaf task -> the named task, group or tag it ran for (load_leaf_tasks)
     atomic_write_json(out / "summary.json", summary)
     return summary
 
@@ -114,4 +152,6 @@ def _plain(obj):
         return [_plain(v) for v in obj]
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
+    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():  # a numpy scalar: its Python value
+        return obj.item()
     return str(obj)

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from domainpt.eval.harness import check_task_names, harness_tasks, score_checkpoint
+from domainpt.eval.harness import check_task_names, harness_tasks, load_leaf_tasks, score_checkpoint
 from domainpt.eval.metrics import QA_METRICS, compute
 from domainpt.eval.perplexity import heldout_perplexity, take_documents
 from domainpt.eval.scoring import classifier_inputs, classify_examples, generate_answers, score_examples
@@ -65,9 +65,13 @@ def score_task(task, model, tok, examples, bos: int | None, batch_size: int, des
                           end_of_text=end_of_text_id(tok) if end_of_text else None, norm_unit=norm_unit)
 
 
-def zero_shot_conventions(ec, bos: int) -> tuple[int | None, str]:
-    """(BOS id or None, acc_norm unit) for scoring before fine-tuning: domainpt's, or lm-eval's (README)."""
-    return (None, "characters") if ec.zero_shot_convention == "lm-eval" else (bos, "bytes")
+def zero_shot_conventions(ec, bos: int, tok) -> tuple[int | None, str]:
+    """(BOS id or None, acc_norm unit) for scoring before fine-tuning: domainpt's, or lm-eval's (README). lm-eval
+    prepends a BOS only where the tokenizer adds one by default (Llama, Gemma; not SmolLM2 or Qwen2.5)."""
+    if ec.zero_shot_convention != "lm-eval":
+        return bos, "bytes"
+    first = tok("a")["input_ids"][:1]
+    return (first[0] if tok.bos_token_id is not None and first == [tok.bos_token_id] else None), "characters"
 
 
 def run_evaluate(recipe) -> dict:
@@ -106,7 +110,7 @@ def run_evaluate(recipe) -> dict:
         for task in recipe.tasks:
             entry = scores["tasks"].setdefault(task.name, {"metric": task.metric}).setdefault(model_name, {})
             if ec.zero_shot:
-                zs_bos, norm_unit = zero_shot_conventions(ec, bos)
+                zs_bos, norm_unit = zero_shot_conventions(ec, bos, tok)
                 rows = score_task(task, model, tok, before_ft[task.name], zs_bos, ec.batch_size,
                                   f"{ec.few_shot}-shot {task.name} {model_name}", objective, ec.zero_shot_end_of_text,
                                   norm_unit)
@@ -141,10 +145,13 @@ def run_evaluate(recipe) -> dict:
                 atomic_write_jsonl(out / "predictions" / task.name / model_name / f"seed{seed}.jsonl", rows)
                 entry["finetuned"][str(seed)] = task_metric(task.metric, rows)
             del peft_model, base
-    if harness_tasks(ec):  # lm-eval loads each checkpoint itself, with its own tokenizer
+    if harness_tasks(ec):  # each checkpoint with its own tokenizer, in float32 as above
+        named_as = {leaf: named for leaf, (named, _, _) in load_leaf_tasks(ec).items()}
         for model_name in models_of(recipe):
-            summary = score_checkpoint(paths[model_name], paths[model_name], ec, out / "harness" / model_name, device,
-                                       recipe.model.trust_remote_code)
+            model = load_model(paths[model_name], "clm", recipe.model.trust_remote_code).to(device)
+            tok = load_tokenizer(paths[model_name], recipe.model.trust_remote_code)
+            summary = score_checkpoint(model, tok, ec, out / "harness" / model_name, named_as)
             scores.setdefault("harness", {})[model_name] = summary["results"]
+            del model
     atomic_write_json(out / "scores.json", scores)
     return write_manifest(recipe, "evaluate", started, tokens=tokens)

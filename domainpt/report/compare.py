@@ -126,7 +126,9 @@ def adjust_for_multiple_comparisons(res: dict, alpha: float) -> None:
           "heldout_intervals": {kind: {key: {"bpb_difference": c["bpb_difference"]} for key, c in per.items()}
                                 for kind, per in res.get("heldout_intervals", {}).items()},
           # a harness task's first metric (acc before acc_norm); its other metrics are descriptive
-          "harness": {task: {m: {k: e[k] for k, _, _ in COMPARISONS if k in e} for m, e in entries.items() if e["primary"]}
+          # (a task run for a named group or tag is descriptive: its group's documents are already in)
+          "harness": {task: {m: {k: e[k] for k, _, _ in COMPARISONS if k in e} for m, e in entries.items()
+                             if e["primary"] and "group" not in e}
                       for task, entries in res.get("harness", {}).items()}}, "")
     for (_, node), adj in zip(found, holm([n["p_value"] for _, n in found])):
         node["p_adjusted"] = adj
@@ -217,7 +219,7 @@ def build_results(recipe) -> dict:
         "cost": cost_summary(recipe, pre, [t["difference"]["mean"] for t in tasks.values()]),
         "data": {k: prep_stats.get(k) for k in ("documents_in", "documents_out", "tokens_out", "exact_duplicates_removed",
                                                    "near_duplicates_removed", "contaminated_found", "contaminated_removed",
-                                                   "pii_replaced", "replay_share_actual", "sources")},
+                                                   "pii_replaced", "replay_share_actual", "sources", "reading_comprehension")},
         "pretrain_eval_history": pre.get("eval_history", []),
         "training_curve": [{"step": m["step"], "loss": m["loss"]} for m in curve],
         "data_hashes": data_hashes(recipe),
@@ -231,13 +233,17 @@ def build_results(recipe) -> dict:
         "recipe": recipe.to_dict(),
         "command": "domainpt " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     }
+    if prep_stats.get("reading_comprehension_summary"):  # data.transform: what the exercises added (no samples)
+        res["data"]["transform"] = recipe.data.transform
+        res["data"]["reading_comprehension_summary"] = {k: v for k, v in prep_stats["reading_comprehension_summary"].items()
+                                                        if k != "samples"}
     if "control_model" in arms:
         res["forgetting_control"] = forgetting(ppl, bpb, "control_model")
     if "harness" in scores:  # lm-evaluation-harness tasks, paired per document like domainpt's own
         res["harness"] = harness_results(stage_dir(recipe, "evaluate"), arms, recipe.report.confidence)
         summary = json.loads((stage_dir(recipe, "evaluate") / "harness" / arms[0] / "summary.json").read_text())
         res["harness_settings"] = {k: summary.get(k) for k in ("lm_eval_version", "fewshot", "limit", "purpose", "versions")}
-        res["forgetting"].update(general_task_forgetting(res["harness"]))
+        res["forgetting"].update(general_task_forgetting(res["harness"], recipe.report.confidence))
     adjust_for_multiple_comparisons(res, 1 - recipe.report.confidence)
     return res
 

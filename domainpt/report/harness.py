@@ -11,13 +11,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from domainpt.errors import DomainptError
 from domainpt.manifest import read_jsonl
 from domainpt.report.arms import COMPARISONS
 from domainpt.report.stats import ITEM_SCORE, model_score, paired_difference
 
-_NOT_METRICS = {"alias", "name", "sample_len", "samples", " "}
 
 
 def leaf_tasks(task: str, group_subtasks: dict) -> list[str]:
@@ -35,8 +35,8 @@ def descendants(group: str, group_subtasks: dict) -> set[str]:
     return out
 
 
-def item_values(folder: Path, leaves: list[str], metric: str, filt: str) -> tuple[list[str], list[str], list]:
-    """(document keys, document hashes, per-document values) of one metric over a task's leaf tasks."""
+def item_values(folder: Path, leaves: list[str], metric: str, filt: str) -> tuple[list[str], list, list]:
+    """(document keys, document and prompt hashes, per-document values) of one metric over a task's leaf tasks."""
     keys, hashes, values = [], [], []
     for leaf in leaves:
         path = folder / f"{leaf}.jsonl"
@@ -45,7 +45,7 @@ def item_values(folder: Path, leaves: list[str], metric: str, filt: str) -> tupl
         for row in read_jsonl(path):
             if row.get("filter", "none") == filt and metric in row["metrics"]:
                 keys.append(f"{leaf}:{row['doc_id']}")
-                hashes.append(row.get("doc_hash"))
+                hashes.append((row.get("doc_hash"), row.get("prompt_hash")))  # same document, same prompt
                 values.append(row["metrics"][metric])
     return keys, hashes, values
 
@@ -104,29 +104,33 @@ def harness_results(eval_dir: Path, arms: list[str], confidence: float) -> dict:
     purpose = ref.get("purpose", {})
     out = {}
     for task, metrics in ref["results"].items():
-        keys = [k for k in metrics if k not in _NOT_METRICS and "_stderr" not in k]
+        keys = [k for k in metrics if "," in k and "_stderr" not in k]  # 'acc,none'; not alias, sample_count, ...
         entries = {}
         for i, key in enumerate(keys):
             name = key[:-len(",none")] if key.endswith(",none") else key
             entries[name] = {**metric_entry(eval_dir, arms, summaries, task, key, confidence), "primary": i == 0,
-                             **task_role(task, purpose, ref.get("group_subtasks", {}))}
+                             **task_role(task, purpose, ref.get("group_subtasks", {}), ref.get("named_as", {}))}
         if entries:
             out[task] = entries
     return out
 
 
-def task_role(task: str, purpose: dict, group_subtasks: dict) -> dict:
+def task_role(task: str, purpose: dict, group_subtasks: dict, named_as: dict) -> dict:
     """{'purpose': 'domain' | 'forgetting'} for a task the recipe names; a task lm-eval ran as part of a named
-    group also gets 'group' (its group's purpose, and it does not count twice in the forgetting mean)."""
+    group or tag also gets 'group' (its purpose; descriptive: not in the Holm family, not counted twice in the
+    forgetting mean, whose named group already pools its documents)."""
     if task in purpose:
         return {"purpose": purpose[task]}
     for group in purpose:
         if task in descendants(group, group_subtasks):
             return {"purpose": purpose[group], "group": group}
+    named = named_as.get(task)  # a tag's task (ai2_arc -> arc_easy): no group entry in lm-eval's results
+    if named in purpose:
+        return {"purpose": purpose[named], "group": named, "tag": True}
     return {"purpose": "domain", "group": None}
 
 
-def general_task_forgetting(harness: dict) -> dict:
+def general_task_forgetting(harness: dict, confidence: float) -> dict:
     """The forgetting line's general tasks: each named forgetting task's primary metric, domain minus general,
     and their unweighted mean (Ibrahim et al. 2024 report an average over tasks)."""
     out = {}
@@ -137,4 +141,8 @@ def general_task_forgetting(harness: dict) -> dict:
                              "general_model": e["general_model"]["mean"], "domain_model": e["domain_model"]["mean"]}
     if not out:
         return {}
-    return {"general_tasks": out, "general_tasks_mean_difference": float(np.mean([v["difference"] for v in out.values()]))}
+    # the tasks' documents are independent samples: the mean's standard error is sqrt(sum of se^2) / k
+    se = float(np.sqrt(sum(harness[t][v["metric"]]["difference"]["se"] ** 2 for t, v in out.items())) / len(out))
+    mean, z = float(np.mean([v["difference"] for v in out.values()])), float(stats.norm.ppf(0.5 + confidence / 2))
+    return {"general_tasks": out, "general_tasks_mean_difference": mean, "general_tasks_mean_difference_se": se,
+            "general_tasks_mean_difference_ci": [mean - z * se, mean + z * se]}

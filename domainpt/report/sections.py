@@ -98,21 +98,25 @@ def harness_verdict(res: dict, level: int) -> list[str]:
     """Named lm-eval tasks' primary metric (domain minus general, before any fine-tuning), and the
     forgetting line's general tasks."""
     lines = []
-    shots = (res.get("harness_settings") or {}).get("fewshot")
+    n_shot = (res.get("harness_settings") or {}).get("n_shot") or {}
     for task, entries in res.get("harness", {}).items():
         for metric, e in entries.items():
             if e["primary"] and e["purpose"] == "domain" and "group" not in e and "difference" in e:
                 d = e["difference"]
-                lines.append(f"**{task}** (lm-evaluation-harness, {metric}, {e['n']} documents, "
-                             f"{'the task’s default' if shots is None else shots}-shot, no fine-tuning): domain minus "
+                shots = f"{n_shot[task]}-shot" if task in n_shot else "few-shot as the task defines"
+                lines.append(f"**{task}** (lm-evaluation-harness, {metric}, {e['n']} documents, {shots}, "
+                             f"no fine-tuning): domain minus "
                              f"general = {100 * d['mean']:+.1f} points [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}] — "
                              + reading(d, "the domain model is better", "the general model is better") + ".")
     f = res.get("forgetting", {})
     if f.get("general_tasks"):
         per = "; ".join(f"{t} {100 * v['difference']:+.1f} [{100 * v['ci'][0]:+.1f}, {100 * v['ci'][1]:+.1f}]"
                         for t, v in f["general_tasks"].items())
+        ci = f.get("general_tasks_mean_difference_ci")
         lines.append(f"Forgetting on general tasks (lm-evaluation-harness): domain minus general averages "
-                     f"{100 * f['general_tasks_mean_difference']:+.1f} points over {len(f['general_tasks'])} tasks ({per}).")
+                     f"{100 * f['general_tasks_mean_difference']:+.1f} points"
+                     + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
+                     + f" over {len(f['general_tasks'])} tasks ({per}).")
     return lines
 
 
@@ -195,12 +199,14 @@ def harness_section(res: dict, level: int) -> Section:
                         [fmt_diff(e.get("difference")), fmt_p(e.get("difference")) if primary else "—",
                          fmt_diff(e.get("difference_vs_control")), fmt_p(e.get("difference_vs_control")) if primary else "—"])
     st = res.get("harness_settings") or {}
-    shots = "each task's default number of" if st.get("fewshot") is None else str(st["fewshot"])
-    text = (f"lm-evaluation-harness {st.get('lm_eval_version')} on each model's checkpoint (no fine-tuning), {shots} "
-            f"few-shot examples, scored and normalised as lm-eval does: numbers comparable with published ones"
-            + (f" — except that only {st['limit']} documents per task were scored (eval.harness_limit)" if st.get("limit") else "")
+    shots = "each task's own number of" if st.get("fewshot") is None else str(st["fewshot"])
+    text = (f"lm-evaluation-harness {st.get('lm_eval_version')} on each model's checkpoint (no fine-tuning, float32), "
+            f"{shots} few-shot examples, prompts and normalisation as lm-eval defines them; compare with published numbers "
+            "only at the same number of shots (papers often report MMLU 5-shot)"
+            + (f"; only the first {st['limit']} documents per task were scored (eval.harness_limit)" if st.get("limit") else "")
             + f". Scores in percent with {level}% intervals; differences paired per document (one run, items random). "
-              "A task's first metric is in the report's Holm family; the others are descriptive.")
+              "The first metric of each task, group or tag the recipe names is in the report's Holm family; other "
+              "metrics, and the tasks inside a named group or tag, are descriptive (their documents are already in it).")
     return Section("lm-evaluation-harness", [text], (head, rows))
 
 
@@ -240,7 +246,18 @@ def data_section(res: dict) -> Section:
                             f"{d['exact_duplicates_removed']} exact and {d['near_duplicates_removed']} near duplicates removed; "
                             f"{d['contaminated_found']} documents overlapped evaluation texts ({d['contaminated_removed']} dropped); "
                             f"PII replaced: {d['pii_replaced']}; replay share {d['replay_share_actual']:.1%}. "
-                            "See prepare/data_card.md."])
+                            + transform_sentence(d) + "See prepare/data_card.md."])
+
+
+def transform_sentence(d: dict) -> str:
+    """data.transform, named: the domain model read exercises, not only raw text."""
+    rc, summary = d.get("reading_comprehension"), d.get("reading_comprehension_summary")
+    if not rc or not summary:
+        return ""
+    kinds = ", ".join(f"{k} {n:,}" for k, n in rc.items() if n)
+    return (f"Transform: reading comprehension (AdaptLLM) — {summary['documents_transformed']:,} domain documents carried "
+            f"exercises mined from their own text ({kinds}; {summary['share_of_training_tokens']:.1%} of the training "
+            "tokens); held-out text is raw. ")
 
 
 def reproducibility_section(res: dict) -> Section:
