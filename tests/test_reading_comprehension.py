@@ -117,6 +117,8 @@ def test_prepare_reports_exercises_per_kind_in_stats_and_card_and_the_report_nam
     summary = stats["reading_comprehension_summary"]
     assert 0 < summary["documents_transformed"] <= summary["domain_documents"] and summary["exercise_tokens"] > 0
     raw_stats = json.loads((raw / "prepare" / "stats.json").read_text())
+    # the same documents are dropped as contaminated: held-out text is raw, the exercises' templates match nothing
+    assert stats["contaminated_found"] == raw_stats["contaminated_found"]
     assert stats["tokens_out"] > raw_stats["tokens_out"]  # the same documents, plus their exercises
     card = (run / "prepare" / "data_card.md").read_text()
     assert "## Reading-comprehension exercises (AdaptLLM)" in card and "Question: " in card

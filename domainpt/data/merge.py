@@ -142,9 +142,12 @@ def near_duplicates(corpus: Corpus, subset: np.ndarray, held: np.ndarray, thresh
     return ~keep
 
 
-def heldout_ngram_hits(corpus: Corpus, held_idx: np.ndarray, check: np.ndarray, n: int, chunk: int = 1 << 22) -> np.ndarray:
-    """Mask over all documents: those in `check` that contain any n-token window of a held-out document."""
-    grams = [ngram_hashes(corpus.tokens(i).astype(_U64), n) for i in held_idx]
+def heldout_ngram_hits(corpus: Corpus, held_idx: np.ndarray, check: np.ndarray, n: int, chunk: int = 1 << 22,
+                       appended: np.ndarray | None = None) -> np.ndarray:
+    """Mask over all documents: those in `check` that contain any n-token window of a held-out document.
+    `appended` (tokens a transform added after each document's text) is cut off first: held-out text is its raw
+    text, and the exercises' shared question templates would otherwise match every transformed document."""
+    grams = [ngram_hashes(_raw_tokens(corpus, i, appended).astype(_U64), n) for i in held_idx]
     grams = np.unique(np.concatenate(grams)) if grams else np.zeros(0, _U64)
     hit = np.zeros(len(corpus), bool)
     if not len(grams):
@@ -158,6 +161,11 @@ def heldout_ngram_hits(corpus: Corpus, held_idx: np.ndarray, check: np.ndarray, 
             hit[offset + np.unique(np.searchsorted(corpus.ends[k], pos, side="right"))] = True
         offset += len(corpus.ends[k])
     return hit & check
+
+
+def _raw_tokens(corpus: Corpus, i: int, appended: np.ndarray | None) -> np.ndarray:
+    t = corpus.tokens(i)
+    return t[:len(t) - int(appended[i])] if appended is not None and appended[i] else t
 
 
 def take_weighted(docs, pool: np.ndarray, weights: dict[int, float]) -> np.ndarray:
@@ -227,6 +235,7 @@ def _merge(recipe, tokenizer, eot: int, corpus: Corpus, out: Path, fixed_samples
         n_kind = int((unique & (docs["kind"] == kind)).sum())
         if 0 < n_kind <= cfg.heldout_docs:
             raise DomainptError(f"{KINDS[kind]} data has only {n_kind} usable documents; need more than data.heldout_docs={cfg.heldout_docs}")
+    rc = corpus.exercise_counts()  # data.transform: tokens and exercises appended per document
     near = np.zeros(len(docs), bool)
     if cfg.dedup.near:
         subset = np.flatnonzero(unique)
@@ -239,7 +248,8 @@ def _merge(recipe, tokenizer, eot: int, corpus: Corpus, out: Path, fixed_samples
     span = max(cfg.decontam.ngram, round(cfg.decontam.ngram * _tokens(docs, held) / max(words, 1)))
     contaminated = np.zeros(len(docs), bool)
     if cfg.decontam.enabled:
-        contaminated = pool & ((docs["task_hit"] > 0) | heldout_ngram_hits(corpus, held_idx, pool, span))
+        contaminated = pool & ((docs["task_hit"] > 0) | heldout_ngram_hits(corpus, held_idx, pool, span,
+                                                                             appended=rc[:, 0] if rc is not None else None))
         if cfg.decontam.action == "drop":
             pool &= ~contaminated
     domain_pool = np.flatnonzero(pool & (docs["kind"] == 0))
@@ -275,7 +285,6 @@ def _merge(recipe, tokenizer, eot: int, corpus: Corpus, out: Path, fixed_samples
     for s, n in zip(docs["source"][train], lengths):
         per_source[sources[int(s)][1].name] += int(n)
     removed = {"exact_duplicate": ~unique, "near_duplicate": near, "contaminated": contaminated}
-    rc = corpus.exercise_counts()
     return {
         "reading_comprehension": exercise_summary(rc, domain, lengths.sum(), shards) if rc is not None else None,
         "heldout_ngram_tokens": span,

@@ -33,8 +33,8 @@ from domainpt.data.decontam import ContaminationIndex
 from domainpt.data.dedup import band_hashes, lsh_shape, signatures, word_key_of
 from domainpt.data.ingest import BadRecords, iter_source
 from domainpt.data.ngrams import ids_of_words, words
-from domainpt.data.reading_comprehension import KINDS as RC_KINDS
 from domainpt.data.pack import PackWriter, encode_texts
+from domainpt.data.reading_comprehension import KINDS as RC_KINDS
 from domainpt.errors import DomainptError
 from domainpt.manifest import atomic_write_json
 
