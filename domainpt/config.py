@@ -467,8 +467,20 @@ class Recipe:
                 d[section].pop(key, None)
         ec = self.eval
         if "data" in sections and (ec.harness_tasks or ec.forgetting_tasks):  # prepare decontaminates against them
-            d["harness_decontam"] = [ec.harness_tasks, ec.forgetting_tasks, ec.harness_include, ec.harness_limit]
+            d["harness_decontam"] = [ec.harness_tasks, ec.forgetting_tasks, ec.harness_include, ec.harness_limit,
+                                     _folder_digest(ec.harness_include)]  # an edited local task redoes the run
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _folder_digest(folder: str | None) -> str | None:
+    """SHA-256 over a folder's files (names and bytes): local lm-eval task YAMLs and the data beside them."""
+    if not folder or not Path(folder).is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 # Sections added after the first release: left at their defaults they do not change a run's fingerprint.

@@ -46,7 +46,7 @@ def run_stages(recipe) -> tuple[str, ...]:
     return tuple(s for s in ALL_STAGES if s != CONTROL_STAGE or has_control(recipe))
 
 
-_PACKAGES = ("domainpt", "torch", "transformers", "peft", "accelerate", "datasets", "evaluate", "numpy")
+_PACKAGES = ("domainpt", "torch", "transformers", "peft", "accelerate", "datasets", "evaluate", "numpy", "lm_eval", "pysbd")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -178,7 +178,8 @@ def format_plan(p: dict) -> str:
     if h := p.get("harness"):
         lines.append(f"  harness   lm-evaluation-harness on every model: {', '.join(h['domain']) or 'none'}"
                      + (f"; forgetting: {', '.join(h['forgetting'])}" if h["forgetting"] else "")
-                     + (f"; at most {h['limit']} documents per task" if h["limit"] else ""))
+                     + (f"; at most {h['limit']} documents per task" if h["limit"] else "")
+                     + " (not in the totals below: its cost depends on each task's size, e.g. hellaswag ~10k documents x 4 choices)")
     for t in p["tasks"]:
         lines.append(f"  task      {t['name']} ({t['type']}): {t['source']}" + (f"; test: {t['test_source']}" if t["test_source"] else ""))
     d = p["disk_bytes"]

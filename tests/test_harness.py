@@ -251,3 +251,19 @@ def test_prepare_decontaminates_training_text_against_harness_test_documents(tin
     raw = json.loads((tiny_run[0] / "prepare" / "stats.json").read_text())
     assert stats["harness_test_texts"] == len(quoted)
     assert stats["contaminated_found"] >= raw["contaminated_found"] + 1
+
+
+def test_harness_tasks_and_local_task_files_are_part_of_the_run_fingerprint(tmp_path):
+    """prepare decontaminates against the harness tasks: naming one, or editing a local task's files, redoes the run."""
+    from domainpt.config import load_recipe
+    from domainpt.manifest import stage_fingerprint
+
+    from conftest import TINY
+
+    folder = write_harness_task(tmp_path / "tasks", [{"prompt": "Q one two", "choices": [" a", " b"], "answer": 0}], "t")
+    plain = load_recipe(TINY)
+    named = load_recipe(TINY, ["eval.harness_tasks=[t]", f"eval.harness_include={folder}"])
+    before = stage_fingerprint(named, "prepare")
+    assert before != stage_fingerprint(plain, "prepare")
+    (folder / "t.jsonl").write_text((folder / "t.jsonl").read_text().replace("one", "three"))
+    assert stage_fingerprint(named, "prepare") != before
