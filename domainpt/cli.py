@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--processes", type=int, default=1, help="--dry-run: number of GPUs (processes) to plan for")
             s.add_argument("--gpu", default=None, help="--dry-run: GPU for the GPU-hour estimate (default: report.gpu)")
     sub.add_parser("keys", help="list every recipe key with its default and meaning")
+    sub.add_parser("sources", help="list the corpora that ship inside installed packages (`builtin:` sources)")
     c = sub.add_parser("cards", help="write a data card per packaged corpus the recipes use (with measured counts)")
     c.add_argument("recipes", nargs="+", help="recipe YAML files")
     c.add_argument("--to", default="data_cards", help="output folder")
@@ -115,6 +116,13 @@ def main(argv=None) -> None:
         if args.command == "keys":
             for key, default, help_ in field_docs():
                 print(f"{key} = {default}\n    {help_}")
+            return
+        if args.command == "sources":
+            from domainpt.data.builtin import BUILTINS
+
+            for name, b in sorted(BUILTINS.items()):
+                f = b.info
+                print(f"{name}  ({f['domain']}, {f['licence']}; package {f['package']})\n    {f['description']}")
             return
         if args.command == "cards":
             from domainpt.data.cards import write_cards

@@ -74,3 +74,14 @@ def test_every_key_is_documented():
     rows = field_docs()
     assert len(rows) > 50
     assert all(help_ for _, _, help_ in rows)
+
+
+def test_sources_command_lists_every_builtin_corpus_with_its_licence():
+    """The command SourceConfig.builtin's help points to."""
+    from conftest import cli
+    from domainpt.data.builtin import BUILTINS
+
+    r = cli("sources")
+    assert r.returncode == 0, r.stderr
+    for name, b in BUILTINS.items():
+        assert f"{name}  ({b.info['domain']}, {b.info['licence']}" in r.stdout
