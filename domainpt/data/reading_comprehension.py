@@ -94,18 +94,16 @@ class Miner:
     seed: int = 0
     share: float = 1.0
 
-    def sentences(self, text: str) -> list[str]:
-        out = []
-        for unit in text_units(text[:self.max_chars]):
-            out += [s.strip() for s in _segmenter().segment(unit) if len(s.strip()) > 3]
-        return out
+    def sentences(self, units: list[str]) -> list[str]:
+        """pysbd's sentences of each text unit (text_units)."""
+        return [s.strip() for unit in units for s in _segmenter().segment(unit) if len(s.strip()) > 3]
 
     def mine(self, text: str) -> dict[str, list[tuple[str, str]]]:
         """Every exercise found, per kind, as (question, answer); answers are verbatim from `text` (a hard-wrapped
         paragraph's line breaks read as spaces)."""
-        sents = self.sentences(text)
-        found = {k: [] for k in KINDS}
         units = text_units(text[:self.max_chars])
+        sents = self.sentences(units)
+        found = {k: [] for k in KINDS}
         first = units[0] if units else ""
         if 3 <= len(first) <= 120 and len(first.split()) <= 12 and len(sents) >= 3 and first[-1] not in ".:;,":
             found["title"].append(("What is a title for this text?", first))
@@ -142,7 +140,7 @@ class Miner:
 
     def choose(self, text: str, doc_key: int) -> dict[str, list[tuple[str, str]]]:
         """At most max_per_kind exercises per kind, drawn with a generator seeded by the recipe and the document."""
-        rng = random.Random(int.from_bytes(hashlib.blake2b(f"rc:{self.seed}:{doc_key}".encode(), digest_size=8).digest(), "little"))
+        rng = random.Random(_seeded("rc", self.seed, doc_key))
         return {k: rng.sample(v, min(len(v), self.max_per_kind)) for k, v in self.mine(text).items()}
 
 
@@ -156,5 +154,9 @@ def append_exercises(text: str, chosen: dict[str, list[tuple[str, str]]]) -> str
 
 def selected(seed: int, doc_key: int, share: float) -> bool:
     """Whether a document is transformed: a seeded coin per document text, the same on every shard."""
-    h = int.from_bytes(hashlib.blake2b(f"rc-share:{seed}:{doc_key}".encode(), digest_size=8).digest(), "little")
-    return h / 2 ** 64 < share
+    return _seeded("rc-share", seed, doc_key) / 2 ** 64 < share
+
+
+def _seeded(tag: str, seed: int, doc_key: int) -> int:
+    """A 64-bit number fixed by (tag, seed, document): the same in every process and shard."""
+    return int.from_bytes(hashlib.blake2b(f"{tag}:{seed}:{doc_key}".encode(), digest_size=8).digest(), "little")

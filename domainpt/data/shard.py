@@ -175,8 +175,9 @@ def _write_shard(recipe, tok, index: int, count: int, out: Path, eval_texts: lis
         docs = np.zeros(len(batch), DOC_DTYPE)
         for j, (order, kind, src_i, text) in enumerate(batch):
             rank = rank_of(cfg.seed, exact[j])
-            hits = contam.hits(ids_w[j] if train_texts[j] is text else ids_of_words(words(train_texts[j])))
-            docs[j] = (order, exact[j], rank, len(ids[j]) + 1, src_i, KINDS.index(kind), cfg.decontam.enabled and hits)
+            hit = cfg.decontam.enabled and contam.hits(ids_w[j] if train_texts[j] is text else
+                                                       ids_of_words(words(train_texts[j])))
+            docs[j] = (order, exact[j], rank, len(ids[j]) + 1, src_i, KINDS.index(kind), hit)
             lowest[kind].add(rank, order, text)  # held-out candidates stay raw text
         writer.add(ids)
         if miner:

@@ -85,8 +85,10 @@ def run_evaluate(recipe) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ec = recipe.eval
-    if harness_tasks(ec):  # an unknown task or a missing lm-eval should stop us before the long scoring, not after
+    named_as = {}  # harness leaf task -> the named task, group or tag it runs for
+    if harness_tasks(ec):  # an unknown task, a missing lm-eval or data that cannot load stops us before the long scoring
         check_task_names(ec)
+        named_as = {leaf: named for leaf, (named, _, _) in load_leaf_tasks(ec).items()}
     # Every model scores the same documents, cut once by the general model's tokenizer: with an extended
     # vocabulary the domain model would otherwise reach ppl_max_tokens on more text than the general model.
     base_tok = load_tokenizer(paths["general_model"], recipe.model.trust_remote_code)
@@ -107,10 +109,10 @@ def run_evaluate(recipe) -> dict:
             r = heldout_perplexity(model, tok, texts, objective, ec.ppl_window, ec.ppl_stride, None, ec.batch_size, bos, device)
             scores["perplexity"].setdefault(kind, {})[model_name] = r
             tokens += r["tokens"]
+        zs_bos, norm_unit = zero_shot_conventions(ec, bos, tok)
         for task in recipe.tasks:
             entry = scores["tasks"].setdefault(task.name, {"metric": task.metric}).setdefault(model_name, {})
             if ec.zero_shot:
-                zs_bos, norm_unit = zero_shot_conventions(ec, bos, tok)
                 rows = score_task(task, model, tok, before_ft[task.name], zs_bos, ec.batch_size,
                                   f"{ec.few_shot}-shot {task.name} {model_name}", objective, ec.zero_shot_end_of_text,
                                   norm_unit)
@@ -146,7 +148,6 @@ def run_evaluate(recipe) -> dict:
                 entry["finetuned"][str(seed)] = task_metric(task.metric, rows)
             del peft_model, base
     if harness_tasks(ec):  # each checkpoint with its own tokenizer, in float32 as above
-        named_as = {leaf: named for leaf, (named, _, _) in load_leaf_tasks(ec).items()}
         for model_name in models_of(recipe):
             model = load_model(paths[model_name], "clm", recipe.model.trust_remote_code).to(device)
             tok = load_tokenizer(paths[model_name], recipe.model.trust_remote_code)

@@ -14,10 +14,10 @@ import numpy as np
 from scipy import stats
 
 from domainpt.errors import DomainptError
+from domainpt.eval.harness import metric_key
 from domainpt.manifest import read_jsonl
 from domainpt.report.arms import COMPARISONS
 from domainpt.report.stats import ITEM_SCORE, model_score, paired_difference
-
 
 
 def leaf_tasks(task: str, group_subtasks: dict) -> list[str]:
@@ -61,8 +61,7 @@ def _is_share(values: list, aggregate) -> bool:
 
 
 def metric_entry(eval_dir: Path, arms: list[str], summaries: dict, task: str, key: str, confidence: float) -> dict:
-    metric, _, filt = key.partition(",")
-    filt = filt or "none"
+    metric, filt = metric_key(key)
     ref = summaries[arms[0]]
     leaves = leaf_tasks(task, ref.get("group_subtasks", {}))
     aggregates = {arm: summaries[arm]["results"].get(task, {}).get(key) for arm in arms}
