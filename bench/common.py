@@ -36,7 +36,7 @@ def prepared_run(work: Path, shape: dict, seq: int, overrides: list[str], n_docs
         tok.save_pretrained(base)
     recipe = load_recipe(ROOT / "recipes" / "demo" / "tiny.yaml", [
         f"out_dir={work / 'run'}", f"model.base={base}", "model.init=pretrained", f"data.seq_len={seq}",
-        "train.eval_every=0", "train.save_every=0", "train.warmup_steps=2", "train.eval_tokens=1", *overrides])
+        "train.eval_every=0", "train.save_every=0", "train.warmup_steps=2", "train.ppl_max_tokens=1", *overrides])
     write_manifest(recipe, "prepare", time.time(), tokens=0, base_model=str(base))
     return recipe, base
 

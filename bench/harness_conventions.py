@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from domainpt.eval.scoring import score_examples
-from domainpt.models import end_of_text_id, load_model, load_tokenizer, resolve
+from domainpt.encoding import end_of_text_id
+from domainpt.models import load_model, load_tokenizer, resolve
 
 
 def main(run: Path) -> None:

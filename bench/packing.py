@@ -25,7 +25,7 @@ def main():
     from domainpt.data.builtin import read_builtin
     from domainpt.data.pack import PackedBlocks, PackWriter, encode_batches
     from domainpt.models import load_tokenizer, resolve
-    from domainpt.pretrain import make_collate
+    from domainpt.training.batches import make_collate
 
     tok = load_tokenizer(resolve("smollm2-135m"))
     texts = [r["text"] for r, _ in zip(read_builtin("scancode-licenses"), range(1500)) if r["text"].strip()]

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from domainpt.eval.scoring import score_examples
-from domainpt.models import end_of_text_id, load_model, load_tokenizer
+from domainpt.encoding import end_of_text_id
+from domainpt.models import load_model, load_tokenizer
 
 
 def main(run: Path) -> None:

@@ -12,14 +12,17 @@ import hashlib
 import json
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from domainpt.errors import DomainptError
-from domainpt.eval.metrics import QA_METRICS
+
+
+QA_METRICS = ("exact_match", "token_f1")  # qa tasks: scored per example on generated answers
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -27,6 +30,24 @@ def _f(default: Any, help: str, **kw) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata={"help": help}, **kw)
     return field(default=default, metadata={"help": help}, **kw)
+
+
+def choices_of(hint: Any) -> tuple | None:
+    """The allowed values of a Literal[...] field (also inside `X | None`), else None."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next((c for h in typing.get_args(hint) if (c := choices_of(h))), None)
+    return None
+
+
+def check_choices(obj) -> None:
+    """Every Literal-typed field of a config dataclass holds one of its values: the type is the one list of them
+    (the check, this error and `domainpt keys` all read it)."""
+    for name, hint in typing.get_type_hints(type(obj)).items():
+        allowed, value = choices_of(hint), getattr(obj, name)
+        if allowed and value not in allowed and value is not None:
+            raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
 
 
 @dataclass
@@ -97,15 +118,10 @@ class DecontamConfig:
     enabled: bool = _f(True, "Check training documents against every evaluation text (held-out text, task test sets).")
     ngram: int = _f(13, "n-gram length: words against task test texts (13 is the usual choice: GPT-3, Llama reports), "
                         "tokens against the held-out perplexity text.")
-    action: str = _f("drop", "'drop' contaminated training documents or only 'report' them.")
+    action: Literal["drop", "report"] = _f("drop", "'drop' contaminated training documents or only 'report' them.")
 
     def __post_init__(self):
-        if self.action not in ("drop", "report"):
-            raise ValueError("action must be 'drop' or 'report'")
-
-
-# data.transform values: raw domain text, or AdaptLLM's reading-comprehension exercises appended to it.
-TRANSFORMS = ("none", "reading_comprehension")
+        check_choices(self)
 
 
 @dataclass
@@ -141,15 +157,14 @@ class DataConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig, metadata={"help": "Exact and near-duplicate removal."})
     pii: PIIConfig = field(default_factory=PIIConfig, metadata={"help": "PII scrubbing."})
     decontam: DecontamConfig = field(default_factory=DecontamConfig, metadata={"help": "Decontamination against eval texts."})
-    transform: str = _f("none", "'reading_comprehension': append to each domain training document question/answer "
+    transform: Literal["none", "reading_comprehension"] = _f("none", "'reading_comprehension': append to each domain training document question/answer "
                                 "exercises mined from it (AdaptLLM, Cheng et al. 2024: recovers the prompting ability raw "
                                 "domain text can cost). Held-out text stays raw, so perplexities compare with a raw run.")
     reading_comprehension: ReadingComprehensionConfig = field(default_factory=ReadingComprehensionConfig,
                                                               metadata={"help": "Limits and seed of the reading-comprehension transform."})
 
     def __post_init__(self):
-        if self.transform not in TRANSFORMS:
-            raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}")
+        check_choices(self)
         if not self.domain:
             raise ValueError("at least one domain source is needed")
         if not 0 <= self.replay_share < 1:
@@ -167,11 +182,11 @@ class DataConfig:
 @dataclass
 class TaskConfig:
     name: str = _f(None, "Task name used in results and reports.")
-    type: str = _f("classification", "'classification' (text -> label), 'multiple_choice' (question, choices, answer) or "
+    type: Literal["classification", "multiple_choice", "qa"] = _f("classification", "'classification' (text -> label), 'multiple_choice' (question, choices, answer) or "
                                       "'qa' (question, context, answers: a short answer generated and scored by exact match / token F1).")
     source: SourceConfig = _f(None, "Where the task's records come from (split into train and test unless test_source is set).")
     test_source: SourceConfig | None = _f(None, "A separate test set (e.g. a benchmark's official test split).")
-    train_test_overlap: str = _f("error", "With test_source: training examples whose text is in the test set are an 'error' or are 'drop'ped.")
+    train_test_overlap: Literal["error", "drop"] = _f("error", "With test_source: training examples whose text is in the test set are an 'error' or are 'drop'ped.")
     text_field: str = _f("text", "Input text field (classification).")
     label_field: str = _f("label", "Label field (classification).")
     question_field: str = _f("question", "Question field (multiple choice).")
@@ -189,7 +204,7 @@ class TaskConfig:
     train_size: int = _f(400, "Training examples (the rest after the test split, capped).")
     metric: str = _f("accuracy", "Main metric: accuracy or f1 (macro) for classification and multiple choice; "
                                  "token_f1 (the qa default) or exact_match for qa.")
-    scoring: str = _f("likelihood", "Classification after fine-tuning: 'likelihood' (the verbaliser with the highest "
+    scoring: Literal["likelihood", "head"] = _f("likelihood", "Classification after fine-tuning: 'likelihood' (the verbaliser with the highest "
                                     "log-likelihood after the prompt) or 'head' (a classification head on the last "
                                     "token, or [CLS] for encoders, trained with the LoRA adapter). Zero-shot always "
                                     "uses likelihood: an untrained head has nothing to say.")
@@ -197,16 +212,13 @@ class TaskConfig:
     def __post_init__(self):
         if not self.name:
             raise ValueError("name is required")
-        if self.type not in ("classification", "multiple_choice", "qa"):
-            raise ValueError("type must be classification, multiple_choice or qa")
+        check_choices(self)
         if self.type == "qa" and self.metric == "accuracy":
             self.metric = "token_f1"
         if self.source is None:
             raise ValueError("source is required")
-        if self.train_test_overlap not in ("error", "drop"):
-            raise ValueError("train_test_overlap must be error or drop")
-        if self.scoring not in ("likelihood", "head") or (self.scoring == "head" and self.type != "classification"):
-            raise ValueError("scoring must be 'likelihood', or 'head' for a classification task")
+        if self.scoring == "head" and self.type != "classification":
+            raise ValueError("scoring must be 'likelihood' for a multiple_choice or qa task ('head' is for classification)")
         allowed = QA_METRICS if self.type == "qa" else ("accuracy", "f1")
         if self.metric not in allowed:
             raise ValueError(f"metric must be {' or '.join(allowed)} for a {self.type} task")
@@ -219,28 +231,21 @@ class TaskConfig:
 @dataclass
 class ModelConfig:
     base: str = _f(None, "General checkpoint: a local folder, a hub id, or a packaged model (smollm2-135m).")
-    init: str = _f("pretrained", "'pretrained' weights, or 'random' (base's architecture, resized by config_overrides).")
+    init: Literal["pretrained", "random"] = _f("pretrained", "'pretrained' weights, or 'random' (base's architecture, resized by config_overrides).")
     config_overrides: dict = _f({}, "Architecture overrides for init=random (hidden_size, num_hidden_layers, ...).")
-    objective: str = _f("auto", "'clm', 'mlm', or 'auto' (mlm for encoder models, else clm).")
+    objective: Literal["auto", "clm", "mlm"] = _f("auto", "'clm', 'mlm', or 'auto' (mlm for encoder models, else clm).")
     trust_remote_code: bool = _f(False, "Run code shipped with a hub model. Off unless you trust its authors.")
     seed: int = _f(0, "Seed for init=random.")
 
     def __post_init__(self):
         if not self.base:
             raise ValueError("base is required")
-        if self.init not in ("pretrained", "random"):
-            raise ValueError("init must be pretrained or random")
-        if self.objective not in ("auto", "clm", "mlm"):
-            raise ValueError("objective must be auto, clm or mlm")
+        check_choices(self)
 
 
 # Accelerate tracker name -> the module it needs.
 TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml", "aim": "aim",
                    "clearml": "clearml", "dvclive": "dvclive"}
-
-
-# train.attention values (domainpt/attention.py); here so that reading a recipe does not import torch.
-ATTENTION_KERNELS = ("sdpa", "eager", "flex_attention", "varlen", "flash_attention_2", "flash_attention_3")
 
 
 @dataclass
@@ -253,28 +258,29 @@ class TrainConfig:
     warmup_steps: int = _f(10, "Linear re-warm-up steps (0 = start at the peak LR: no re-warming).")
     warmup_start_lr: float = _f(0.0, "LR the warm-up starts from: 0, or the base checkpoint's final LR to re-warm from where "
                                      "its pre-training ended (Ibrahim et al. 2024 compare both).")
-    schedule: str = _f("cosine", "'cosine', 'wsd' (warm-up, stable, decay) or 'constant'.")
+    schedule: Literal["cosine", "wsd", "constant"] = _f("cosine", "'cosine', 'wsd' (warm-up, stable, decay) or 'constant'.")
     decay_share: float = _f(0.2, "WSD: share of steps spent decaying.")
     weight_decay: float = _f(0.1, "AdamW weight decay (not applied to norms and biases).")
     betas: list = _f([0.9, 0.95], "AdamW betas.")
     grad_clip: float = _f(1.0, "Clip the global gradient norm to this (0 = off).")
-    mixed_precision: str = _f("auto", "'auto' (bf16 on GPU, fp32 on CPU), 'no', 'bf16' or 'fp16'.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = _f("auto", "'auto' (bf16 on GPU, fp32 on CPU), 'no', 'bf16' or 'fp16'.")
     gradient_checkpointing: bool = _f(False, "Recompute activations to save memory.")
     loss_chunk_tokens: int = _f(0, "Causal LMs: compute the loss this many tokens at a time without materialising all "
-                                   "logits (domainpt/chunked_loss.py; e.g. 4096). 0: the model's own loss.")
+                                   "logits (domainpt/training/chunked_loss.py; e.g. 4096). 0: the model's own loss.")
     compile: bool = _f(False, "torch.compile the model (Module.compile: same weights, same checkpoint keys). For long GPU "
                               "runs; the first steps (and each new eval shape) pay the compile time.")
     whole_word_mask: bool = _f(False, "MLM (encoders): mask all pieces of a chosen word together instead of single tokens.")
-    attention: str = _f("sdpa", "Attention kernel: 'sdpa', 'eager', 'flex_attention' (GPU), 'varlen' (torch's variable-length "
+    attention: Literal["sdpa", "eager", "flex_attention", "varlen", "flash_attention_2", "flash_attention_3"] = _f("sdpa", "Attention kernel: 'sdpa', 'eager', 'flex_attention' (GPU), 'varlen' (torch's variable-length "
                                 "flash kernel on flattened batches, GPU, no extra package), 'flash_attention_2' or "
-                                "'flash_attention_3' (the flash-attn packages, flattened batches). domainpt/attention.py.")
+                                "'flash_attention_3' (the flash-attn packages, flattened batches). domainpt/training/attention.py.")
     doc_isolation: bool = _f(True, "Keep attention inside each document of a packed block (position ids reset per doc).")
     eval_every: int = _f(0, "Steps between held-out perplexity checks (0 = only at the end).")
-    eval_tokens: int = _f(4096, "Held-out tokens per kind scored at each check.")
+    ppl_max_tokens: int = _f(4096, "Held-out tokens scored per kind (domain, general) at each check during training "
+                                   "(eval.ppl_max_tokens is the same for the final evaluation). Formerly train.eval_tokens.")
     max_general_ppl_rise: float | None = _f(None, "Stop early when general perplexity rises above start x (1 + this).")
     save_every: int = _f(0, "Steps between checkpoints (0 = only at the end).")
     keep_last: int = _f(2, "Checkpoints kept.")
-    on_bad_step: str = _f("skip", "When the loss or gradient norm is NaN/inf: 'skip' the update, 'rollback' to the last "
+    on_bad_step: Literal["skip", "rollback", "stop"] = _f("skip", "When the loss or gradient norm is NaN/inf: 'skip' the update, 'rollback' to the last "
                                   "checkpoint and skip past the batches that caused it, or 'stop'.")
     max_bad_steps: int = _f(5, "Stop with an error after this many bad steps in a row.")
     log_every: int = _f(1, "Steps between progress-bar updates.")
@@ -283,24 +289,17 @@ class TrainConfig:
     seed: int = _f(0, "Seed for data order and dropout.")
 
     def __post_init__(self):
-        for k in ("max_steps", "batch_size", "grad_accum", "eval_tokens", "keep_last", "log_every", "max_bad_steps"):
+        for k in ("max_steps", "batch_size", "grad_accum", "ppl_max_tokens", "keep_last", "log_every", "max_bad_steps"):
             if getattr(self, k) <= 0:
                 raise ValueError(f"{k} must be > 0")
         if self.lr <= 0:
             raise ValueError("lr must be > 0")
-        if self.schedule not in ("cosine", "wsd", "constant"):
-            raise ValueError("schedule must be cosine, wsd or constant")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError("mixed_precision must be auto, no, bf16 or fp16")
+        check_choices(self)
         if not 0 <= self.warmup_start_lr <= self.lr:
             raise ValueError("warmup_start_lr must be in [0, lr]")
         unknown = [t for t in self.report_to if t not in TRACKER_MODULES]
         if unknown:
             raise ValueError(f"report_to: unknown tracker {unknown[0]!r} (known: {', '.join(TRACKER_MODULES)})")
-        if self.attention not in ATTENTION_KERNELS:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}")
-        if self.on_bad_step not in ("skip", "rollback", "stop"):
-            raise ValueError("on_bad_step must be skip, rollback or stop")
         for k in ("warmup_steps", "eval_every", "save_every", "weight_decay", "grad_clip", "loss_chunk_tokens"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must be >= 0")
@@ -336,7 +335,7 @@ class LoraConfig:
                                    "for serving without peft; one full model per task, model and seed.")
     train_new_tokens: bool = _f(False, "With tokenizer.extend: also train the new tokens' embedding rows during LoRA "
                                        "(peft trainable_token_indices; the general model has none).")
-    quantize: str = _f("none", "QLoRA: 'nf4' (4-bit NormalFloat, double quantisation, bf16 compute) or 'int8' loads both "
+    quantize: Literal["none", "nf4", "int8"] = _f("none", "QLoRA: 'nf4' (4-bit NormalFloat, double quantisation, bf16 compute) or 'int8' loads both "
                                "base models quantised with bitsandbytes for fine-tuning and fine-tuned scoring; needs "
                                "`pip install 'domainpt[qlora]'` and a CUDA GPU (or a bitsandbytes with CPU kernels: 0.50 tested). "
                                "'none' trains on the full-precision weights.")
@@ -344,15 +343,10 @@ class LoraConfig:
     def __post_init__(self):
         if self.r <= 0 or self.steps <= 0 or self.batch_size <= 0 or not self.seeds:
             raise ValueError("r, steps, batch_size must be > 0 and seeds non-empty")
-        if self.quantize not in ("none", "nf4", "int8"):
-            raise ValueError("quantize must be none, nf4 or int8")
+        check_choices(self)
         if self.quantize != "none" and self.merge_export:
             raise ValueError("merge_export with quantize: merging into quantised weights loses the adapter's precision; "
                              "export from a full-precision run")
-
-
-# eval.zero_shot_convention values: domainpt's own, or lm-evaluation-harness's (README: "Agreement with lm-eval").
-SCORING_CONVENTIONS = ("domainpt", "lm-eval")
 
 
 @dataclass
@@ -369,7 +363,7 @@ class EvalConfig:
                                             "are a prefix of another's (' Copyleft' of ' Copyleft Limited') always wins "
                                             "over it, and prepare says so.")
     batch_size: int = _f(8, "Sequences per forward pass.")
-    zero_shot_convention: str = _f("domainpt", "How scoring before fine-tuning reads a choice: 'domainpt' (a BOS token before "
+    zero_shot_convention: Literal["domainpt", "lm-eval"] = _f("domainpt", "How scoring before fine-tuning reads a choice: 'domainpt' (a BOS token before "
                                                "the prompt; acc_norm per UTF-8 byte of the choice) or 'lm-eval' (no BOS, "
                                                "acc_norm per character of the choice, as lm-evaluation-harness does: "
                                                "numbers comparable with papers). Adapters are always scored as trained.")
@@ -384,8 +378,7 @@ class EvalConfig:
                                          "forgetting line beside general bits per byte (Ibrahim et al. 2024).")
 
     def __post_init__(self):
-        if self.zero_shot_convention not in SCORING_CONVENTIONS:
-            raise ValueError(f"zero_shot_convention must be one of {', '.join(SCORING_CONVENTIONS)}")
+        check_choices(self)
         if (self.harness_fewshot is not None and self.harness_fewshot < 0) or \
                 (self.harness_limit is not None and self.harness_limit < 2):
             raise ValueError("need harness_fewshot >= 0 and harness_limit >= 2 (a paired interval needs two documents)")
@@ -411,13 +404,9 @@ class ReportConfig:
             raise ValueError("need 0 < assumed_mfu <= 1, 0 < confidence < 1 and bootstrap_samples >= 100")
 
 
-# compare.control values: "none", or the general model continued on general text (Don't Stop Pretraining's control).
-CONTROL_ARMS = ("none", "continued_general")
-
-
 @dataclass
 class CompareConfig:
-    control: str = _f("none", "Control arm: 'continued_general' also continues the general model on general text only "
+    control: Literal["none", "continued_general"] = _f("none", "Control arm: 'continued_general' also continues the general model on general text only "
                               "(the non-domain documents left after prepare), with the domain pre-training's steps, "
                               "tokens per step, schedule, learning rate and seed, then fine-tunes and scores it like the "
                               "other two models: the control of Gururangan et al. 2020 (Don't Stop Pretraining, "
@@ -425,8 +414,7 @@ class CompareConfig:
                               "'none': only the general and the domain model.")
 
     def __post_init__(self):
-        if self.control not in CONTROL_ARMS:
-            raise ValueError(f"control must be {' or '.join(CONTROL_ARMS)}, got {self.control!r}")
+        check_choices(self)
 
 
 @dataclass
@@ -462,6 +450,9 @@ class Recipe:
         stage stays valid when a newer domainpt adds keys with defaults."""
         d = {k: _non_default(getattr(self, k)) for k in sections}
         d = {k: v for k, v in d.items() if not (k in _LATER_SECTIONS and v == {})}
+        for (section, old), new in RENAMED_KEYS.items():
+            if new in d.get(section, {}):
+                d[section][old] = d[section].pop(new)
         for section, key in _NOT_FINGERPRINTED:
             if isinstance(d.get(section), dict):
                 d[section].pop(key, None)
@@ -485,6 +476,9 @@ def _folder_digest(folder: str | None) -> str | None:
 
 # Sections added after the first release: left at their defaults they do not change a run's fingerprint.
 _LATER_SECTIONS = {"tokenizer", "compare"}
+# Keys renamed after a release: the old name still reads (with a warning), and the fingerprint hashes the value
+# under the old name, so a run finished before the rename is still finished.
+RENAMED_KEYS = {("train", "eval_tokens"): "ppl_max_tokens"}
 # Keys that change how a stage runs but not what it produces.
 _NOT_FINGERPRINTED = {("data", "num_proc")}
 
@@ -520,6 +514,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return any(_type_ok(value, h) for h in typing.get_args(hint))
     if hint is type(None):
         return value is None
+    if origin is Literal:  # the value is checked by the dataclass (check_choices), with the allowed values in its error
+        return isinstance(value, tuple({type(a) for a in typing.get_args(hint)}))
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
@@ -534,6 +530,7 @@ def _build(cls, data: Any, where: tuple[str, ...]):
     dotted = ".".join(where) or "<top>"
     if not isinstance(data, dict):
         raise ValueError(f"{dotted}: expected a mapping, got {type(data).__name__}")
+    data = _renamed(data, where)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -553,7 +550,8 @@ def _build(cls, data: Any, where: tuple[str, ...]):
         elif name in ("source", "test_source") and cls is TaskConfig and value is not None:
             value = _build(SourceConfig, value, key)
         elif not _type_ok(value, hint):
-            raise ValueError(f"{'.'.join(key)}: expected {getattr(hint, '__name__', hint)}, got {type(value).__name__} {value!r}")
+            expected = f"one of {', '.join(map(str, choices_of(hint)))}" if choices_of(hint) else getattr(hint, '__name__', hint)
+            raise ValueError(f"{'.'.join(key)}: expected {expected}, got {type(value).__name__} {value!r}")
         kwargs[name] = value
     try:
         return cls(**kwargs)
@@ -561,6 +559,18 @@ def _build(cls, data: Any, where: tuple[str, ...]):
         raise ValueError(f"{dotted}: {e}") from None
     except TypeError as e:  # a required field left out
         raise ValueError(f"{dotted}: {e}") from None
+
+
+def _renamed(data: dict, where: tuple[str, ...]) -> dict:
+    """`data` with renamed keys (RENAMED_KEYS) under their new names; both names at once is an error."""
+    for (section, old), new in RENAMED_KEYS.items():
+        if where == (section,) and old in data:
+            if new in data:
+                raise ValueError(f"{section}.{old} is the old name of {section}.{new}: give only {section}.{new}")
+            warnings.warn(f"recipe key {section}.{old} is now {section}.{new} (the old name still works)", FutureWarning,
+                          stacklevel=2)
+            data = {(new if k == old else k): v for k, v in data.items()}
+    return data
 
 
 def apply_override(raw: dict, assignment: str) -> None:
@@ -612,5 +622,7 @@ def field_docs(cls=Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
             rows += field_docs(hint, key + ".")
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append((key, json.dumps(default), f.metadata.get("help", "")))
+        allowed = choices_of(hint)
+        help_ = f.metadata.get("help", "") + (f" One of: {', '.join(map(str, allowed))}." if allowed else "")
+        rows.append((key, json.dumps(default), help_))
     return rows

@@ -23,31 +23,13 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from domainpt.eval.masked import answer_sequence, masked_answer_loss, special_ids
-from domainpt.eval.scoring import classifier_inputs, pad_batch, prompt_ids
-from domainpt.eval.tasks import read_split
+from domainpt.encoding import answer_sequence, classifier_inputs, end_of_text_id, pad_left, pad_right, prompt_ids, special_ids
+from domainpt.eval.masked import masked_batch, masked_logprobs
+from domainpt.layout import model_paths, models_of, task_dir
 from domainpt.lora_targets import resolve_targets
-from domainpt.manifest import CONTROL_STAGE, atomic_write_json, has_control, require_done, stage_dir, write_manifest
-from domainpt.models import (checkpoint_objective, end_of_text_id, load_classifier, load_model, load_tokenizer,
-                             quantization_config)
-
-MODELS = ("general_model", "domain_model")
-CONTROL_MODEL = "control_model"  # compare.control: the general model continued on general text (pretrain_control)
-
-
-def models_of(recipe) -> tuple[str, ...]:
-    """The models fine-tuned and scored: MODELS, and the control model when the recipe has a control arm."""
-    return MODELS + ((CONTROL_MODEL,) if has_control(recipe) else ())
-
-
-def model_paths(recipe) -> dict:
-    prep = require_done(recipe, "prepare", "finetune")
-    require_done(recipe, "pretrain", "finetune")
-    paths = {"general_model": prep["base_model"], "domain_model": str(stage_dir(recipe, "pretrain") / "model")}
-    if has_control(recipe):
-        require_done(recipe, CONTROL_STAGE, "finetune")
-        paths[CONTROL_MODEL] = str(stage_dir(recipe, CONTROL_STAGE) / "model")
-    return paths
+from domainpt.manifest import atomic_write_json, require_done, stage_dir, write_manifest
+from domainpt.models import checkpoint_objective, load_classifier, load_model, load_tokenizer, quantization_config
+from domainpt.tasks import head_setup, read_split
 
 
 def lora_config(recipe, model, new_token_ids: list[int] | None = None, head: bool = False, objective: str = "clm"):
@@ -91,25 +73,27 @@ def head_features(tokenizer, examples: list[dict], bos: int, encoder: bool) -> l
 
 
 def head_loss(model, feats, pad_id: int, device) -> tuple[torch.Tensor, int]:
-    batch = {k: v.to(device) for k, v in pad_batch([ids for ids, _ in feats], pad_id).items()}
+    ids, mask = pad_right([ids for ids, _ in feats], pad_id)
     labels = torch.tensor([y for _, y in feats], device=device)
-    return F.cross_entropy(model(**batch).logits.float(), labels), int(batch["attention_mask"].sum())
+    return F.cross_entropy(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), labels), int(mask.sum())
+
+
+def masked_answer_loss(model, feats: list[tuple[list[int], int]], mask_id: int, pad_id: int, device) -> tuple[torch.Tensor, int]:
+    """An encoder on a likelihood-scored task: the mean negative log-probability of each answer token with that
+    token masked (feats from masked_features: (ids, answer start)), the pseudo-log-likelihood evaluate scores."""
+    items = [(ids, p) for ids, start in feats for p in range(start, len(ids) - 1)]  # every answer token, [SEP] excluded
+    batch = masked_batch(items, mask_id, pad_id)
+    return -masked_logprobs(model, batch, device).mean(), int(batch["attention_mask"].sum())
 
 
 def collate(feats, pad_id: int) -> dict:
     """Left-padded batch, so every answer ends at the last position: the LM head then runs only on the
     last `keep` positions (a 49k-word head over whole prompts would cost a third of the step)."""
-    L = max(len(ids) for ids, _ in feats)
-    keep = max(len(ids) - n_prompt for ids, n_prompt in feats) + 1
-    ids = torch.full((len(feats), L), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
+    ids, mask, position_ids = pad_left([x for x, _ in feats], pad_id)
+    keep = max(len(x) - n_prompt for x, n_prompt in feats) + 1
     labels = torch.full((len(feats), keep - 1), -100, dtype=torch.long)
     for r, (x, n_prompt) in enumerate(feats):
-        ids[r, L - len(x):] = torch.tensor(x)
-        mask[r, L - len(x):] = 1
-        n_ans = len(x) - n_prompt
-        labels[r, keep - 1 - n_ans:] = torch.tensor(x[n_prompt:])
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        labels[r, keep - 1 - (len(x) - n_prompt):] = torch.tensor(x[n_prompt:])
     return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids, "labels": labels, "keep": keep}
 
 
@@ -181,21 +165,10 @@ def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str
     return {"losses": losses, "tokens": tokens, "wall_s": round(time.time() - t0, 3)}
 
 
-def head_setup(recipe, task, objective: str, tok) -> dict | None:
-    """For a task scored with a classification head: its label count, pad id and whether the model is an encoder."""
-    if task.scoring != "head":
-        return None
-    encoder = objective == "mlm"
-    pad = tok.pad_token_id if encoder and tok.pad_token_id is not None else end_of_text_id(tok)
-    examples = read_split(stage_dir(recipe, "prepare") / "tasks" / task.name, "test")
-    return {"num_labels": len(examples[0]["choices"]), "pad_id": pad, "encoder": encoder}
-
-
 def run_finetune(recipe) -> dict:
     started = time.time()
     paths = model_paths(recipe)
     quantization_config(recipe.lora.quantize)  # no bitsandbytes or no kernel for this device: say so before any work
-    prep_dir = stage_dir(recipe, "prepare")
     out = stage_dir(recipe, "finetune")
     out.mkdir(parents=True, exist_ok=True)
     # Each model reads the examples with its own tokenizer (the domain model's may be extended).
@@ -208,7 +181,7 @@ def run_finetune(recipe) -> dict:
     objectives = {m: checkpoint_objective(paths[m], recipe.model.objective, recipe.model.trust_remote_code) for m in models}
     runs, tokens = {}, 0
     for task in recipe.tasks:
-        examples = read_split(prep_dir / "tasks" / task.name, "train")
+        examples = read_split(task_dir(recipe, task.name), "train")
         for model_name in models:
             tok = toks[model_name]
             bos = eot = end_of_text_id(tok)

@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import socket
 import sys
 import tempfile
@@ -193,11 +192,3 @@ def _alive(pid: int) -> bool:
         return True
     return True
 
-
-def fresh_dir(path: Path) -> Path:
-    """Empty a stage folder left half-done by an earlier attempt (it has no manifest, so nothing is lost)."""
-    path = Path(path)
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    return path

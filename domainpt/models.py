@@ -205,18 +205,6 @@ def load_classifier(name: str, num_labels: int, pad_id: int, trust_remote_code: 
         hf_logging.set_verbosity(level)
 
 
-def end_of_text_id(tokenizer) -> int:
-    """The document separator: <|endoftext|> when the vocabulary has it, else eos (or sep for encoders)."""
-    vocab = tokenizer.get_vocab()
-    for t in ("<|endoftext|>", "</s>"):
-        if t in vocab:
-            return vocab[t]
-    for tid in (tokenizer.eos_token_id, tokenizer.sep_token_id):
-        if tid is not None:
-            return tid
-    raise DomainptError("the tokenizer has no end-of-text, eos or sep token to separate documents")
-
-
 def materialize_general_model(recipe, into: Path) -> str:
     """Return a from_pretrained argument for the general model; random init is built and saved once."""
     m = recipe.model

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from domainpt.attention import check_usable
+from domainpt.training.attention import check_usable
 from domainpt.errors import DomainptError
 from domainpt.eval.harness import harness_tasks
 from domainpt.eval.scoring import prefix_pairs

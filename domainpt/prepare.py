@@ -31,10 +31,11 @@ from domainpt.data.ingest import BadRecords, iter_source
 from domainpt.data.merge import find_shards, merge_shards
 from domainpt.data.shard import clean_text, parse_shard, process_shard
 from domainpt.errors import DomainptError
-from domainpt.eval.tasks import split_task, write_split
+from domainpt.tasks import split_task, write_split
 from domainpt.manifest import (atomic_write_json, atomic_write_jsonl, file_sha256, read_jsonl, stage_dir,
                                stage_fingerprint, write_manifest)
-from domainpt.models import end_of_text_id, load_tokenizer, materialize_general_model
+from domainpt.encoding import end_of_text_id
+from domainpt.models import load_tokenizer, materialize_general_model
 from domainpt.eval.harness import check_task_names, harness_tasks, harness_test_texts, load_leaf_tasks
 from domainpt.preflight import check_model, choice_prefix_pairs, report_prefix_pairs
 

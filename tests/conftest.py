@@ -1,8 +1,10 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,11 +20,13 @@ def cli(*args, cwd=ROOT, timeout=900, env=None):
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+CONTRACT_CHECKER = ROOT.parent / "shared" / "contracts" / "check_results.py"
+
+
 def check_results_contract(results_json) -> None:
     """The shared contract checker on a results.json, when the checker sits next to this checkout."""
-    check = ROOT.parent / "shared" / "contracts" / "check_results.py"
-    if check.is_file():
-        r = subprocess.run([sys.executable, check, results_json], capture_output=True, text=True)
+    if CONTRACT_CHECKER.is_file():
+        r = subprocess.run([sys.executable, CONTRACT_CHECKER, results_json], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -67,13 +71,72 @@ metric_list:
     return folder
 
 
+def copy_stages(src: Path, dst: Path, *stages: str) -> Path:
+    """Copy stage folders (and whatever else is named, e.g. base_model) of a shared run into a test's own out_dir:
+    a test never writes into a shared fixture's folder."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for stage in stages:
+        shutil.copytree(src / stage, dst / stage)
+    return dst
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A session artifact built once for the whole test run, however many xdist workers there are: the first
+    worker to take the lock builds it (`build(folder)`, into an empty folder), the others wait and reuse it. A failed build leaves no
+    `.done` mark, so the next worker tries again (and fails the same way, with its own message)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's temporary folder, shared by its workers
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """One full `domainpt run` of the tiny recipe, shared by the tests that read its outputs."""
-    out = tmp_path_factory.mktemp("tiny") / "run"
-    r = cli("run", TINY, f"out_dir={out}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out, r
+def tiny_llama(tmp_path_factory) -> str:
+    """The tiny recipe's general model (a seeded, randomly initialised 2-layer Llama with SmolLM2's tokenizer), for
+    tests that need only a model: the same weights as tiny_run's base_model, without running the pipeline."""
+    def build(folder):
+        from domainpt.config import load_recipe
+        from domainpt.models import materialize_general_model
+
+        materialize_general_model(load_recipe(TINY), folder)
+
+    return str(built_once(tmp_path_factory, "tiny_llama", build))
+
+
+@pytest.fixture(scope="session")
+def prepared_tiny(tmp_path_factory) -> Path:
+    """The tiny recipe's out_dir after `domainpt prepare` only (prepare/ and base_model/): where pretrain tests
+    start. Shared and read-only: copy_stages(prepared_tiny, tmp_path / "run", "prepare") before running on it."""
+    def build(folder):
+        r = cli("prepare", TINY, f"out_dir={folder}")
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "tiny_prepared", build)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, prepared_tiny):
+    """One full `domainpt run` of the tiny recipe from prepared_tiny, shared by the tests that read its outputs
+    (read-only: copy_stages what a test runs on). Returns (out_dir, the run's CompletedProcess-like result)."""
+    def build(folder):
+        copy_stages(prepared_tiny, folder, "prepare", "base_model")
+        r = cli("run", TINY, f"out_dir={folder}")
+        assert r.returncode == 0, r.stderr[-3000:]
+        (folder / ".run_output.json").write_text(json.dumps({"returncode": r.returncode, "stdout": r.stdout,
+                                                             "stderr": r.stderr}))
+
+    out = built_once(tmp_path_factory, "tiny_run", build)
+    return out, SimpleNamespace(**json.loads((out / ".run_output.json").read_text()))
 
 
 @pytest.fixture(scope="session")

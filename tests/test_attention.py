@@ -6,17 +6,16 @@ the layout handed to the kernel, grouped-query heads, autocast — not the kerne
 `bench/gpu_pretrain.py --variants default,varlen` checks on a GPU (same losses as SDPA).
 """
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-import domainpt.attention as attention
-from conftest import TINY, cli
+import domainpt.training.attention as attention
+from conftest import TINY, cli, copy_stages
 from domainpt.errors import DomainptError
-from domainpt.pretrain import make_collate
+from domainpt.training.batches import make_collate
 
 
 def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=None, window_size=(-1, -1), enable_gqa=False):
@@ -111,7 +110,7 @@ def test_varlen_model_runs_sdpa_outside_training_and_refuses_unflattened_trainin
         model(**make_collate("clm", None, True, flatten=True)(packed_items()), use_cache=False)
 
 
-def test_pretrain_with_varlen_matches_sdpa(tiny_run, tmp_path, cpu_varlen, monkeypatch):
+def test_pretrain_with_varlen_matches_sdpa(prepared_tiny, tmp_path, cpu_varlen, monkeypatch):
     """The recipe switch end to end: the real loop with train.attention=varlen (reference kernel on CPU,
     bf16 autocast) gives the losses and held-out perplexities of the SDPA run."""
     from accelerate.state import AcceleratorState
@@ -122,12 +121,10 @@ def test_pretrain_with_varlen_matches_sdpa(tiny_run, tmp_path, cpu_varlen, monke
     monkeypatch.setattr(pretrain, "check_usable", lambda *a: None)  # CPU: the kernel's device check would refuse
     runs = {}
     for kind in ("sdpa", "varlen"):
-        out = tmp_path / kind
-        for stage in ("base_model", "prepare"):
-            shutil.copytree(tiny_run[0] / stage, out / stage)
+        out = copy_stages(prepared_tiny, tmp_path / kind, "prepare")
         recipe = load_recipe(TINY, [f"out_dir={out}", f"train.attention={kind}", "train.mixed_precision=bf16",
                                     "train.max_steps=2", "train.eval_every=2", "train.save_every=0",
-                                    "train.eval_tokens=256", "train.batch_size=2"])  # bf16 matmuls are slow on CPU
+                                    "train.ppl_max_tokens=256", "train.batch_size=2"])  # bf16 matmuls are slow on CPU
         AcceleratorState._reset_state(reset_partial_state=True)
         pretrain.run_pretrain(recipe)
         runs[kind] = out / "pretrain"
@@ -163,10 +160,8 @@ def test_unusable_kernels_are_refused_in_one_line(monkeypatch):
         TrainConfig(attention="flash")
 
 
-def test_a_gpu_kernel_on_a_cpu_machine_is_refused_before_training(tiny_run, tmp_path):
-    out = tmp_path / "run"
-    for stage in ("base_model", "prepare"):
-        shutil.copytree(tiny_run[0] / stage, out / stage)
+def test_a_gpu_kernel_on_a_cpu_machine_is_refused_before_training(prepared_tiny, tmp_path):
+    out = copy_stages(prepared_tiny, tmp_path / "run", "prepare")
     r = cli("pretrain", TINY, f"out_dir={out}", "train.attention=varlen")
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "train.attention=varlen needs a CUDA GPU" in r.stderr.strip().splitlines()[-1]

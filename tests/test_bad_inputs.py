@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, copy_stages
 
 WORDS = ("court contract clause party licence agreement tenant notice damages statute appeal liability "
          "warranty breach remedy consent section schedule term payment").split()
@@ -28,8 +28,8 @@ def _jsonl(path, rows) -> str:
 
 
 @pytest.fixture(scope="module")
-def base_model(tiny_run):
-    return str(tiny_run[0] / "base_model")
+def base_model(tiny_llama):
+    return tiny_llama
 
 
 def _recipe(tmp_path, base_model, **changes) -> str:
@@ -86,7 +86,7 @@ CASES = {
     "zero size": (lambda t, b: ["prepare", _recipe(t, b), "train.batch_size=0"], "train: batch_size must be > 0"),
     "negative size": (lambda t, b: ["prepare", _recipe(t, b), "data.seq_len=-4"], "data: seq_len must be >= 8"),
     "share out of range": (lambda t, b: ["prepare", _recipe(t, b), "data.replay_share=1.5"], "replay_share must be in [0, 1)"),
-    "unknown schedule": (lambda t, b: ["prepare", _recipe(t, b), "train.schedule=linear"], "schedule must be cosine, wsd or constant"),
+    "unknown schedule": (lambda t, b: ["prepare", _recipe(t, b), "train.schedule=linear"], "train: schedule must be one of cosine, wsd, constant, got 'linear'"),
     "unknown attention kernel": (lambda t, b: ["prepare", _recipe(t, b), "train.attention=flash"],
                                  "train: attention must be one of sdpa, eager, flex_attention, varlen"),
     "recipe file missing": (lambda t, b: ["prepare", str(t / "nope.yaml")], "recipe not found: "),
@@ -199,10 +199,7 @@ def test_a_few_bad_lines_in_a_big_corpus_are_counted_not_fatal(tmp_path, base_mo
 
 def test_corrupted_checkpoint_is_refused_with_its_path(tiny_run, tmp_path):
     ref, _ = tiny_run
-    run = tmp_path / "run"
-    run.mkdir()
-    shutil.copytree(ref / "prepare", run / "prepare")
-    shutil.copytree(ref / "pretrain" / "checkpoints", run / "pretrain" / "checkpoints")
+    run = copy_stages(ref, tmp_path / "run", "prepare", "pretrain/checkpoints")
     latest = max((run / "pretrain" / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
     weights = latest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])

@@ -36,7 +36,7 @@ def test_prefix_pairs_with_the_real_tokenizer(tokenizer):
 
 def test_suffixed_score_equals_a_plain_forward_pass(tokenizer):
     from domainpt.eval.scoring import score_examples
-    from domainpt.models import end_of_text_id
+    from domainpt.encoding import end_of_text_id
 
     model, eot = _tiny_llama(tokenizer), end_of_text_id(tokenizer)
     examples = [{"id": "a", "prompt": "License text:\nMIT\nCategory:", "choices": [" Permissive", SHORT, LONG], "answer": 0},
@@ -73,7 +73,8 @@ def test_the_longer_label_is_reachable_only_with_end_of_text(tokenizer, tmp_path
     from domainpt.config import load_recipe
     from domainpt.eval.scoring import score_examples
     from domainpt.finetune import train_adapter, training_features
-    from domainpt.models import end_of_text_id, load_model
+    from domainpt.encoding import end_of_text_id
+    from domainpt.models import load_model
 
     base = tmp_path / "base"
     _tiny_llama(tokenizer, init_range=0.3).save_pretrained(base)  # wide init: a frozen tied head that LoRA can steer

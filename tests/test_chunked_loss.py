@@ -1,17 +1,19 @@
 """`train.loss_chunk_tokens`: the chunked cross-entropy gives the model's own loss and gradients, and refuses the
 setups it cannot serve. (Through the real loop, under two DDP processes: tests/test_training.py.)"""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 
-def _model_and_batch(tiny_run, tie: bool):
+def _model_and_batch(tiny_llama, tie: bool):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from domainpt.models import load_tokenizer
-    from domainpt.pretrain import make_collate
+    from domainpt.training.batches import make_collate
 
-    base = tiny_run[0] / "base_model"
+    base = Path(tiny_llama)
     config = AutoConfig.from_pretrained(base)
     config.tie_word_embeddings = tie
     torch.manual_seed(0)
@@ -27,10 +29,10 @@ def _model_and_batch(tiny_run, tie: bool):
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_chunked_loss_and_gradients_equal_the_models_own(tiny_run, tie):
-    from domainpt.chunked_loss import chunked_lm_loss, head_returns_hidden
+def test_chunked_loss_and_gradients_equal_the_models_own(tiny_llama, tie):
+    from domainpt.training.chunked_loss import chunked_lm_loss, head_returns_hidden
 
-    model, batch = _model_and_batch(tiny_run, tie)
+    model, batch = _model_and_batch(tiny_llama, tie)
     assert (batch["labels"] == -100).any()
     own = model(**batch, use_cache=False).loss
     own.backward()
@@ -47,11 +49,11 @@ def test_chunked_loss_and_gradients_equal_the_models_own(tiny_run, tie):
     assert model(**batch, use_cache=False).logits.shape[-1] == model.config.vocab_size  # the head is back
 
 
-def test_unsupported_setups_are_refused(tiny_run):
-    from domainpt.chunked_loss import check_supported
+def test_unsupported_setups_are_refused(tiny_llama):
+    from domainpt.training.chunked_loss import check_supported
     from domainpt.errors import DomainptError
 
-    model, _ = _model_and_batch(tiny_run, tie=True)
+    model, _ = _model_and_batch(tiny_llama, tie=True)
     check_supported(model, "NO", None, compiled=False)
     with pytest.raises(DomainptError, match="FSDP or DeepSpeed ZeRO-3"):
         check_supported(model, "FSDP", None, compiled=False)

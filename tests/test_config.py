@@ -85,3 +85,36 @@ def test_sources_command_lists_every_builtin_corpus_with_its_licence():
     assert r.returncode == 0, r.stderr
     for name, b in BUILTINS.items():
         assert f"{name}  ({b.info['domain']}, {b.info['licence']}" in r.stdout
+
+
+def test_a_renamed_key_still_reads_under_its_old_name_and_keeps_the_runs_fingerprint(tmp_path):
+    """train.eval_tokens became train.ppl_max_tokens (eval.ppl_max_tokens's notion): old recipes still load, with
+    a warning, and a run finished under the old name is not redone."""
+    from domainpt.manifest import stage_fingerprint
+
+    old = _write(tmp_path, BASE + "train: {eval_tokens: 512}\n")
+    with pytest.warns(FutureWarning, match="train.eval_tokens is now train.ppl_max_tokens"):
+        r_old = load_recipe(old)
+    assert r_old.train.ppl_max_tokens == 512
+    new = tmp_path / "new.yaml"
+    new.write_text(BASE + "train: {ppl_max_tokens: 512}\n")
+    r_new = load_recipe(new)
+    assert stage_fingerprint(r_old, "pretrain") == stage_fingerprint(r_new, "pretrain")
+    assert stage_fingerprint(r_new, "pretrain") != stage_fingerprint(load_recipe(new, ["train.ppl_max_tokens=256"]), "pretrain")
+    with pytest.raises(DomainptError, match="train.eval_tokens is the old name of train.ppl_max_tokens"):
+        load_recipe(new, ["train.eval_tokens=256"])
+
+
+def test_allowed_values_come_from_the_type_for_the_check_the_error_and_the_keys_table(tmp_path):
+    from domainpt.config import TrainConfig
+
+    p = _write(tmp_path, BASE)
+    with pytest.raises(DomainptError, match=r"train: schedule must be one of cosine, wsd, constant, got 'linear'"):
+        load_recipe(p, ["train.schedule=linear"])
+    with pytest.raises(ValueError, match="on_bad_step must be one of skip, rollback, stop"):
+        TrainConfig(on_bad_step="retry")
+    with pytest.raises(DomainptError, match=r"train.attention: expected one of sdpa, eager, .*, got int 3"):
+        load_recipe(p, ["train.attention=3"])
+    keys = {k: help_ for k, _, help_ in field_docs()}
+    assert keys["train.schedule"].endswith("One of: cosine, wsd, constant.")
+    assert keys["compare.control"].endswith("One of: none, continued_general.")

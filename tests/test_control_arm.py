@@ -7,14 +7,15 @@ rerun to the end); every assertion reads its files.
 import json
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, cli, review_examples, write_harness_task
+from conftest import TINY, built_once, cli, copy_stages, review_examples, write_harness_task
 from domainpt.config import load_recipe
-from domainpt.finetune import MODELS, models_of
+from domainpt.layout import MODELS, models_of
 from domainpt.manifest import ALL_STAGES, STAGE_SECTIONS, invalidate, run_stages
 from domainpt.plan import build_plan, format_plan
 
@@ -22,23 +23,32 @@ CONTROL = "compare.control=continued_general"
 TASK = "licence-category"
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    """Overrides adding a small local lm-eval task: the harness scores the control model too."""
-    folder = write_harness_task(tmp_path_factory.mktemp("harness_tasks"), review_examples(24), "local_reviews")
-    return ["eval.harness_tasks=[local_reviews]", f"eval.harness_include={folder}"]
+def _harness_overrides(tasks_dir: Path) -> list[str]:
+    """A small local lm-eval task: the harness scores the control model too."""
+    return ["eval.harness_tasks=[local_reviews]", f"eval.harness_include={tasks_dir}"]
 
 
 @pytest.fixture(scope="module")
-def control_run(tmp_path_factory, harness):
-    """(out_dir, the finishing run, metrics.jsonl of the control as the kill at step 6 left it)."""
-    out = tmp_path_factory.mktemp("control") / "run"
-    killed = cli("run", TINY, f"out_dir={out}", CONTROL, *harness, env={"DOMAINPT_FAULT": "pretrain_control.step_end@6"})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    before_kill = [json.loads(l) for l in open(out / "pretrain_control" / "metrics.jsonl")]
-    r = cli("run", TINY, f"out_dir={out}", CONTROL, *harness)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out, r, before_kill
+def control_run(tmp_path_factory):
+    """(out_dir, the finishing run, metrics.jsonl of the control as the kill at step 6 left it); built once per session."""
+    def build(folder):
+        harness = _harness_overrides(write_harness_task(folder / "harness_tasks", review_examples(24), "local_reviews"))
+        out = folder / "run"
+        killed = cli("run", TINY, f"out_dir={out}", CONTROL, *harness, env={"DOMAINPT_FAULT": "pretrain_control.step_end@6"})
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        before_kill = [json.loads(l) for l in open(out / "pretrain_control" / "metrics.jsonl")]
+        r = cli("run", TINY, f"out_dir={out}", CONTROL, *harness)
+        assert r.returncode == 0, r.stderr[-3000:]
+        (folder / "outcome.json").write_text(json.dumps({"stdout": r.stdout, "stderr": r.stderr, "before_kill": before_kill}))
+
+    folder = built_once(tmp_path_factory, "control_run", build)
+    outcome = json.loads((folder / "outcome.json").read_text())
+    return folder / "run", SimpleNamespace(stdout=outcome["stdout"], stderr=outcome["stderr"]), outcome["before_kill"]
+
+
+@pytest.fixture(scope="module")
+def harness(control_run):
+    return _harness_overrides(control_run[0].parent / "harness_tasks")
 
 
 def _weights(folder):
@@ -128,8 +138,8 @@ def test_harness_scores_the_control_model_and_states_domain_minus_control(contro
     assert (control_run[0] / "evaluate" / "harness" / "control_model" / "local_reviews.jsonl").is_file()
 
 
-def test_rerun_skips_every_finished_stage(control_run, harness):
-    out = control_run[0]
+def test_rerun_skips_every_finished_stage(control_run, harness, tmp_path):
+    out = copy_stages(control_run[0], tmp_path / "run", *ALL_STAGES, "base_model")
     r = cli("run", TINY, f"out_dir={out}", CONTROL, *harness)
     assert r.returncode == 0, r.stderr[-2000:]
     for stage in ALL_STAGES:
@@ -162,10 +172,8 @@ def test_default_recipe_has_no_control_stage_model_or_fingerprint_change():
     assert on["total_flops"] == pytest.approx(off["total_flops"] + on["pretrain"]["flops"] + (on["finetune"]["flops"] + on["evaluate"]["flops"]) / 3)
 
 
-def test_default_prepare_writes_no_control_files(tmp_path):
-    r = cli("prepare", TINY, f"out_dir={tmp_path / 'run'}")
-    assert r.returncode == 0, r.stderr[-2000:]
-    prep = tmp_path / "run" / "prepare"
+def test_default_prepare_writes_no_control_files(prepared_tiny):
+    prep = prepared_tiny / "prepare"
     assert (prep / "train").is_dir() and not (prep / "train_control").exists()
     assert "control" not in json.loads((prep / "stats.json").read_text())
     assert list(json.loads((prep / "manifest.json").read_text())["outputs"]) == ["train_tokens_sha256"]
@@ -183,7 +191,7 @@ def test_force_pretrain_keeps_the_control_arm_and_force_control_invalidates_what
 
 
 def test_bad_control_values_are_one_line_errors_naming_the_key(tmp_path):
-    for args, says in ((("compare.control=bogus",), "compare: control must be none or continued_general"),
+    for args, says in ((("compare.control=bogus",), "compare: control must be one of none, continued_general, got 'bogus'"),
                        ((), "pretrain_control: compare.control is 'none'")):
         r = cli("pretrain_control", TINY, f"out_dir={tmp_path / 'run'}", *args)
         lines = r.stderr.strip().splitlines()

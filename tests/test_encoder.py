@@ -39,7 +39,7 @@ def test_pll_windows_score_every_token_once_with_bounded_context():
 
 
 def test_pseudo_perplexity_of_a_uniform_model_is_the_vocabulary_size(tiny_bert):
-    from domainpt.eval.masked import pseudo_perplexity
+    from domainpt.eval.perplexity import pseudo_perplexity
     from domainpt.models import load_tokenizer
 
     tok = load_tokenizer(tiny_bert)
@@ -128,7 +128,7 @@ def test_an_encoder_runs_through_every_stage(demo_bert, tmp_path):
         recipe["tasks"].append({**recipe["tasks"][0], "name": "licence-head", "scoring": "head"})
 
     path = tiny_recipe_variant(tmp_path, edit)
-    r = cli("run", path, "train.max_steps=24", "train.lr=0.002", "eval.ppl_max_tokens=768", "train.eval_tokens=256")
+    r = cli("run", path, "train.max_steps=24", "train.lr=0.002", "eval.ppl_max_tokens=768", "train.ppl_max_tokens=256")
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "run"
     assert json.loads((out / "pretrain" / "manifest.json").read_text())["objective"] == "mlm"

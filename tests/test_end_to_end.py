@@ -1,13 +1,10 @@
 """The tiny recipe through the real CLI: every stage, the contracts, resumability and error handling."""
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, TINY, cli
-
-CHECK = ROOT.parent / "shared" / "contracts" / "check_results.py"
+from conftest import TINY, check_results_contract, cli, copy_stages
+from domainpt.manifest import STAGES
 
 
 def test_run_writes_every_stage_and_the_report(tiny_run):
@@ -29,9 +26,7 @@ def test_run_writes_every_stage_and_the_report(tiny_run):
     assert "licence-category" in (out / "compare" / "report.md").read_text()
     # per-example predictions for paired statistics
     assert (out / "evaluate" / "predictions" / "licence-category" / "domain_model" / "seed1.jsonl").is_file()
-    if CHECK.is_file():
-        c = subprocess.run([sys.executable, CHECK, out / "compare" / "results.json"], capture_output=True, text=True)
-        assert c.returncode == 0, c.stdout + c.stderr
+    check_results_contract(out / "compare" / "results.json")
 
 
 def test_pretrain_metrics_and_loss_falls(tiny_run):
@@ -54,8 +49,8 @@ def test_prepare_stats_contract(tiny_run):
     assert (out / "prepare" / "data_card.md").read_text().startswith("# Data card")
 
 
-def test_second_run_does_no_work(tiny_run):
-    out, _ = tiny_run
+def test_second_run_does_no_work(tiny_run, tmp_path):
+    out = copy_stages(tiny_run[0], tmp_path / "run", *STAGES, "base_model")
     before = {p: p.stat().st_mtime for p in out.rglob("manifest.json")}
     r = cli("run", TINY, f"out_dir={out}")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -63,8 +58,8 @@ def test_second_run_does_no_work(tiny_run):
     assert before == {p: p.stat().st_mtime for p in out.rglob("manifest.json")}
 
 
-def test_changed_recipe_is_not_mixed_with_finished_stages(tiny_run):
-    out, _ = tiny_run
+def test_changed_recipe_is_not_mixed_with_finished_stages(tiny_run, tmp_path):
+    out = copy_stages(tiny_run[0], tmp_path / "run", *STAGES, "base_model")
     r = cli("run", TINY, f"out_dir={out}", "train.max_steps=13")
     assert r.returncode == 2
     assert "finished with a different recipe" in r.stderr and "Traceback" not in r.stderr

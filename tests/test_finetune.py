@@ -1,30 +1,29 @@
 """LoRA fine-tuning details: same seed -> same adapter, merged export equals the adapter, k-shot scoring."""
 import json
-import shutil
 
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, cli
+from conftest import TINY, cli, copy_stages
 
 
-def _setup(tiny_run):
+def _setup(prepared_tiny):
     from domainpt.config import load_recipe
-    from domainpt.eval.tasks import read_split
+    from domainpt.tasks import read_split
     from domainpt.finetune import training_features
     from domainpt.models import load_tokenizer
 
-    out = tiny_run[0]
+    out = prepared_tiny
     base = str(out / "base_model")
     tok = load_tokenizer(base)
     feats = training_features(tok, read_split(out / "prepare" / "tasks" / "licence-category", "train"), 0, 0)
     return load_recipe(TINY, [f"out_dir={out}"]), base, tok, feats
 
 
-def test_same_seed_gives_the_same_adapter_and_another_seed_does_not(tiny_run, tmp_path):
+def test_same_seed_gives_the_same_adapter_and_another_seed_does_not(prepared_tiny, tmp_path):
     from domainpt.finetune import train_adapter
 
-    recipe, base, _, feats = _setup(tiny_run)
+    recipe, base, _, feats = _setup(prepared_tiny)
     logs = [train_adapter(recipe, base, feats, seed, tmp_path / f"a{i}", desc="t") for i, seed in enumerate((0, 0, 1))]
     a, b, c = (load_file(str(tmp_path / f"a{i}" / "adapter_model.safetensors")) for i in range(3))
     assert logs[0]["losses"] == logs[1]["losses"]
@@ -32,13 +31,13 @@ def test_same_seed_gives_the_same_adapter_and_another_seed_does_not(tiny_run, tm
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-def test_merged_export_predicts_like_the_adapter(tiny_run, tmp_path):
+def test_merged_export_predicts_like_the_adapter(prepared_tiny, tmp_path):
     from peft import PeftModel
 
     from domainpt.finetune import train_adapter
     from domainpt.models import load_model
 
-    recipe, base, tok, feats = _setup(tiny_run)
+    recipe, base, tok, feats = _setup(prepared_tiny)
     recipe.lora.merge_export = True
     train_adapter(recipe, base, feats, 0, tmp_path / "adapter", desc="t")
     merged = load_model(str(tmp_path / "merged"), "clm").eval()
@@ -53,10 +52,7 @@ def test_k_shot_scoring_puts_the_same_solved_examples_before_every_prompt(tiny_r
     from domainpt.eval.stage import with_shots
 
     ref = tiny_run[0]
-    run = tmp_path / "run"
-    run.mkdir()
-    for stage in ("prepare", "pretrain", "finetune"):
-        shutil.copytree(ref / stage, run / stage)
+    run = copy_stages(ref, tmp_path / "run", "prepare", "pretrain", "finetune")
     r = cli("evaluate", TINY, f"out_dir={run}", "eval.few_shot=2")
     assert r.returncode == 0, r.stderr[-2000:]
     scores = json.loads((run / "evaluate" / "scores.json").read_text())["tasks"]["licence-category"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import check_results_contract, cli, tiny_recipe_variant, write_harness_task
+from conftest import built_once, check_results_contract, cli, tiny_recipe_variant, write_harness_task
 
 pytest.importorskip("lm_eval")
 
@@ -33,20 +33,22 @@ def lm_eval_directly(model_path: str, include: Path, out: Path) -> tuple[dict, l
 
 
 @pytest.fixture(scope="module")
-def harness_run(tiny_run, tmp_path_factory):
+def harness_run(prepared_tiny, tmp_path_factory):
     """The tiny recipe with a local harness task (over the tiny run's licence test items) and lm-eval's convention,
-    through `domainpt run` (harness tasks are part of prepare's decontamination, so every stage runs)."""
-    tmp = tmp_path_factory.mktemp("harness")
-    include = write_harness_task(tmp / "tasks", read_examples(tiny_run[0]), TASK)
+    through `domainpt run` (harness tasks are part of prepare's decontamination, so every stage runs). Built once
+    per session; returns (out_dir, the task folder, the run's stdout)."""
+    def build(folder):
+        include = write_harness_task(folder / "tasks", read_examples(prepared_tiny), TASK)
 
-    def edit(r):
-        r["eval"].update(harness_tasks=[TASK], harness_include=str(include), zero_shot_convention="lm-eval")
+        def edit(r):
+            r["eval"].update(harness_tasks=[TASK], harness_include=str(include), zero_shot_convention="lm-eval")
 
-    recipe = tiny_recipe_variant(tmp, edit)
-    run = tmp / "run"
-    r = cli("run", recipe)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return run, include, tmp, r
+        r = cli("run", tiny_recipe_variant(folder, edit))
+        assert r.returncode == 0, r.stderr[-3000:]
+        (folder / "stdout.txt").write_text(r.stdout)
+
+    folder = built_once(tmp_path_factory, "harness_run", build)
+    return folder / "run", folder / "tasks", (folder / "stdout.txt").read_text()
 
 
 def test_run_writes_a_harness_section_with_intervals_for_both_models(harness_run):
@@ -67,15 +69,15 @@ def test_run_writes_a_harness_section_with_intervals_for_both_models(harness_run
     assert res["harness_settings"]["lm_eval_version"]
     report = (run / "compare" / "report.md").read_text()
     assert "## lm-evaluation-harness" in report and f"| {TASK} | acc |" in report
-    assert f"[domainpt] lm-eval {TASK} (acc): general" in harness_run[3].stdout
+    assert f"[domainpt] lm-eval {TASK} (acc): general" in harness_run[2]
 
 
-def test_harness_numbers_are_lm_evals_own_on_the_checkpoints_domainpt_wrote(harness_run):
+def test_harness_numbers_are_lm_evals_own_on_the_checkpoints_domainpt_wrote(harness_run, tmp_path):
     """The same task through `lm_eval run` on each checkpoint: the same aggregate and per-document values."""
-    run, include, tmp, _ = harness_run
+    run, include, _ = harness_run
     res = json.loads((run / "compare" / "results.json").read_text())
     for arm, path in (("general_model", run / "base_model"), ("domain_model", run / "pretrain" / "model")):
-        direct, samples = lm_eval_directly(str(path), include, tmp / f"direct_{arm}")
+        direct, samples = lm_eval_directly(str(path), include, tmp_path / f"direct_{arm}")
         for metric in ("acc", "acc_norm"):
             assert res["harness"][TASK][metric][arm]["mean"] == pytest.approx(direct[f"{metric},none"], abs=1e-12)
         ours = [json.loads(l) for l in open(run / "evaluate" / "harness" / arm / f"{TASK}.jsonl")]
@@ -97,17 +99,18 @@ def _lm_eval_scores(model_path: str, include: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("model", ["tiny", "smollm2-135m"])
-def test_domainpt_scorer_agrees_with_lm_eval_under_its_convention(model, tiny_run, tmp_path):
+def test_domainpt_scorer_agrees_with_lm_eval_under_its_convention(model, prepared_tiny, tmp_path):
     """Same items, same prompts: domainpt's zero-shot scorer with eval.zero_shot_convention=lm-eval (no BOS,
     acc_norm per character) gives lm-eval's log-likelihoods and both its acc and acc_norm predictions; with
     domainpt's own convention (a BOS token first) the log-likelihoods differ, as the README says."""
     from domainpt.eval.scoring import score_examples
     from domainpt.eval.stage import zero_shot_conventions
     from domainpt.config import EvalConfig
-    from domainpt.models import end_of_text_id, load_model, load_tokenizer, resolve
+    from domainpt.encoding import end_of_text_id
+    from domainpt.models import load_model, load_tokenizer, resolve
 
-    path = str(tiny_run[0] / "base_model") if model == "tiny" else resolve("smollm2-135m")
-    examples = [{**e, "id": str(i)} for i, e in enumerate(read_examples(tiny_run[0]))]
+    path = str(prepared_tiny / "base_model") if model == "tiny" else resolve("smollm2-135m")
+    examples = [{**e, "id": str(i)} for i, e in enumerate(read_examples(prepared_tiny))]
     include = write_harness_task(tmp_path / "tasks", examples, TASK)
     tok, lm = load_tokenizer(path), load_model(path, "clm")
     bos, unit = zero_shot_conventions(EvalConfig(zero_shot_convention="lm-eval"), end_of_text_id(tok), tok)
@@ -233,7 +236,7 @@ def test_lm_eval_convention_keeps_a_bos_the_tokenizer_adds_by_default():
     assert zero_shot_conventions(EvalConfig(), 0, LlamaLike()) == (0, "bytes")
 
 
-def test_prepare_decontaminates_training_text_against_harness_test_documents(tiny_run, tmp_path):
+def test_prepare_decontaminates_training_text_against_harness_test_documents(prepared_tiny, tmp_path):
     """A harness task whose documents quote licences of the domain corpus: prepare flags those licences."""
     from domainpt.data.builtin import read_builtin
 
@@ -248,7 +251,7 @@ def test_prepare_decontaminates_training_text_against_harness_test_documents(tin
     r = cli("prepare", tiny_recipe_variant(tmp_path, edit))
     assert r.returncode == 0, r.stderr[-3000:]
     stats = json.loads((tmp_path / "run" / "prepare" / "stats.json").read_text())
-    raw = json.loads((tiny_run[0] / "prepare" / "stats.json").read_text())
+    raw = json.loads((prepared_tiny / "prepare" / "stats.json").read_text())
     assert stats["harness_test_texts"] == len(quoted)
     assert stats["contaminated_found"] >= raw["contaminated_found"] + 1
 

@@ -13,7 +13,8 @@ def _train_and_check(base: str, encoder: bool, tmp_path, steps=80, lr=0.01):
     from domainpt.config import load_recipe
     from domainpt.eval.scoring import classify_examples
     from domainpt.finetune import head_features, lora_config, train_adapter
-    from domainpt.models import end_of_text_id, load_classifier, load_tokenizer
+    from domainpt.encoding import end_of_text_id
+    from domainpt.models import load_classifier, load_tokenizer
 
     recipe = load_recipe(TINY, [f"lora.steps={steps}", f"lora.lr={lr}", "lora.batch_size=8"])
     tok = load_tokenizer(base)
@@ -47,8 +48,8 @@ def _train_and_check(base: str, encoder: bool, tmp_path, steps=80, lr=0.01):
     return log
 
 
-def test_head_on_a_decoder(tiny_run, tmp_path):
-    _train_and_check(str(tiny_run[0] / "base_model"), encoder=False, tmp_path=tmp_path)
+def test_head_on_a_decoder(tiny_llama, tmp_path):
+    _train_and_check(tiny_llama, encoder=False, tmp_path=tmp_path)
 
 
 def test_head_on_an_encoder(tiny_bert, tmp_path):

@@ -90,7 +90,7 @@ def test_corpus_sources_give_documents_with_text(path, key, hub_calls):
 @pytest.mark.parametrize("path,name", TASKS, ids=lambda x: getattr(x, "stem", x))
 def test_tasks_give_valid_examples(path, name, hub_calls, tokenizer):
     from domainpt.data.ingest import BadRecords
-    from domainpt.eval.tasks import split_task
+    from domainpt.tasks import split_task
 
     recipe = _recipe(path)
     task = next(t for t in recipe.tasks if t.name == name)
@@ -142,7 +142,7 @@ def test_medmcqa_class_label_answer_is_its_index(hub_calls, stand_ins, tokenizer
     import pyarrow.parquet as pq
 
     from domainpt.data.ingest import BadRecords
-    from domainpt.eval.tasks import build_examples
+    from domainpt.tasks import build_examples
 
     raw = pq.read_table(stand_ins[("openlifescienceai/medmcqa", None)] / "data" / "train-00000-of-00001.parquet").to_pylist()
     bad = BadRecords()
@@ -162,7 +162,7 @@ def test_a_class_label_answer_is_never_read_from_its_name(tmp_path, tokenizer):
 
     from domainpt.config import SourceConfig, TaskConfig
     from domainpt.data.ingest import BadRecords
-    from domainpt.eval.tasks import build_examples
+    from domainpt.tasks import build_examples
 
     feats = datasets.Features({"q": datasets.Value("string"), "a": datasets.Value("string"), "b": datasets.Value("string"),
                                "ans": datasets.ClassLabel(names=["1", "2"])})
@@ -179,7 +179,7 @@ def test_a_letter_in_a_plain_file_is_not_guessed_into_an_index(tmp_path, tokeniz
     """Only a class label says which letter is which choice; a letter in a JSON file is a bad record."""
     from domainpt.config import SourceConfig, TaskConfig
     from domainpt.data.ingest import BadRecords
-    from domainpt.eval.tasks import build_examples
+    from domainpt.tasks import build_examples
 
     rows = [{"question": f"Question {i}?", "opa": "x", "opb": "y", "cop": 1} for i in range(3)]
     rows.append({"question": "Lettered?", "opa": "x", "opb": "y", "cop": "b"})
@@ -226,7 +226,7 @@ def test_tasks_fill_prompts_and_choices_from_record_fields(hub_calls, stand_ins,
     from domainpt.config import TaskConfig
     from domainpt.data.ingest import BadRecords
     from domainpt.errors import DomainptError
-    from domainpt.eval.tasks import build_examples
+    from domainpt.tasks import build_examples
 
     medical = _recipe(ROOT / "recipes" / "medical.yaml")
     pubmedqa = next(t for t in medical.tasks if t.name == "pubmedqa")

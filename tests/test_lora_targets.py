@@ -44,14 +44,14 @@ def test_presets_name_exactly_the_layers_of_each_block(model_type):
     assert got["attention+mlp"] == expected["attention"] | expected["mlp"]
 
 
-def test_a_preset_is_what_peft_adapts(tiny_run):
+def test_a_preset_is_what_peft_adapts(tiny_llama):
     from peft import get_peft_model
 
     from domainpt.config import load_recipe
     from domainpt.finetune import lora_config
     from domainpt.models import load_model
 
-    model = load_model(str(tiny_run[0] / "base_model"), "clm")
+    model = load_model(tiny_llama, "clm")
     peft_model = get_peft_model(model, lora_config(load_recipe(TINY, ["lora.target_modules=mlp"]), model))
     adapted = {n.rsplit(".lora_A", 1)[0].split("layers.", 1)[1] for n, _ in peft_model.named_parameters() if ".lora_A." in n}
     assert adapted == {f"{i}.mlp.{p}" for i in range(2) for p in ("gate_proj", "up_proj", "down_proj")}

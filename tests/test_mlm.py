@@ -29,7 +29,7 @@ def _bert(tmp_path):
 
 
 def test_mlm_collator_masks_15_percent_with_80_10_10(tmp_path):
-    from domainpt.pretrain import make_collate
+    from domainpt.training.batches import make_collate
 
     _, tok = _bert(tmp_path)
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def test_whole_word_masking_masks_every_piece_of_a_chosen_word(tmp_path):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    from domainpt.pretrain import make_collate
+    from domainpt.training.batches import make_collate
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(100)] + [f"##p{i}" for i in range(100)]
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]")),

@@ -122,7 +122,7 @@ def test_packed_batches_give_the_same_loss_as_padded_documents(tiny_model):
     from pathlib import Path
 
     from domainpt.data.pack import PackedBlocks, PackWriter
-    from domainpt.pretrain import make_collate
+    from domainpt.training.batches import make_collate
 
     g = torch.Generator().manual_seed(0)
     docs = [torch.randint(1, 4000, (n,), generator=g).tolist() for n in (9, 4, 13, 6)]

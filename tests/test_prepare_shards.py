@@ -3,7 +3,6 @@ duplicates across shards removed, planted test-set copies dropped, and source we
 import json
 import random
 
-import numpy as np
 import pytest
 import yaml
 
@@ -26,7 +25,7 @@ def _jsonl(path, rows):
 
 
 @pytest.fixture(scope="module")
-def sharded_recipe(tiny_run, tmp_path_factory):
+def sharded_recipe(tiny_llama, tmp_path_factory):
     d = tmp_path_factory.mktemp("shards")
     task_rows = [{"text": _text(f"q{i}", 10_000 + i, 30), "label": ["yes", "no"][i % 2]} for i in range(40)]
     a = [_text(f"a{i}", i) for i in range(200)]
@@ -40,7 +39,7 @@ def sharded_recipe(tiny_run, tmp_path_factory):
     g = [_text(f"g{i}", 2000 + i) for i in range(80)]
     recipe = {
         "name": "shards", "domain": "legal", "out_dir": str(d / "unused"),
-        "model": {"base": str(tiny_run[0] / "base_model")},
+        "model": {"base": tiny_llama},
         "data": {"domain": [{"path": _jsonl(d / "a.jsonl", [{"text": t} for t in a]), "name": "a", "weight": 1.0},
                             {"path": _jsonl(d / "b.jsonl", [{"text": t} for t in b]), "name": "b", "weight": 1.0}],
                  "general": [{"path": _jsonl(d / "g.jsonl", [{"text": t} for t in g]), "name": "g"}],
@@ -70,13 +69,13 @@ def _outputs(prep):
     return stats, files
 
 
-def test_sharded_prepare_equals_one_process(sharded_recipe, tokenizer):
-    recipe, d, corpus = sharded_recipe
-    one = _prepare(recipe, d / "one")
+def test_sharded_prepare_equals_one_process(sharded_recipe, tokenizer, tmp_path):
+    recipe, _, corpus = sharded_recipe
+    one = _prepare(recipe, tmp_path / "one")
     for i in range(3):  # three independent map tasks, then the merge
-        main(["prepare", str(recipe), f"out_dir={d / 'three'}", "--shard", f"{i}/3"])
-    three = _prepare(recipe, d / "three", "--merge")
-    pool = _prepare(recipe, d / "pool", "data.num_proc=2")
+        main(["prepare", str(recipe), f"out_dir={tmp_path / 'three'}", "--shard", f"{i}/3"])
+    three = _prepare(recipe, tmp_path / "three", "--merge")
+    pool = _prepare(recipe, tmp_path / "pool", "data.num_proc=2")
     assert _outputs(three) == _outputs(one)
     assert _outputs(pool) == _outputs(one)
     assert not (three / "shards").exists() and (three / "manifest.json").is_file()
@@ -96,9 +95,9 @@ def test_sharded_prepare_equals_one_process(sharded_recipe, tokenizer):
     assert abs(shares["a"] - shares["b"]) < 0.03 and abs(shares["g"] - 0.2) < 0.005, shares
 
 
-def test_merge_names_missing_shards(sharded_recipe):
-    recipe, d, _ = sharded_recipe
-    out = d / "partial"
+def test_merge_names_missing_shards(sharded_recipe, tmp_path):
+    recipe, _, _ = sharded_recipe
+    out = tmp_path / "partial"
     main(["prepare", str(recipe), f"out_dir={out}", "--shard", "0/3"])
     r = cli("prepare", recipe, f"out_dir={out}", "--merge")
     assert r.returncode == 2 and "shards 1/3, 2/3 are not finished" in r.stderr, r.stderr[-500:]

@@ -20,7 +20,7 @@ def test_qa_metrics_match_hand_values():
 def test_qa_records_squad_style_and_closed_book(tmp_path, tokenizer):
     from domainpt.config import SourceConfig, TaskConfig
     from domainpt.data.ingest import BadRecords
-    from domainpt.eval.tasks import build_examples
+    from domainpt.tasks import build_examples
 
     p = tmp_path / "qa.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in [

@@ -1,13 +1,12 @@
 """QLoRA (`lora.quantize`): LoRA on a 4-bit (nf4) or 8-bit base through bitsandbytes. Recent bitsandbytes (0.50 tested)
 has CPU kernels, so the whole path runs here; on a GPU the same code places the model on cuda:0."""
 import json
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, cli, review_examples
+from conftest import TINY, cli, copy_stages, review_examples
 
 
 def test_missing_bitsandbytes_or_kernels_is_a_one_line_error(monkeypatch):
@@ -34,14 +33,14 @@ def test_missing_bitsandbytes_or_kernels_is_a_one_line_error(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def learnable_llama(tiny_run, tmp_path_factory):
+def learnable_llama(tiny_llama, tmp_path_factory):
     """The tiny run's Llama shape, initialised 10x wider than usual: with the usual 0.02 a random model's frozen,
     tied embeddings keep any LoRA from moving a 49k-way prediction far (loss 10.2 -> 9.9 in 60 steps)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from domainpt.models import load_tokenizer
 
-    base = tiny_run[0] / "base_model"
+    base = tiny_llama
     config = AutoConfig.from_pretrained(base)
     config.initializer_range = 0.2
     torch.manual_seed(0)
@@ -59,7 +58,8 @@ def test_qlora_trains_only_the_adapter_on_a_quantised_base(learnable_llama, tmp_
     from domainpt.config import load_recipe
     from domainpt.eval.scoring import score_examples
     from domainpt.finetune import train_adapter, training_features
-    from domainpt.models import end_of_text_id, load_model, load_tokenizer
+    from domainpt.encoding import end_of_text_id
+    from domainpt.models import load_model, load_tokenizer
 
     base = learnable_llama
     tok = load_tokenizer(base)
@@ -82,9 +82,7 @@ def test_qlora_trains_only_the_adapter_on_a_quantised_base(learnable_llama, tmp_
 
 def test_qlora_through_finetune_and_evaluate(tiny_run, tmp_path):
     pytest.importorskip("bitsandbytes")
-    run = tmp_path / "run"
-    for stage in ("base_model", "prepare", "pretrain"):
-        shutil.copytree(tiny_run[0] / stage, run / stage)
+    run = copy_stages(tiny_run[0], tmp_path / "run", "prepare", "pretrain")
     for stage in ("finetune", "evaluate"):
         r = cli(stage, TINY, f"out_dir={run}", "lora.quantize=nf4")
         assert r.returncode == 0, r.stderr[-2000:]
@@ -93,6 +91,6 @@ def test_qlora_through_finetune_and_evaluate(tiny_run, tmp_path):
     for m in ("general_model", "domain_model"):
         assert set(scores[m]["finetuned"]) == {"0", "1"}
     preds = (run / "evaluate" / "predictions" / "licence-category" / "domain_model" / "seed0.jsonl").read_text().splitlines()
-    from domainpt.eval.tasks import read_split
+    from domainpt.tasks import read_split
 
     assert len(preds) == len(read_split(run / "prepare" / "tasks" / "licence-category", "test")) > 0

@@ -2,11 +2,10 @@
 seeded output independent of sharding, decontaminated like any text, reported in stats.json, the card and the report."""
 import json
 import re
-import shutil
 
 import pytest
 
-from conftest import cli, tiny_recipe_variant
+from conftest import built_once, cli, tiny_recipe_variant
 from domainpt.data.builtin import read_builtin
 from domainpt.data.reading_comprehension import KINDS, Miner, append_exercises, domain_keywords, text_units
 
@@ -101,13 +100,14 @@ def test_exercises_are_decontaminated_like_any_text(tmp_path, tokenizer, miner):
 
 
 @pytest.fixture(scope="module")
-def rc_run(tiny_run, tmp_path_factory):
+def rc_run(prepared_tiny, tmp_path_factory):
     """The tiny recipe with the transform through `domainpt run`."""
-    tmp = tmp_path_factory.mktemp("rc")
-    recipe = tiny_recipe_variant(tmp, lambda r: r["data"].update(TRANSFORM))
-    r = cli("run", recipe)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return tmp / "run", recipe, tiny_run[0]
+    def build(folder):
+        r = cli("run", tiny_recipe_variant(folder, lambda r: r["data"].update(TRANSFORM)))
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    folder = built_once(tmp_path_factory, "rc_run", build)
+    return folder / "run", folder / "recipe.yaml", prepared_tiny
 
 
 def test_prepare_reports_exercises_per_kind_in_stats_and_card_and_the_report_names_the_transform(rc_run):

@@ -97,7 +97,7 @@ def test_readme_lists_every_recipe_with_its_launch_command():
 def test_separate_test_source_with_a_label_only_it_has(tmp_path, tokenizer):
     from domainpt.config import TaskConfig, SourceConfig
     from domainpt.data.ingest import BadRecords
-    from domainpt.eval.tasks import task_splits
+    from domainpt.tasks import task_splits
 
     def write(name, labels):
         p = tmp_path / f"{name}.jsonl"

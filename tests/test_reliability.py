@@ -15,17 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, cli
+from conftest import ROOT, TINY, cli, copy_stages
 
 
 def _losses(run):
     return [json.loads(l)["loss"] for l in open(run / "pretrain" / "metrics.jsonl")]
-
-
-def _prepared_copy(ref, dst):
-    dst.mkdir(parents=True)
-    shutil.copytree(ref / "prepare", dst / "prepare")
-    return dst
 
 
 def _same_model(a, b):
@@ -42,7 +36,7 @@ def _killed(run, fault, *overrides):
 
 def test_killed_at_many_points_including_mid_checkpoint_then_rerun_equals_uninterrupted(tiny_run, tmp_path):
     ref, _ = tiny_run  # the uninterrupted run (12 steps, checkpoints every 4)
-    run = _prepared_copy(ref, tmp_path / "run")
+    run = copy_stages(ref, tmp_path / "run", "prepare")
     ckpts = run / "pretrain" / "checkpoints"
 
     # 1. Killed from outside at whatever moment step 3 is logged.
@@ -78,8 +72,8 @@ def test_killed_at_many_points_including_mid_checkpoint_then_rerun_equals_uninte
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_12", "step_8"]  # keep_last=2
 
 
-def test_nan_loss_is_skipped_logged_and_training_goes_on(tiny_run, tmp_path):
-    run = _prepared_copy(tiny_run[0], tmp_path / "run")
+def test_nan_loss_is_skipped_logged_and_training_goes_on(prepared_tiny, tmp_path):
+    run = copy_stages(prepared_tiny, tmp_path / "run", "prepare")
     r = cli("pretrain", TINY, f"out_dir={run}", "train.eval_every=0", "train.report_to=[tensorboard]",
             env={"DOMAINPT_FAULT": "nan_loss@6"})
     assert r.returncode == 0, r.stderr[-2000:]
@@ -102,8 +96,8 @@ def test_nan_loss_is_skipped_logged_and_training_goes_on(tiny_run, tmp_path):
     assert all(torch.isfinite(w).all() for w in weights.values())  # the NaN never reached the weights
 
 
-def test_too_many_bad_steps_in_a_row_stop_with_a_clear_message(tiny_run, tmp_path):
-    run = _prepared_copy(tiny_run[0], tmp_path / "run")
+def test_too_many_bad_steps_in_a_row_stop_with_a_clear_message(prepared_tiny, tmp_path):
+    run = copy_stages(prepared_tiny, tmp_path / "run", "prepare")
     r = cli("pretrain", TINY, f"out_dir={run}", "train.max_bad_steps=3", env={"DOMAINPT_FAULT": "nan_loss@6-99"})
     assert r.returncode == 2
     err = [l for l in r.stderr.splitlines() if l.startswith("domainpt: error:")]
@@ -113,7 +107,7 @@ def test_too_many_bad_steps_in_a_row_stop_with_a_clear_message(tiny_run, tmp_pat
 
 def test_rollback_returns_to_the_checkpoint_skips_the_bad_batches_and_survives_a_kill(tiny_run, tmp_path):
     ref = tiny_run[0]
-    clean = _prepared_copy(ref, tmp_path / "clean")
+    clean = copy_stages(ref, tmp_path / "clean", "prepare")
     args = ("train.on_bad_step=rollback", "train.eval_every=0")
     r = cli("pretrain", TINY, f"out_dir={clean}", *args, env={"DOMAINPT_FAULT": "nan_loss@6"})
     assert r.returncode == 0, r.stderr[-2000:]
@@ -125,7 +119,7 @@ def test_rollback_returns_to_the_checkpoint_skips_the_bad_batches_and_survives_a
     assert rolled[4] != pytest.approx(_losses(ref)[4], abs=1e-4)  # step 5 now trains on the batch after the bad one
 
     # The same run killed after the rollback resumes with the data position the rollback chose.
-    killed = _prepared_copy(ref, tmp_path / "killed")
+    killed = copy_stages(ref, tmp_path / "killed", "prepare")
     r = cli("pretrain", TINY, f"out_dir={killed}", *args, env={"DOMAINPT_FAULT": "nan_loss@6,pretrain.step_end@7"})
     assert r.returncode == -signal.SIGKILL
     r = cli("pretrain", TINY, f"out_dir={killed}", *args)
@@ -138,8 +132,8 @@ def test_rollback_returns_to_the_checkpoint_skips_the_bad_batches_and_survives_a
     ("shard.document@60", "shards/.00000-of-00001.*/tokens.bin.tmp"),   # killed in the map (reading, tokenizing)
     ("pack.document@60", "train/tokens.bin.tmp"),                        # killed in the merge (packing)
 ])
-def test_prepare_killed_midway_reruns_to_the_same_shards(tiny_run, tmp_path, point, left_behind):
-    ref = tiny_run[0]
+def test_prepare_killed_midway_reruns_to_the_same_shards(prepared_tiny, tmp_path, point, left_behind):
+    ref = prepared_tiny
     run = tmp_path / "run"
     r = cli("prepare", TINY, f"out_dir={run}", env={"DOMAINPT_FAULT": point})
     assert r.returncode == -signal.SIGKILL, r.stderr[-1500:]
@@ -173,16 +167,16 @@ def test_checkpoint_is_not_started_without_room_for_it(tmp_path, monkeypatch):
 
     from domainpt import resources
     from domainpt.errors import DomainptError
-    from domainpt.pretrain import save_checkpoint
+    from domainpt.training.state import TrainState, save_checkpoint
 
     acc = Accelerator(cpu=True)
     model, opt = acc.prepare(torch.nn.Linear(256, 256), torch.optim.AdamW(torch.nn.Linear(1, 1).parameters()))
     monkeypatch.setattr(resources, "free_bytes", lambda path: 1024)
     with pytest.raises(DomainptError, match=r"not enough free disk for checkpoint step_3 .*train.keep_last"):
-        save_checkpoint(acc, model, tmp_path / "checkpoints", 3, {}, keep_last=2)
+        save_checkpoint(acc, model, tmp_path / "checkpoints", TrainState(step=3), keep_last=2)
     assert not (tmp_path / "checkpoints" / "step_3").exists() and not (tmp_path / "checkpoints" / ".tmp_step_3").exists()
     monkeypatch.setattr(resources, "free_bytes", lambda path: 1 << 40)
-    save_checkpoint(acc, model, tmp_path / "checkpoints", 3, {"tokens_seen": 0}, keep_last=2)
+    save_checkpoint(acc, model, tmp_path / "checkpoints", TrainState(step=3), keep_last=2)
     assert (tmp_path / "checkpoints" / "step_3" / "trainer_state.json").is_file()
 
 

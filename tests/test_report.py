@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, cli
+from conftest import CONTRACT_CHECKER, ROOT, check_results_contract, cli
 
 FIXTURE = ROOT / "tests" / "fixtures" / "results_medical_demo.json"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -102,8 +102,6 @@ def test_several_runs_compare_in_one_report_with_cost_vs_gain(results, tmp_path)
 
 
 def test_contract_checker_accepts_the_fixture():
-    check = ROOT.parent / "shared" / "contracts" / "check_results.py"
-    if not check.is_file():
+    if not CONTRACT_CHECKER.is_file():
         pytest.skip("the shared contract checker is not next to this checkout")
-    r = subprocess.run(["python", str(check), str(FIXTURE)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    check_results_contract(FIXTURE)

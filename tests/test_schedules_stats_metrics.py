@@ -4,7 +4,7 @@ import pytest
 
 from domainpt.eval.metrics import compute
 from domainpt.flops import flops_per_token
-from domainpt.schedules import lr_multiplier
+from domainpt.training.schedules import lr_multiplier
 
 
 def test_cosine_schedule_values():

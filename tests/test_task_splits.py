@@ -9,7 +9,7 @@ from domainpt.config import DedupConfig, SourceConfig, TaskConfig
 from domainpt.data.dedup import near_duplicates_across, shingle_set
 from domainpt.data.ingest import BadRecords
 from domainpt.errors import DomainptError
-from domainpt.eval.tasks import build_examples, split_examples, split_task, task_splits
+from domainpt.tasks import build_examples, split_examples, split_task, task_splits
 
 VOCAB = [f"w{i}" for i in range(500)]
 

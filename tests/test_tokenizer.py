@@ -9,19 +9,19 @@ from conftest import TINY, cli
 TEXTS = ["The patient had hyperlipidemia; atorvastatin was started. Hyperlipidemia persisted, so atorvastatin doubled."] * 30
 
 
-def _tiny(tiny_run):
+def _tiny(tiny_llama):
     from transformers import AutoModelForCausalLM
 
     from domainpt.models import load_tokenizer
 
-    base = tiny_run[0] / "base_model"
+    base = tiny_llama
     return AutoModelForCausalLM.from_pretrained(base), load_tokenizer(str(base))
 
 
-def test_extension_keeps_old_tokens_and_initialises_new_rows_as_the_mean(tiny_run):
+def test_extension_keeps_old_tokens_and_initialises_new_rows_as_the_mean(tiny_llama):
     from domainpt.tokenizer import candidate_words, extend_vocabulary, tokens_per_word
 
-    model, tok = _tiny(tiny_run)
+    model, tok = _tiny(tiny_llama)
     old_vocab, old_emb = dict(tok.get_vocab()), model.get_input_embeddings().weight.detach().clone()
     before = tokens_per_word(tok, TEXTS)
     words = candidate_words(tok, TEXTS, max_new=10, min_count=5, min_pieces=3)
@@ -41,12 +41,12 @@ def test_extension_keeps_old_tokens_and_initialises_new_rows_as_the_mean(tiny_ru
     assert tokens_per_word(tok, TEXTS) < before - 0.3
 
 
-def test_lora_can_train_the_new_rows_and_nothing_else_of_the_embedding(tiny_run):
+def test_lora_can_train_the_new_rows_and_nothing_else_of_the_embedding(tiny_llama):
     from peft import LoraConfig, get_peft_model
 
     from domainpt.tokenizer import extend_vocabulary
 
-    model, tok = _tiny(tiny_run)
+    model, tok = _tiny(tiny_llama)
     new_ids = extend_vocabulary(model, tok, ["atorvastatin", "hyperlipidemia"])
     before = model.get_input_embeddings().weight.detach().clone()
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", trainable_token_indices=new_ids))

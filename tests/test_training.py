@@ -1,7 +1,6 @@
 """Training behaviour: 2 processes match 1, LoRA touches only adapters (kill/resume: test_reliability.py)."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -9,29 +8,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, cli
+from conftest import ROOT, TINY, cli, copy_stages
 
 
 def _losses(run):
     return [json.loads(l)["loss"] for l in open(run / "pretrain" / "metrics.jsonl")]
 
 
-def _copy_prepared(src, dst):
-    dst.mkdir(parents=True)
-    shutil.copytree(src / "prepare", dst / "prepare")
-
-
 def _weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tiny_run, tmp_path):
+def test_two_processes_match_one_with_the_same_global_batch(prepared_tiny, tmp_path):
     """Two DDP processes (gloo) with the chunked loss (train.loss_chunk_tokens) vs one with the model's own loss:
     the same losses, so both the gradient averaging and the chunked loss keep the mathematics."""
-    ref, _ = tiny_run
-    one, two = tmp_path / "one", tmp_path / "two"
-    for d in (one, two):
-        _copy_prepared(ref, d)
+    one, two = (copy_stages(prepared_tiny, tmp_path / d, "prepare") for d in ("one", "two"))
     r1 = cli("pretrain", TINY, f"out_dir={one}", "train.max_steps=4", "train.eval_every=0")
     assert r1.returncode == 0, r1.stderr[-2000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -47,9 +38,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_run, tmp_path):
     assert [r["loss"] for r in rows2] == pytest.approx([r["loss"] for r in rows1], abs=2e-4)
 
 
-def test_a_sharded_launch_without_gpus_is_refused_not_run_as_plain_ddp(tiny_run, tmp_path):
-    out = tmp_path / "run"
-    _copy_prepared(tiny_run[0], out)
+def test_a_sharded_launch_without_gpus_is_refused_not_run_as_plain_ddp(prepared_tiny, tmp_path):
+    out = copy_stages(prepared_tiny, tmp_path / "run", "prepare")
     r = cli("pretrain", TINY, f"out_dir={out}", env={"ACCELERATE_USE_FSDP": "true"})  # what `accelerate launch` sets
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "asks for FSDP, but Accelerate runs NO here (no GPU" in r.stderr.strip().splitlines()[-1]
@@ -60,8 +50,9 @@ def test_lora_changes_only_adapter_weights_and_reloads_identically(tiny_run):
     from peft import PeftModel
 
     from domainpt.eval.scoring import score_examples
-    from domainpt.eval.tasks import read_split
-    from domainpt.models import end_of_text_id, load_model, load_tokenizer
+    from domainpt.tasks import read_split
+    from domainpt.encoding import end_of_text_id
+    from domainpt.models import load_model, load_tokenizer
 
     out, _ = tiny_run
     base_dir = out / "pretrain" / "model"

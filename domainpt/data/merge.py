@@ -218,10 +218,7 @@ def pack_control(cfg, tokenizer, eot: int, corpus: Corpus, general: np.ndarray, 
     return writer.close(cfg.seq_len, {"sources": sources})
 
 
-def _merge(recipe, tokenizer, eot: int, corpus: Corpus, out: Path, fixed_samples: list) -> dict:
-    cfg, shards = recipe.data, corpus.shards
-    docs = corpus.docs
-    sources = all_sources(cfg)
+def _require_documents_from_every_source(docs, sources: list, shards: list) -> None:
     counts = np.bincount(docs["source"].astype(np.int64), minlength=len(sources)) if len(docs) else np.zeros(len(sources), int)
     for s_i, (kind, src) in enumerate(sources):
         if counts[s_i] == 0:
@@ -229,6 +226,12 @@ def _merge(recipe, tokenizer, eot: int, corpus: Corpus, out: Path, fixed_samples
             raise DomainptError(f"data source '{src.name}' ({src.path or src.builtin or src.hf}) gave no usable documents "
                                 f"(bad records: {shards[0]['info']['bad_records']}, cleaning removed: {dict(cleaned)})")
 
+
+def _merge(recipe, tokenizer, eot: int, corpus: Corpus, out: Path, fixed_samples: list) -> dict:
+    cfg, shards = recipe.data, corpus.shards
+    docs = corpus.docs
+    sources = all_sources(cfg)
+    _require_documents_from_every_source(docs, sources, shards)
     unique = exact_firsts(docs) if cfg.dedup.exact else np.ones(len(docs), bool)
     held = choose_heldout(docs, unique, cfg.heldout_docs)
     for kind in range(len(KINDS)):

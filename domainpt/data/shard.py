@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-import os
 import shutil
 import tempfile
 from collections import Counter
@@ -35,6 +34,7 @@ from domainpt.data.ingest import BadRecords, iter_source
 from domainpt.data.ngrams import ids_of_words, words
 from domainpt.data.pack import PackWriter, encode_texts
 from domainpt.data.reading_comprehension import KINDS as RC_KINDS
+from domainpt.encoding import end_of_text_id
 from domainpt.errors import DomainptError
 from domainpt.manifest import atomic_write_json
 
@@ -147,7 +147,7 @@ def _write_shard(recipe, tok, index: int, count: int, out: Path, eval_texts: lis
         for text in eval_texts:  # the tasks' test texts are what training data must not contain
             contam.add(text)
     bands, rows = lsh_shape(cfg.dedup.threshold, cfg.dedup.num_perm)
-    writer = PackWriter(out, len(tok), _eot(tok), fault_point="shard.document")
+    writer = PackWriter(out, len(tok), end_of_text_id(tok), fault_point="shard.document")
     files = {name: open(out / name, "wb") for name in ("docs.bin", "bands.bin", "sig.bin") + (("rc.bin",) if miner else ())}
     counters = {"documents_in": 0, "cleaning_removed": Counter(), "pii_replaced": Counter()}
     samples: list = []
@@ -227,12 +227,6 @@ def _sample(samples: list, why: str, order: int, text: str, per_reason: int = 3,
         samples.append({"reason": why, "order": order, "text": cut})
 
 
-def _eot(tok) -> int:
-    from domainpt.models import end_of_text_id
-
-    return end_of_text_id(tok)
-
-
 def read_shard(folder: Path) -> dict:
     """A finished shard's arrays (memory-mapped) and its shard.json."""
     folder = Path(folder)
@@ -246,6 +240,3 @@ def read_shard(folder: Path) -> dict:
     return {"info": info, "docs": docs, "bands": mm("bands.bin", np.uint64, info["bands"]),
             "sig": mm("sig.bin", np.uint32, info["num_perm"]), "folder": folder}
 
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -5,43 +5,27 @@ score a sequence by masking each token in turn and summing log p(token | every o
 pseudo-log-likelihood (PLL). domainpt uses it wherever a decoder is scored by likelihood:
 held-out pseudo-perplexity and pseudo bits per byte, and choices after a prompt (zero-shot and
 LoRA-tuned classification / multiple choice). Fine-tuning an encoder on a likelihood-scored task
-trains the same quantity (`masked_answer_loss`), so what is trained is what is scored.
+trains the same quantity (finetune's `masked_answer_loss`), so what is trained is what is scored.
 
 One forward pass per scored token: a window of W tokens costs W passes, not one. Batches are
 length-sorted copies of a window that differ only in where the mask sits.
 """
 from __future__ import annotations
 
-import itertools
-import math
 
 import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from domainpt.errors import DomainptError
+from domainpt.encoding import answer_sequence, pad_right, special_ids
 
 # One scoring item: (ids with [CLS]/[SEP], position to mask and score).
 Item = tuple[list[int], int]
 
 
-def special_ids(tokenizer) -> tuple[int, int, int]:
-    """([CLS], [SEP], [MASK]) ids; RoBERTa-style vocabularies name them <s>, </s>, <mask>."""
-    cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    if tokenizer.mask_token_id is None or cls is None or sep is None:
-        raise DomainptError(f"the tokenizer of {tokenizer.name_or_path} has no mask, cls or sep token: cannot score it as a masked LM")
-    return cls, sep, tokenizer.mask_token_id
-
-
 def masked_batch(items: list[Item], mask_id: int, pad_id: int) -> dict:
     """Right-padded ids with each item's position replaced by [MASK]; the targets are the original ids."""
-    L = max(len(ids) for ids, _ in items)
-    ids = torch.full((len(items), L), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for r, (seq, _) in enumerate(items):
-        ids[r, :len(seq)] = torch.tensor(seq)
-        attn[r, :len(seq)] = 1
+    ids, attn = pad_right([seq for seq, _ in items], pad_id)
     pos = torch.tensor([p for _, p in items])
     rows = torch.arange(len(items))
     targets = ids[rows, pos].clone()
@@ -88,30 +72,6 @@ def pll_windows(ids: list[int], window: int, stride: int, cls: int, sep: int) ->
     return items
 
 
-def pseudo_perplexity(model, tokenizer, texts: list[str], window: int, stride: int, max_tokens: int | None, batch_size: int,
-                      device=None) -> dict:
-    """perplexity()'s dict, from the pseudo-log-likelihood: 'ppl' is pseudo-perplexity and 'bpb' pseudo bits per byte."""
-    from domainpt.eval.perplexity import summary, take_documents
-
-    cls, sep, mask = special_ids(tokenizer)
-    docs = take_documents(tokenizer, texts, max_tokens)
-    items, counts = [], []
-    for _, ids in docs:
-        new = pll_windows(ids, window, stride, cls, sep)
-        items += new
-        counts.append(len(new))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else sep
-    ll = score_items(model, items, mask, pad, batch_size, desc="pseudo-perplexity")
-    bounds = [0, *itertools.accumulate(counts)]
-    nll = [-float(sum(ll[a:b])) for a, b in zip(bounds, bounds[1:])]
-    return summary(nll, counts, [t for t, _ in docs], "pseudo-log-likelihood")
-
-
-def answer_sequence(prompt: list[int], answer: list[int], cls: int, sep: int) -> list[int]:
-    """[CLS] prompt answer [SEP]: what an encoder reads when a choice is scored or trained."""
-    return [cls] + prompt + answer + [sep]
-
-
 def answer_items(prompt: list[int], answer: list[int], cls: int, sep: int) -> list[Item]:
     """answer_sequence(), once per answer token (that token masked)."""
     seq = answer_sequence(prompt, answer, cls, sep)
@@ -134,11 +94,3 @@ def masked_choice_logliks(model, tokenizer, prompts: list[list[int]], choices: l
     for (b, c), lp in zip(owner, lps):
         out[b][c] += lp
     return out
-
-
-def masked_answer_loss(model, feats: list[tuple[list[int], int]], mask_id: int, pad_id: int, device) -> tuple[torch.Tensor, int]:
-    """Training loss for an encoder on a likelihood-scored task: the mean negative log-probability of each
-    answer token with that token masked (feats from `answer_items`-shaped sequences: (ids, answer start))."""
-    items = [(ids, p) for ids, start in feats for p in range(start, len(ids) - 1)]  # every answer token, [SEP] excluded
-    batch = masked_batch(items, mask_id, pad_id)
-    return -masked_logprobs(model, batch, device).mean(), int(batch["attention_mask"].sum())

@@ -2,14 +2,18 @@
 
 Every token of every document is scored once, with up to `window` tokens of context (the first one
 after the end-of-text separator). Bits per byte = total NLL / (ln 2 * UTF-8 bytes): comparable across
-tokenizers, unlike perplexity.
+tokenizers, unlike perplexity. A masked LM gets pseudo-perplexity (pseudo_perplexity, from eval/masked.py's scoring).
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 from torch.nn import functional as F
+
+from domainpt.encoding import pad_right, special_ids
+from domainpt.eval.masked import pll_windows, score_items
 
 
 def windows_for(ids: list[int], window: int, stride: int, bos: int) -> list[tuple[list[int], int]]:
@@ -36,13 +40,9 @@ def score_windows(model, windows, batch_size: int, device, pad_id: int = 0) -> l
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
         batch = [windows[i] for i in idx]
-        L = max(len(w) for w, _ in batch)
-        ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), L), dtype=torch.long)
-        score = torch.zeros((len(batch), L - 1), dtype=torch.bool)
+        ids, mask = pad_right([w for w, _ in batch], pad_id)
+        score = torch.zeros((len(batch), ids.size(1) - 1), dtype=torch.bool)
         for r, (w, n_new) in enumerate(batch):
-            ids[r, :len(w)] = torch.tensor(w)
-            mask[r, :len(w)] = 1
             score[r, len(w) - 1 - n_new:len(w) - 1] = True
         ids, mask, score = ids.to(device), mask.to(device), score.to(device)
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
@@ -102,7 +102,22 @@ def heldout_perplexity(model, tokenizer, texts: list[str], objective: str, windo
                        batch_size: int, bos: int, device=None) -> dict:
     """Perplexity for a causal LM, pseudo-perplexity for a masked LM ('method' says which)."""
     if objective == "mlm":
-        from domainpt.eval.masked import pseudo_perplexity
-
         return pseudo_perplexity(model, tokenizer, texts, window, stride, max_tokens, batch_size, device)
     return perplexity(model, tokenizer, texts, window, stride, max_tokens, batch_size, bos, device)
+
+
+def pseudo_perplexity(model, tokenizer, texts: list[str], window: int, stride: int, max_tokens: int | None, batch_size: int,
+                      device=None) -> dict:
+    """perplexity()'s dict, from the pseudo-log-likelihood: 'ppl' is pseudo-perplexity and 'bpb' pseudo bits per byte."""
+    cls, sep, mask = special_ids(tokenizer)
+    docs = take_documents(tokenizer, texts, max_tokens)
+    items, counts = [], []
+    for _, ids in docs:
+        new = pll_windows(ids, window, stride, cls, sep)
+        items += new
+        counts.append(len(new))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else sep
+    ll = score_items(model, items, mask, pad, batch_size, desc="pseudo-perplexity")
+    bounds = [0, *itertools.accumulate(counts)]
+    nll = [-float(sum(ll[a:b])) for a, b in zip(bounds, bounds[1:])]
+    return summary(nll, counts, [t for t, _ in docs], "pseudo-log-likelihood")

@@ -11,10 +11,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-
-def prompt_ids(tokenizer, prompt: str, bos: int | None) -> list[int]:
-    """The prompt's tokens after `bos` (None: no BOS, lm-evaluation-harness's convention for most models)."""
-    return ([] if bos is None else [bos]) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+from domainpt.encoding import pad_left, pad_right, prompt_ids
 
 
 @torch.no_grad()
@@ -24,27 +21,16 @@ def batch_choice_logliks(model, prompts: list[list[int]], choices: list[list[lis
     Prompts run once, left-padded (position ids follow the padding); the cache rows are then selected
     per (example, choice) pair and all choices run in one more forward pass.
     """
-    B, Lp = len(prompts), max(len(p) for p in prompts)
-    ids = torch.zeros((B, Lp), dtype=torch.long)
-    mask = torch.zeros((B, Lp), dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, Lp - len(p):] = torch.tensor(p)
-        mask[b, Lp - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    B = len(prompts)
+    ids, mask, pos = (t.to(device) for t in pad_left(prompts))
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     last = F.log_softmax(out.logits[:, -1].float(), -1)  # predicts each choice's first token
     pairs = [(b, c) for b in range(B) for c in range(len(choices[b]))]
     rows = torch.tensor([b for b, _ in pairs], device=device)
     cache = out.get("cache") or out.get("past_key_values")  # renamed in transformers 5.2x
     cache.batch_select_indices(rows)
-    Lc = max(len(choices[b][c]) for b, c in pairs)
-    cids = torch.zeros((len(pairs), Lc), dtype=torch.long)
-    cmask = torch.zeros((len(pairs), Lc), dtype=torch.long)
-    for r, (b, c) in enumerate(pairs):
-        cids[r, :len(choices[b][c])] = torch.tensor(choices[b][c])
-        cmask[r, :len(choices[b][c])] = 1
-    cids, cmask = cids.to(device), cmask.to(device)
+    cids, cmask = (t.to(device) for t in pad_right([choices[b][c] for b, c in pairs]))
+    Lc = cids.size(1)
     cpos = mask.sum(-1)[rows, None] + torch.arange(Lc, device=device)[None]
     logp = F.log_softmax(model(input_ids=cids, attention_mask=torch.cat([mask[rows], cmask], 1), position_ids=cpos,
                                use_cache=True, **{_cache_kwarg(model): cache}).logits.float(), -1)
@@ -130,22 +116,6 @@ def prefix_pairs(tokenizer, choices: list[str]) -> list[tuple[str, str]]:
             if len(ids[a]) < len(ids[b]) and ids[b][:len(ids[a])] == ids[a]]
 
 
-def classifier_inputs(tokenizer, prompt: str, bos: int, encoder: bool) -> list[int]:
-    """What a classification head reads: [CLS] prompt [SEP] for encoders, <bos> prompt for decoders."""
-    return tokenizer(prompt)["input_ids"] if encoder else prompt_ids(tokenizer, prompt, bos)
-
-
-def pad_batch(seqs: list[list[int]], pad_id: int) -> dict:
-    """Right-padded ids and attention mask (a head reads the last non-pad token, or the first)."""
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, s in enumerate(seqs):
-        ids[r, :len(s)] = torch.tensor(s)
-        mask[r, :len(s)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 @torch.no_grad()
 def classify_examples(model, inputs: list[list[int]], examples: list[dict], pad_id: int, desc: str = "classify",
                       batch_size: int = 8) -> list[dict]:
@@ -154,8 +124,8 @@ def classify_examples(model, inputs: list[list[int]], examples: list[dict], pad_
     device = next(model.parameters()).device
     rows = [None] * len(examples)
     for idx in tqdm(length_sorted_batches(inputs, batch_size), desc=desc, unit="batch", leave=False):
-        batch = {k: v.to(device) for k, v in pad_batch([inputs[i] for i in idx], pad_id).items()}
-        logits = model(**batch).logits.float().cpu()
+        ids, mask = pad_right([inputs[i] for i in idx], pad_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
         for i, row in zip(idx, logits):
             ex, pred = examples[i], int(row.argmax())
             rows[i] = {"id": ex["id"], "answer": ex["answer"], "pred": pred, "pred_norm": pred,
@@ -185,12 +155,8 @@ def generate_answers(model, tokenizer, examples: list[dict], bos: int, eot: int,
     rows = [None] * len(examples)
     for idx in tqdm(length_sorted_batches(all_prompts, batch_size), desc=desc, unit="batch", leave=False):
         batch, prompts = [examples[i] for i in idx], [all_prompts[i] for i in idx]
-        L = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), L), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, p in enumerate(prompts):
-            ids[b, L - len(p):] = torch.tensor(p)
-            mask[b, L - len(p):] = 1
+        ids, mask, _ = pad_left(prompts, pad)
+        L = ids.size(1)
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              do_sample=False, eos_token_id=eot, pad_token_id=pad)
         for i, ex, new in zip(idx, batch, out[:, L:].tolist()):

@@ -19,14 +19,16 @@ import time
 
 import torch
 
+from domainpt.encoding import classifier_inputs, end_of_text_id
 from domainpt.eval.harness import check_task_names, harness_tasks, load_leaf_tasks, score_checkpoint
-from domainpt.eval.metrics import QA_METRICS, compute
+from domainpt.config import QA_METRICS
+from domainpt.eval.metrics import compute
 from domainpt.eval.perplexity import heldout_perplexity, take_documents
-from domainpt.eval.scoring import classifier_inputs, classify_examples, generate_answers, score_examples
-from domainpt.eval.tasks import read_heldout, read_split, seeded_rank
-from domainpt.finetune import head_setup, model_paths, models_of
+from domainpt.eval.scoring import classify_examples, generate_answers, score_examples
+from domainpt.layout import model_paths, models_of, read_heldout, task_dir
 from domainpt.manifest import atomic_write_json, atomic_write_jsonl, require_done, stage_dir, write_manifest
-from domainpt.models import checkpoint_objective, end_of_text_id, load_classifier, load_model, load_tokenizer
+from domainpt.models import checkpoint_objective, load_classifier, load_model, load_tokenizer
+from domainpt.tasks import head_setup, read_split, seeded_rank
 
 
 def tokenizer_identity(tok) -> dict:
@@ -75,12 +77,9 @@ def zero_shot_conventions(ec, bos: int, tok) -> tuple[int | None, str]:
 
 
 def run_evaluate(recipe) -> dict:
-    from peft import PeftModel
-
     started = time.time()
     require_done(recipe, "finetune", "evaluate")
-    paths = model_paths(recipe)
-    prep_dir, ft_dir = stage_dir(recipe, "prepare"), stage_dir(recipe, "finetune")
+    paths = model_paths(recipe, "evaluate")
     out = stage_dir(recipe, "evaluate")
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -92,61 +91,29 @@ def run_evaluate(recipe) -> dict:
     # Every model scores the same documents, cut once by the general model's tokenizer: with an extended
     # vocabulary the domain model would otherwise reach ppl_max_tokens on more text than the general model.
     base_tok = load_tokenizer(paths["general_model"], recipe.model.trust_remote_code)
-    heldout = {k: [text for text, _ in take_documents(base_tok, v, ec.ppl_max_tokens)] for k, v in read_heldout(prep_dir).items()}
-    tests = {t.name: read_split(prep_dir / "tasks" / t.name, "test") for t in recipe.tasks}
-    # k-shot scoring before fine-tuning: the same k training examples in front of every test prompt, for both models.
-    before_ft = {t.name: with_shots(tests[t.name], read_split(prep_dir / "tasks" / t.name, "train"), ec.few_shot)
-                 for t in recipe.tasks}
+    heldout = {k: [text for text, _ in take_documents(base_tok, v, ec.ppl_max_tokens)]
+               for k, v in read_heldout(stage_dir(recipe, "prepare")).items()}
+    tests = {t.name: read_split(task_dir(recipe, t.name), "test") for t in recipe.tasks}
     scores = {"perplexity": {}, "tasks": {}}
     tokens = 0
     for model_name in models_of(recipe):  # general, domain (and control, with compare.control)
         tok = load_tokenizer(paths[model_name], recipe.model.trust_remote_code)  # the domain model's may be extended
         scores.setdefault("tokenizers", {})[model_name] = tokenizer_identity(tok)
-        bos = end_of_text_id(tok)
         objective = checkpoint_objective(paths[model_name], recipe.model.objective, recipe.model.trust_remote_code)
         model = load_model(paths[model_name], objective, recipe.model.trust_remote_code).to(device)
         for kind, texts in heldout.items():
-            r = heldout_perplexity(model, tok, texts, objective, ec.ppl_window, ec.ppl_stride, None, ec.batch_size, bos, device)
+            r = heldout_perplexity(model, tok, texts, objective, ec.ppl_window, ec.ppl_stride, None, ec.batch_size,
+                                   end_of_text_id(tok), device)
             scores["perplexity"].setdefault(kind, {})[model_name] = r
             tokens += r["tokens"]
-        zs_bos, norm_unit = zero_shot_conventions(ec, bos, tok)
         for task in recipe.tasks:
             entry = scores["tasks"].setdefault(task.name, {"metric": task.metric}).setdefault(model_name, {})
             if ec.zero_shot:
-                rows = score_task(task, model, tok, before_ft[task.name], zs_bos, ec.batch_size,
-                                  f"{ec.few_shot}-shot {task.name} {model_name}", objective, ec.zero_shot_end_of_text,
-                                  norm_unit)
-                atomic_write_jsonl(out / "predictions" / task.name / model_name / "zero_shot.jsonl", rows)
-                entry["zero_shot"] = {**task_metric(task.metric, rows), "shots": ec.few_shot}
+                entry["zero_shot"] = score_before_finetuning(recipe, task, model, tok, objective, model_name, out)
         del model
-        for task in recipe.tasks:  # (tok and bos are still this model's)
-            entry = scores["tasks"][task.name][model_name]
-            entry["finetuned"] = {}
-            peft_model = None  # one base model per task, one adapter per seed loaded into it
-            head = head_setup(recipe, task, objective, tok)
-            for seed in recipe.lora.seeds:
-                adapter, name = str(ft_dir / task.name / model_name / f"seed{seed}" / "adapter"), f"seed{seed}"
-                if peft_model is None:
-                    q = recipe.lora.quantize  # the adapter is scored on the base it was trained against
-                    base = (load_classifier(paths[model_name], head["num_labels"], head["pad_id"], recipe.model.trust_remote_code,
-                                            quantize=q) if head else
-                            load_model(paths[model_name], objective, recipe.model.trust_remote_code, quantize=q))
-                    base = base.to(device) if q == "none" else base
-                    peft_model = PeftModel.from_pretrained(base, adapter, adapter_name=name)
-                else:
-                    peft_model.load_adapter(adapter, adapter_name=name)
-                peft_model.set_adapter(name)
-                desc = f"lora {task.name} {model_name} seed{seed}"
-                if head:
-                    inputs = [classifier_inputs(tok, e["prompt"], bos, head["encoder"]) for e in tests[task.name]]
-                    rows = classify_examples(peft_model, inputs, tests[task.name], head["pad_id"], desc, ec.batch_size)
-                else:
-                    # with end-of-text, as the adapter was trained (finetune.training_features)
-                    rows = score_task(task, peft_model, tok, tests[task.name], bos, ec.batch_size, desc, objective,
-                                      end_of_text=True)
-                atomic_write_jsonl(out / "predictions" / task.name / model_name / f"seed{seed}.jsonl", rows)
-                entry["finetuned"][str(seed)] = task_metric(task.metric, rows)
-            del peft_model, base
+        for task in recipe.tasks:
+            scores["tasks"][task.name][model_name]["finetuned"] = score_adapters(
+                recipe, task, paths[model_name], tok, objective, model_name, tests[task.name], device, out)
     if harness_tasks(ec):  # each checkpoint with its own tokenizer, in float32 as above
         for model_name in models_of(recipe):
             model = load_model(paths[model_name], "clm", recipe.model.trust_remote_code).to(device)
@@ -156,3 +123,46 @@ def run_evaluate(recipe) -> dict:
             del model
     atomic_write_json(out / "scores.json", scores)
     return write_manifest(recipe, "evaluate", started, tokens=tokens)
+
+
+def score_before_finetuning(recipe, task, model, tok, objective: str, model_name: str, out) -> dict:
+    """k-shot scores of the base model: the same k training examples in front of every test prompt, for every model."""
+    ec = recipe.eval
+    examples = with_shots(read_split(task_dir(recipe, task.name), "test"), read_split(task_dir(recipe, task.name), "train"),
+                          ec.few_shot)
+    bos, norm_unit = zero_shot_conventions(ec, end_of_text_id(tok), tok)
+    rows = score_task(task, model, tok, examples, bos, ec.batch_size, f"{ec.few_shot}-shot {task.name} {model_name}",
+                      objective, ec.zero_shot_end_of_text, norm_unit)
+    atomic_write_jsonl(out / "predictions" / task.name / model_name / "zero_shot.jsonl", rows)
+    return {**task_metric(task.metric, rows), "shots": ec.few_shot}
+
+
+def score_adapters(recipe, task, base_path: str, tok, objective: str, model_name: str, tests: list[dict], device, out) -> dict:
+    """Seed -> scores of each LoRA adapter of one model on one task: one base model loaded, each adapter loaded into it."""
+    from peft import PeftModel
+
+    ec, q = recipe.eval, recipe.lora.quantize
+    bos = end_of_text_id(tok)
+    head = head_setup(recipe, task, objective, tok)
+    ft_dir = stage_dir(recipe, "finetune") / task.name / model_name
+    # the adapter is scored on the base it was trained against
+    base = (load_classifier(base_path, head["num_labels"], head["pad_id"], recipe.model.trust_remote_code, quantize=q) if head
+            else load_model(base_path, objective, recipe.model.trust_remote_code, quantize=q))
+    base = base.to(device) if q == "none" else base
+    peft_model, finetuned = None, {}
+    for seed in recipe.lora.seeds:
+        adapter, name = str(ft_dir / f"seed{seed}" / "adapter"), f"seed{seed}"
+        if peft_model is None:
+            peft_model = PeftModel.from_pretrained(base, adapter, adapter_name=name)
+        else:
+            peft_model.load_adapter(adapter, adapter_name=name)
+        peft_model.set_adapter(name)
+        desc = f"lora {task.name} {model_name} seed{seed}"
+        if head:
+            inputs = [classifier_inputs(tok, e["prompt"], bos, head["encoder"]) for e in tests]
+            rows = classify_examples(peft_model, inputs, tests, head["pad_id"], desc, ec.batch_size)
+        else:  # with end-of-text, as the adapter was trained (finetune.training_features)
+            rows = score_task(task, peft_model, tok, tests, bos, ec.batch_size, desc, objective, end_of_text=True)
+        atomic_write_jsonl(out / "predictions" / task.name / model_name / f"seed{seed}.jsonl", rows)
+        finetuned[str(seed)] = task_metric(task.metric, rows)
+    return finetuned

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from domainpt.eval.metrics import QA_METRICS
+from domainpt.config import QA_METRICS
 from domainpt.flops import PEAK_FLOPS
 from domainpt.manifest import (atomic_write_json, atomic_write_text, file_sha256, read_manifest, require_done, run_stages,
                                stage_dir, versions, write_manifest)

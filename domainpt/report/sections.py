@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from domainpt.layout import MODELS
 from domainpt.report import plots
 from domainpt.report.render import Section
 
@@ -147,7 +148,7 @@ def intro_section(res: dict, level: int) -> Section:
 
 
 def perplexity_section(res: dict) -> Section:
-    p, pl, arms = res["perplexity"], ppl_label(res), res.get("arms", ["general_model", "domain_model"])
+    p, pl, arms = res["perplexity"], ppl_label(res), res.get("arms", list(MODELS))
     head = ["text"] + [f"ppl {ARM_LABELS[a]}" for a in arms] + [f"bpb {ARM_LABELS[a]}" for a in arms]
     head.append("bpb domain - general [interval]")
     rows = []
@@ -163,7 +164,7 @@ def perplexity_section(res: dict) -> Section:
 
 
 def tasks_section(res: dict, out: Path, level: int) -> Section:
-    arms = res.get("arms", ["general_model", "domain_model"])
+    arms = res.get("arms", list(MODELS))
     head = ["task", "metric"] + [f"{ARM_LABELS[a]} zero-shot" for a in arms] + [f"{ARM_LABELS[a]} + LoRA" for a in arms]
     head += ["domain - general", "p", "domain - control", "p "]
     rows = []
@@ -185,7 +186,7 @@ def tasks_section(res: dict, out: Path, level: int) -> Section:
 
 def harness_section(res: dict, level: int) -> Section:
     """Every lm-eval task and metric, per model, with paired differences where the metric is a mean over documents."""
-    arms = res.get("arms", ["general_model", "domain_model"])
+    arms = res.get("arms", list(MODELS))
     head = ["task", "metric", "documents"] + [ARM_LABELS[a] for a in arms] + ["domain - general", "p", "domain - control", "p "]
     rows = []
     for task, entries in res["harness"].items():
@@ -212,7 +213,7 @@ def harness_section(res: dict, level: int) -> Section:
 
 def seeds_section(res: dict) -> Section:
     """Each fine-tuning seed's score: how much of a difference is one lucky or unlucky run."""
-    arms = res.get("arms", ["general_model", "domain_model"])
+    arms = res.get("arms", list(MODELS))
     rows = []
     for name, t in res["tasks"].items():
         per_arm = [t[a]["finetuned"]["seeds"] for a in arms]

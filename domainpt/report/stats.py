@@ -31,7 +31,8 @@ import math
 import numpy as np
 from scipy import stats
 
-from domainpt.eval.metrics import QA_METRICS, compute
+from domainpt.config import QA_METRICS
+from domainpt.eval.metrics import compute
 
 POWER = 0.8  # the power at which the minimum detectable difference is stated
 # A metric name for predictions that already are per-item scores in [0, 1] (lm-eval's per-document acc, say).

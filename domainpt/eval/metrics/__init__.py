@@ -5,7 +5,6 @@ from pathlib import Path
 HERE = Path(__file__).parent
 # Metric name -> the shipped module that computes it (one module may report several metrics).
 MODULE_OF = {"accuracy": "accuracy", "f1": "f1", "exact_match": "qa", "token_f1": "qa"}
-QA_METRICS = ("exact_match", "token_f1")  # scored per example on generated answers
 
 
 @lru_cache(maxsize=None)

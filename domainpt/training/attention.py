@@ -96,7 +96,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     held-out checks, with their padded batches and 2-D masks — is not training and runs SDPA."""
     if cu_seq_lens_q is None:
         if module.training:
-            raise DomainptError("train.attention=varlen trains on flattened batches (domainpt.attention.flatten_rows); "
+            raise DomainptError("train.attention=varlen trains on flattened batches (domainpt.training.attention.flatten_rows); "
                                 "this batch has no cu_seq_lens_q")
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

@@ -15,7 +15,9 @@ from pathlib import Path
 from domainpt.config import DedupConfig
 from domainpt.data.dedup import near_duplicates_across
 from domainpt.data.ingest import BadRecords, field_value, iter_source
+from domainpt.encoding import end_of_text_id
 from domainpt.errors import DomainptError
+from domainpt.layout import task_dir
 from domainpt.manifest import atomic_write_jsonl, read_jsonl
 
 
@@ -217,7 +219,11 @@ def read_split(folder: Path, name: str) -> list[dict]:
     return read_jsonl(Path(folder) / f"{name}.jsonl")
 
 
-def read_heldout(prep_dir: Path) -> dict[str, list[str]]:
-    """Held-out texts written by prepare, by kind ('domain', 'general'); a kind without a file is absent."""
-    return {k: [r["text"] for r in read_jsonl(Path(prep_dir) / f"heldout_{k}.jsonl")]
-            for k in ("domain", "general") if (Path(prep_dir) / f"heldout_{k}.jsonl").is_file()}
+def head_setup(recipe, task, objective: str, tok) -> dict | None:
+    """For a task scored with a classification head: its label count, pad id and whether the model is an encoder."""
+    if task.scoring != "head":
+        return None
+    encoder = objective == "mlm"
+    pad = tok.pad_token_id if encoder and tok.pad_token_id is not None else end_of_text_id(tok)
+    examples = read_split(task_dir(recipe, task.name), "test")
+    return {"num_labels": len(examples[0]["choices"]), "pad_id": pad, "encoder": encoder}
