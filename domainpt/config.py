@@ -46,7 +46,8 @@ def check_choices(obj) -> None:
     (the check, this error and `domainpt keys` all read it)."""
     for name, hint in typing.get_type_hints(type(obj)).items():
         allowed, value = choices_of(hint), getattr(obj, name)
-        if allowed and value not in allowed and value is not None:
+        optional = type(None) in typing.get_args(hint)
+        if allowed and value not in allowed and not (value is None and optional):
             raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
 
 
@@ -581,6 +582,11 @@ def apply_override(raw: dict, assignment: str) -> None:
     value = yaml.safe_load(text) if text.strip() else None
     node = raw
     parts = key.strip().split(".")
+    if len(parts) == 2 and tuple(parts) in RENAMED_KEYS:  # an old name on the command line sets the new key
+        new_name = RENAMED_KEYS[tuple(parts)]
+        warnings.warn(f"override {key.strip()} is now {parts[0]}.{new_name} (the old name still works)", FutureWarning,
+                      stacklevel=2)
+        parts = [parts[0], new_name]
     for p in parts[:-1]:
         if isinstance(node, list) and p.isdigit() and int(p) < len(node):
             node = node[int(p)]

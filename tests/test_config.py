@@ -99,10 +99,14 @@ def test_a_renamed_key_still_reads_under_its_old_name_and_keeps_the_runs_fingerp
     new = tmp_path / "new.yaml"
     new.write_text(BASE + "train: {ppl_max_tokens: 512}\n")
     r_new = load_recipe(new)
-    assert stage_fingerprint(r_old, "pretrain") == stage_fingerprint(r_new, "pretrain")
+    # What domainpt 8d9020a (before the rename) wrote into this recipe's pretrain manifest: a finished run keeps it.
+    assert stage_fingerprint(r_old, "pretrain") == stage_fingerprint(r_new, "pretrain") == "0fa9cc2855af71c3"
     assert stage_fingerprint(r_new, "pretrain") != stage_fingerprint(load_recipe(new, ["train.ppl_max_tokens=256"]), "pretrain")
+    with pytest.warns(FutureWarning, match="override train.eval_tokens is now train.ppl_max_tokens"):
+        assert load_recipe(new, ["train.eval_tokens=256"]).train.ppl_max_tokens == 256
+    both = _write(tmp_path, BASE + "train: {eval_tokens: 512, ppl_max_tokens: 256}\n")
     with pytest.raises(DomainptError, match="train.eval_tokens is the old name of train.ppl_max_tokens"):
-        load_recipe(new, ["train.eval_tokens=256"])
+        load_recipe(both)
 
 
 def test_allowed_values_come_from_the_type_for_the_check_the_error_and_the_keys_table(tmp_path):
@@ -113,6 +117,8 @@ def test_allowed_values_come_from_the_type_for_the_check_the_error_and_the_keys_
         load_recipe(p, ["train.schedule=linear"])
     with pytest.raises(ValueError, match="on_bad_step must be one of skip, rollback, stop"):
         TrainConfig(on_bad_step="retry")
+    with pytest.raises(ValueError, match="schedule must be one of cosine, wsd, constant, got None"):
+        TrainConfig(schedule=None)  # None only where the type says `| None`
     with pytest.raises(DomainptError, match=r"train.attention: expected one of sdpa, eager, .*, got int 3"):
         load_recipe(p, ["train.attention=3"])
     keys = {k: help_ for k, _, help_ in field_docs()}

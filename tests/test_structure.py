@@ -38,16 +38,21 @@ def layer_of(module: str) -> int:
     return best
 
 
+def is_module(dotted: str) -> bool:
+    path = PACKAGE.parent / dotted.replace(".", "/")
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
 def domainpt_imports(path: Path) -> set[str]:
     """Every domainpt module a file imports, at the top or inside a function (lazy imports count too)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("domainpt"):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "domainpt":
             for alias in node.names:  # `from domainpt.data import pii` imports the module domainpt.data.pii
                 sub = f"{node.module}.{alias.name}"
-                found.add(sub if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists() else node.module)
+                found.add(sub if is_module(sub) else node.module)
         elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("domainpt")}
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "domainpt"}
     return {m.removeprefix("domainpt").lstrip(".") for m in found} - {""}
 
 
@@ -55,41 +60,62 @@ def import_graph() -> dict[str, set[str]]:
     return {module_name(p): domainpt_imports(p) for p in PACKAGE.rglob("*.py")}
 
 
-def test_every_import_goes_down_the_layers_and_no_stage_imports_another():
+def wrong_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that goes up the layers, and every stage importing another stage."""
     wrong = []
-    for module, deps in import_graph().items():
+    for module, deps in graph.items():
         for dep in deps:
             if layer_of(dep) > layer_of(module):
                 wrong.append(f"{module} ({LAYERS[layer_of(module)][0]}) imports {dep} ({LAYERS[layer_of(dep)][0]})")
             elif dep != module and layer_of(dep) == layer_of(module) == layer_of("prepare"):
                 wrong.append(f"stage {module} imports stage {dep}")
-    assert not wrong, "\n".join(sorted(wrong))
+    return sorted(wrong)
 
 
-def test_no_import_cycles():
-    graph = import_graph()
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as the path round it, or None."""
     state = {}
 
     def visit(m, path):
         state[m] = "open"
         for d in sorted(graph.get(m, set())):
             if state.get(d) == "open":
-                raise AssertionError("import cycle: " + " -> ".join(path + [m, d]))
-            if d not in state:
-                visit(d, path + [m])
+                return path + [m, d]
+            if d not in state and (cycle := visit(d, path + [m])):
+                return cycle
         state[m] = "done"
+        return None
 
     for m in sorted(graph):
-        if m not in state:
-            visit(m, [])
+        if m not in state and (cycle := visit(m, [])):
+            return cycle
+    return None
 
 
-def test_the_checker_sees_a_wrong_import(tmp_path):
-    """The walk itself: an upward import, a lazy one and a stage-to-stage one are all found."""
+def test_every_import_goes_down_the_layers_and_no_stage_imports_another():
+    wrong = wrong_imports(import_graph())
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycles():
+    cycle = import_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_checker_flags_upward_sideways_and_circular_imports(tmp_path):
+    """The walk and the checks themselves, on a planted module: an upward import, a lazy one, a stage-to-stage
+    one and a bare `from domainpt import <package>` are all found, and each is reported."""
     f = tmp_path / "x.py"
-    f.write_text("from domainpt.finetune import x\ndef g():\n    from domainpt.data import pii\n    import domainpt.eval.stage\n")
-    assert domainpt_imports(f) == {"finetune", "data.pii", "eval.stage"}
+    f.write_text("from domainpt.finetune import x\nfrom domainpt import training\n"
+                 "def g():\n    from domainpt.data import pii\n    import domainpt.eval.stage\n")
+    assert domainpt_imports(f) == {"finetune", "training", "data.pii", "eval.stage"}
     assert layer_of("eval.stage") == layer_of("finetune") > layer_of("eval.scoring") > layer_of("training.state")
+    assert wrong_imports({"eval.scoring": {"finetune", "encoding"}, "finetune": {"eval.stage", "tasks"}}) == [
+        "eval.scoring (scoring) imports finetune (stages)", "stage finetune imports stage eval.stage"]
+    assert wrong_imports({"finetune": {"tasks", "training.state", "eval.scoring"}}) == []
+    assert import_cycle({"eval.masked": {"eval.perplexity"}, "eval.perplexity": {"eval.masked"}}) == [
+        "eval.masked", "eval.perplexity", "eval.masked"]
+    assert import_cycle({"a": {"b"}, "b": set()}) is None
 
 
 def test_no_function_is_longer_than_80_lines():
