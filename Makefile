@@ -1,5 +1,5 @@
 # make demo   — set up .venv if needed, then run the medical demo end to end (offline, CPU, <= 25 min)
-# make test   — set up .venv (and chromium) if needed, then run the test suite (~11 min on 2 cores)
+# make test   — set up .venv (and chromium) if needed, then run the test suite (11–14 min on 2 cores)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.domainpt-setup
