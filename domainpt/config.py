@@ -582,11 +582,11 @@ def apply_override(raw: dict, assignment: str) -> None:
     value = yaml.safe_load(text) if text.strip() else None
     node = raw
     parts = key.strip().split(".")
-    if len(parts) == 2 and tuple(parts) in RENAMED_KEYS:  # an old name on the command line sets the new key
-        new_name = RENAMED_KEYS[tuple(parts)]
-        warnings.warn(f"override {key.strip()} is now {parts[0]}.{new_name} (the old name still works)", FutureWarning,
+    old_name = parts[-1] if len(parts) == 2 and tuple(parts) in RENAMED_KEYS else None
+    if old_name:  # an old name on the command line sets the new key
+        parts = [parts[0], RENAMED_KEYS[tuple(parts)]]
+        warnings.warn(f"override {key.strip()} is now {'.'.join(parts)} (the old name still works)", FutureWarning,
                       stacklevel=2)
-        parts = [parts[0], new_name]
     for p in parts[:-1]:
         if isinstance(node, list) and p.isdigit() and int(p) < len(node):
             node = node[int(p)]
@@ -594,6 +594,8 @@ def apply_override(raw: dict, assignment: str) -> None:
         if not isinstance(node, dict):
             raise DomainptError(f"override '{assignment}': '{p}' is not a section")
         node = node.setdefault(p, {})
+    if old_name and isinstance(node, dict):
+        node.pop(old_name, None)  # the recipe may still spell it the old way: the override replaces that value
     node[parts[-1]] = value
 
 

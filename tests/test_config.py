@@ -104,6 +104,8 @@ def test_a_renamed_key_still_reads_under_its_old_name_and_keeps_the_runs_fingerp
     assert stage_fingerprint(r_new, "pretrain") != stage_fingerprint(load_recipe(new, ["train.ppl_max_tokens=256"]), "pretrain")
     with pytest.warns(FutureWarning, match="override train.eval_tokens is now train.ppl_max_tokens"):
         assert load_recipe(new, ["train.eval_tokens=256"]).train.ppl_max_tokens == 256
+    with pytest.warns(FutureWarning):  # old name in the recipe and on the command line: the override wins
+        assert load_recipe(old, ["train.eval_tokens=256"]).train.ppl_max_tokens == 256
     both = _write(tmp_path, BASE + "train: {eval_tokens: 512, ppl_max_tokens: 256}\n")
     with pytest.raises(DomainptError, match="train.eval_tokens is the old name of train.ppl_max_tokens"):
         load_recipe(both)

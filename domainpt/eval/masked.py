@@ -12,7 +12,6 @@ length-sorted copies of a window that differ only in where the mask sits.
 """
 from __future__ import annotations
 
-
 import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm

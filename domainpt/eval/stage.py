@@ -94,6 +94,9 @@ def run_evaluate(recipe) -> dict:
     heldout = {k: [text for text, _ in take_documents(base_tok, v, ec.ppl_max_tokens)]
                for k, v in read_heldout(stage_dir(recipe, "prepare")).items()}
     tests = {t.name: read_split(task_dir(recipe, t.name), "test") for t in recipe.tasks}
+    # k-shot scoring before fine-tuning: the same k training examples in front of every test prompt, for every model.
+    before_ft = {t.name: with_shots(tests[t.name], read_split(task_dir(recipe, t.name), "train"), ec.few_shot)
+                 for t in recipe.tasks}
     scores = {"perplexity": {}, "tasks": {}}
     tokens = 0
     for model_name in models_of(recipe):  # general, domain (and control, with compare.control)
@@ -109,7 +112,8 @@ def run_evaluate(recipe) -> dict:
         for task in recipe.tasks:
             entry = scores["tasks"].setdefault(task.name, {"metric": task.metric}).setdefault(model_name, {})
             if ec.zero_shot:
-                entry["zero_shot"] = score_before_finetuning(recipe, task, model, tok, objective, model_name, out)
+                entry["zero_shot"] = score_before_finetuning(recipe, task, model, tok, objective, model_name,
+                                                             before_ft[task.name], out)
         del model
         for task in recipe.tasks:
             scores["tasks"][task.name][model_name]["finetuned"] = score_adapters(
@@ -125,11 +129,9 @@ def run_evaluate(recipe) -> dict:
     return write_manifest(recipe, "evaluate", started, tokens=tokens)
 
 
-def score_before_finetuning(recipe, task, model, tok, objective: str, model_name: str, out) -> dict:
-    """k-shot scores of the base model: the same k training examples in front of every test prompt, for every model."""
+def score_before_finetuning(recipe, task, model, tok, objective: str, model_name: str, examples: list[dict], out) -> dict:
+    """k-shot scores of the base model on `examples` (test prompts with the k solved examples in front)."""
     ec = recipe.eval
-    examples = with_shots(read_split(task_dir(recipe, task.name), "test"), read_split(task_dir(recipe, task.name), "train"),
-                          ec.few_shot)
     bos, norm_unit = zero_shot_conventions(ec, end_of_text_id(tok), tok)
     rows = score_task(task, model, tok, examples, bos, ec.batch_size, f"{ec.few_shot}-shot {task.name} {model_name}",
                       objective, ec.zero_shot_end_of_text, norm_unit)

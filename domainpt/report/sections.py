@@ -134,6 +134,11 @@ def verdict_section(res: dict, level: int) -> Section:
     return Section("Verdict", lines)
 
 
+def arms_of(res: dict) -> list[str]:
+    """The models a results.json compares; one written before the control arm has no "arms" key."""
+    return res.get("arms", list(MODELS))
+
+
 def intro_section(res: dict, level: int) -> Section:
     control = ("The *control model* is the general model continued on general text for the same budget: domain minus "
                "control separates what domain text taught from what any extra training does. "
@@ -148,7 +153,7 @@ def intro_section(res: dict, level: int) -> Section:
 
 
 def perplexity_section(res: dict) -> Section:
-    p, pl, arms = res["perplexity"], ppl_label(res), res.get("arms", list(MODELS))
+    p, pl, arms = res["perplexity"], ppl_label(res), arms_of(res)
     head = ["text"] + [f"ppl {ARM_LABELS[a]}" for a in arms] + [f"bpb {ARM_LABELS[a]}" for a in arms]
     head.append("bpb domain - general [interval]")
     rows = []
@@ -164,7 +169,7 @@ def perplexity_section(res: dict) -> Section:
 
 
 def tasks_section(res: dict, out: Path, level: int) -> Section:
-    arms = res.get("arms", list(MODELS))
+    arms = arms_of(res)
     head = ["task", "metric"] + [f"{ARM_LABELS[a]} zero-shot" for a in arms] + [f"{ARM_LABELS[a]} + LoRA" for a in arms]
     head += ["domain - general", "p", "domain - control", "p "]
     rows = []
@@ -186,7 +191,7 @@ def tasks_section(res: dict, out: Path, level: int) -> Section:
 
 def harness_section(res: dict, level: int) -> Section:
     """Every lm-eval task and metric, per model, with paired differences where the metric is a mean over documents."""
-    arms = res.get("arms", list(MODELS))
+    arms = arms_of(res)
     head = ["task", "metric", "documents"] + [ARM_LABELS[a] for a in arms] + ["domain - general", "p", "domain - control", "p "]
     rows = []
     for task, entries in res["harness"].items():
@@ -213,7 +218,7 @@ def harness_section(res: dict, level: int) -> Section:
 
 def seeds_section(res: dict) -> Section:
     """Each fine-tuning seed's score: how much of a difference is one lucky or unlucky run."""
-    arms = res.get("arms", list(MODELS))
+    arms = arms_of(res)
     rows = []
     for name, t in res["tasks"].items():
         per_arm = [t[a]["finetuned"]["seeds"] for a in arms]
