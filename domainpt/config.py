@@ -332,6 +332,9 @@ class LoraConfig:
     batch_size: int = _f(8, "Examples per step.")
     lr: float = _f(2e-4, "Learning rate (linear decay after 10% warm-up).")
     seeds: list = _f([0, 1, 2], "One fine-tuning run per seed, for both models.")
+    mixed_precision: Literal["auto", "no", "bf16"] = _f("auto", "'auto' (bf16 autocast on GPU, fp32 on CPU), 'no' (fp32), or 'bf16' (autocast "
+                                                      "on any device; on this project's 2-core CPU it was only 1.06-1.09x faster, "
+                                                      "BENCHMARKS.md). The same for every model, so the comparison stays paired.")
     merge_export: bool = _f(False, "Also save every adapter merged into its base model (adapter's sibling merged/, safetensors), "
                                    "for serving without peft; one full model per task, model and seed.")
     train_new_tokens: bool = _f(False, "With tokenizer.extend: also train the new tokens' embedding rows during LoRA "
@@ -364,6 +367,11 @@ class EvalConfig:
                                             "are a prefix of another's (' Copyleft' of ' Copyleft Limited') always wins "
                                             "over it, and prepare says so.")
     batch_size: int = _f(8, "Sequences per forward pass.")
+    precision: Literal["float32", "bfloat16"] = _f("float32", "Weights' dtype for task scoring (before and after fine-tuning, "
+                                                   "every model alike). bfloat16 scores about twice as fast on a CPU with "
+                                                   "bf16 instructions and changes a few % of predictions (BENCHMARKS.md); "
+                                                   "perplexity, bits per byte and harness tasks stay float32; a quantised base "
+                                                   "(lora.quantize) computes in bf16 either way.")
     zero_shot_convention: Literal["domainpt", "lm-eval"] = _f("domainpt", "How scoring before fine-tuning reads a choice: 'domainpt' (a BOS token before "
                                                "the prompt; acc_norm per UTF-8 byte of the choice) or 'lm-eval' (no BOS, "
                                                "acc_norm per character of the choice, as lm-evaluation-harness does: "
@@ -396,6 +404,9 @@ class ReportConfig:
     bootstrap_samples: int = _f(2000, "Bootstrap resamples for the held-out perplexity and bits-per-byte intervals (over documents); "
                                       "task comparisons use an analytic seeds x items analysis (report/stats.py).")
     confidence: float = _f(0.95, "Interval confidence level.")
+    target_difference: float = _f(0.05, "The task difference (a share: 0.05 = 5 points) the report plans for: where a "
+                                        "comparison cannot detect it, how many seeds (or test items) would, from the "
+                                        "run's own variance components.")
     gpu: str = _f("H100", "GPU used for the GPU-hour estimate when the run was on CPU (and by --dry-run).")
     assumed_mfu: float = _f(0.25, "Model-FLOPs utilisation assumed by --dry-run's GPU-hour estimate "
                                   "(0.20-0.24 measured on one H100 for a 0.5B Llama, BENCHMARKS.md).")
@@ -403,6 +414,8 @@ class ReportConfig:
     def __post_init__(self):
         if not 0 < self.assumed_mfu <= 1 or not 0 < self.confidence < 1 or self.bootstrap_samples < 100:
             raise ValueError("need 0 < assumed_mfu <= 1, 0 < confidence < 1 and bootstrap_samples >= 100")
+        if not 0 < self.target_difference < 1:
+            raise ValueError("target_difference must be in (0, 1): a share, 0.05 = 5 points")
 
 
 @dataclass

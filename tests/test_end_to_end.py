@@ -21,6 +21,9 @@ def test_run_writes_every_stage_and_the_report(tiny_run):
         assert t[m]["finetuned"]["ci"][0] <= t[m]["finetuned"]["mean"] <= t[m]["finetuned"]["ci"][1]
         assert "zero_shot" in t[m] and set(t[m]["zero_shot"]) >= {"mean", "ci", "seeds"}
     assert res["stages"]["pretrain"]["tokens"] == 12 * 4 * 128
+    # a plan of what would detect 5 points exactly where this design cannot (the report says it in words)
+    planned = t["minimum_detectable_difference"] > 0.05
+    assert ("design_to_detect" in t) == planned == ("To detect 5.0 points in domain minus general:" in (out / "compare" / "report.md").read_text())
     html = (out / "compare" / "report.html").read_text()
     assert "data:image/png;base64," in html and "http" not in html.split("<pre>")[0]
     assert "licence-category" in (out / "compare" / "report.md").read_text()

@@ -36,6 +36,18 @@ def test_report_renders_from_results_json_alone(results, tmp_path):
     assert "src='http" not in html and "href=" not in html  # self-contained: nothing to fetch
 
 
+def test_the_plan_line_says_what_would_detect_the_target_and_when_items_cannot():
+    from domainpt.report.sections import design_line
+
+    both = design_line({"target": 0.05, "seeds_at_n_test": 7, "items_at_n_seeds": 410}, 120, 3)
+    assert both.startswith("To detect 5.0 points in domain minus general: about 7 seeds at 120 items or about 410 "
+                           "items at 3 seeds") and "rough estimate from 3 seeds" in both and "unadjusted" in both
+    seeds_only = design_line({"target": 0.05, "seeds_at_n_test": 9, "items_at_n_seeds": None}, 120, 3)
+    assert "about 9 seeds" in seeds_only and "more items alone would not" in seeds_only
+    neither = design_line({"target": 0.05, "seeds_at_n_test": None, "items_at_n_seeds": None, "max_seeds": 12}, 120, 3)
+    assert "neither up to 12 seeds" in neither
+
+
 def _screenshot(html_path, png_path):
     r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
                         "--enable-logging=stderr", "--v=0", "--window-size=1100,3600", f"--screenshot={png_path}",

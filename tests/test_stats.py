@@ -4,7 +4,7 @@ import pytest
 
 from domainpt.eval.metrics import compute
 from domainpt.report.stats import (crossed_variance, holm, item_scores, model_score, paired_difference,
-                                   paired_document_bootstrap)
+                                   paired_document_bootstrap, planned_mdd, design_to_detect)
 
 
 def _null_study(rng, seeds: int, items: int, seed_sd: float, shift: float = 0.0):
@@ -69,6 +69,50 @@ def test_variance_matches_hand_computed_anova():
     assert var == pytest.approx((ms_e + max(ms_s - ms_e, 0) + max(ms_i - ms_e, 0)) / (S * I))
     # one seed: the paired t over items
     assert crossed_variance(x[:1])[0] == pytest.approx(x[0].var(ddof=1) / I)
+
+
+def test_planned_mdd_reproduces_the_pilot_and_predicts_a_larger_design():
+    """At the pilot's own size the plan is the analysis's mdd; for a larger design it predicts the mdd that
+    such studies go on to report (averaged over simulated studies drawn like the pilot)."""
+    rng = np.random.default_rng(2)
+    a, b, refs = _null_study(rng, 3, 120, 0.6)
+    pilot = item_scores("accuracy", b, refs) - item_scores("accuracy", a, refs)
+    assert planned_mdd(pilot, 3, 120) == pytest.approx(paired_difference("accuracy", a, b, refs)["mdd"])
+    planned = np.mean([planned_mdd(item_scores("accuracy", b, refs) - item_scores("accuracy", a, refs), 6, 240)
+                       for a, b, refs in (_null_study(rng, 3, 120, 0.6) for _ in range(200))])
+    realised = np.mean([paired_difference("accuracy", *_null_study(rng, 6, 240, 0.6))["mdd"] for _ in range(200)])
+    assert planned == pytest.approx(realised, rel=0.15)
+    assert planned < np.mean([paired_difference("accuracy", *_null_study(rng, 3, 120, 0.6))["mdd"] for _ in range(200)])
+    with pytest.raises(ValueError, match="pilot"):
+        planned_mdd(pilot[:1], 3, 120)
+
+
+def test_design_to_detect_names_the_fewest_seeds_and_items_and_says_when_items_cannot_help():
+    rng = np.random.default_rng(4)
+    d = rng.normal(0.0, 0.5, (3, 120)) + rng.normal(0.0, 0.2, 120)  # item and residual spread; seeds agree
+    d -= d.mean(1, keepdims=True)
+    plan = design_to_detect(d, 0.08)
+    s, i = plan["seeds_at_n_test"], plan["items_at_n_seeds"]
+    assert planned_mdd(d, 3, 120) > 0.08
+    assert planned_mdd(d, s, 120) <= 0.08 < planned_mdd(d, s - 1, 120)
+    assert planned_mdd(d, 3, i) <= 0.08 < planned_mdd(d, 3, i - 1)
+    # seeds that disagree (each seed shifts every item the same way): at 3 seeds no number of items gets there
+    seedy = d + np.array([[0.3], [-0.3], [0.0]])
+    assert design_to_detect(seedy, 0.08)["items_at_n_seeds"] is None
+    with pytest.raises(ValueError, match="pilot"):
+        design_to_detect(d[:1], 0.05)
+
+
+def test_design_to_detect_finds_items_where_the_mdd_dips_before_rising():
+    """At 2 seeds the mdd falls with items, then rises again (the df drops towards 1 while the seeds' share of the
+    error stays): a target below the far end but above the dip is still reachable."""
+    rng = np.random.default_rng(9)
+    d = rng.normal(0.0, 0.4, (2, 400)) + np.array([[0.012], [-0.012]])  # a small seed spread
+    far, dip = planned_mdd(d, 2, 100_000), min(planned_mdd(d, 2, n) for n in (400, 800, 1600, 3200, 6400))
+    assert dip < far
+    target = (dip + far) / 2
+    i = design_to_detect(d, target)["items_at_n_seeds"]
+    assert i is not None and planned_mdd(d, 2, i) <= target < planned_mdd(d, 2, i - 1)
 
 
 def test_macro_f1_pseudo_values_average_to_the_shipped_metric():

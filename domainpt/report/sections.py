@@ -35,6 +35,21 @@ def fmt_p(d: dict | None) -> str:
     return f"{d['p_value']:.3f}" + (f" (Holm {d['p_adjusted']:.3f})" if "p_adjusted" in d else "")
 
 
+def design_line(plan: dict, n_test: int, seeds: int) -> str:
+    """What would detect the report's target difference in domain minus general, planned from this run's variance
+    components (a rough estimate: the seeds' variance rests on seeds - 1 degrees of freedom)."""
+    target = f"{100 * plan['target']:.1f} points"
+    s, i = plan["seeds_at_n_test"], plan["items_at_n_seeds"]
+    how = (f"planned from this run's seed and item variance, a rough estimate from {seeds} seeds; "
+           "80% power at the unadjusted level")
+    if s is None and i is None:
+        return (f"Domain minus general: neither up to {plan.get('max_seeds', 20)} seeds nor more test items alone "
+                f"would detect {target} at this spread ({how}).")
+    ways = ([f"about {s} seeds at {n_test} items"] if s else []) + ([f"about {i} items at {seeds} seeds"] if i else [])
+    tail = "" if i else f"; at {seeds} seeds more items alone would not (the seeds' spread does not shrink with items)"
+    return f"To detect {target} in domain minus general: {' or '.join(ways)} ({how}){tail}."
+
+
 def reading(d: dict, better: str, worse: str) -> str:
     """What a difference says, by its Holm-adjusted p (the same t gives the interval: they agree unadjusted)."""
     p = d.get("p_adjusted", d["p_value"])
@@ -62,6 +77,9 @@ def task_verdict(name: str, t: dict, level: int) -> list[str]:
     elif mdd is not None:
         lines.append(f"At {t['n_test']} items and {seeds} seeds this comparison detects a difference of about "
                      f"{100 * mdd:.1f} points with 80% power; smaller true effects may go unseen.")
+        plan = t.get("design_to_detect")
+        if plan:
+            lines.append(design_line(plan, t["n_test"], seeds))
     if t.get("learned") is False:
         lines.append(f"Caution: not every fine-tuned model is reliably above the majority baseline "
                      f"({100 * t['majority_baseline']:.1f}); a task the models did not learn says little about pre-training.")

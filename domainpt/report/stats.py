@@ -106,34 +106,91 @@ def item_scores(metric: str, preds: np.ndarray, refs: np.ndarray) -> np.ndarray:
     raise ValueError(f"no per-item decomposition for metric {metric!r}")
 
 
-def crossed_variance(x: np.ndarray) -> tuple[float, float]:
-    """(variance of the grand mean, Satterthwaite degrees of freedom) for a (seeds x items) table with
-    seeds and items both random. One seed: a paired t over items."""
-    x = np.atleast_2d(np.asarray(x, dtype=float))
+def mean_squares(x: np.ndarray) -> tuple[float, float, float]:
+    """Two-way ANOVA mean squares (seed, item, residual) of a (seeds x items) table, S >= 2 and I >= 2."""
     S, I = x.shape
-    if I < 2:
-        raise ValueError("need at least two test items")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("per-item scores must be finite (a NaN score cannot be compared)")
-    if S == 1:
-        return float(x.var(ddof=1) / I), float(I - 1)
     grand, rows, cols = x.mean(), x.mean(1), x.mean(0)
     ms_seed = I * np.sum((rows - grand) ** 2) / (S - 1)
     ms_item = S * np.sum((cols - grand) ** 2) / (I - 1)
     resid = x - rows[:, None] - cols[None, :] + grand
-    ms_res = np.sum(resid ** 2) / ((S - 1) * (I - 1))
-    # S I Var = I s2_seed + S s2_item + s2_res; each component is clamped at 0 on its own:
-    # s2_seed = (MS_seed - MS_res) / I, s2_item = (MS_item - MS_res) / S.
+    return float(ms_seed), float(ms_item), float(np.sum(resid ** 2) / ((S - 1) * (I - 1)))
+
+
+def variance_from_mean_squares(ms_seed: float, ms_item: float, ms_res: float, S: int, I: int) -> tuple[float, float]:
+    """(variance of the grand mean, Satterthwaite degrees of freedom) from the mean squares of an S x I table.
+    S I Var = I s2_seed + S s2_item + s2_res; each component is clamped at 0 on its own:
+    s2_seed = (MS_seed - MS_res) / I, s2_item = (MS_item - MS_res) / S."""
     seed_part, item_part = ms_seed > ms_res, ms_item > ms_res
     if seed_part and item_part:
         combo = ms_seed + ms_item - ms_res
         den = ms_seed ** 2 / (S - 1) + ms_item ** 2 / (I - 1) + ms_res ** 2 / ((S - 1) * (I - 1))
-        return float(combo / (S * I)), float(combo ** 2 / den)
+        return combo / (S * I), combo ** 2 / den
     if seed_part:
-        return float(ms_seed / (S * I)), float(S - 1)
+        return ms_seed / (S * I), float(S - 1)
     if item_part:
-        return float(ms_item / (S * I)), float(I - 1)
-    return float(ms_res / (S * I)), float((S - 1) * (I - 1))
+        return ms_item / (S * I), float(I - 1)
+    return ms_res / (S * I), float((S - 1) * (I - 1))
+
+
+def _checked(x) -> np.ndarray:
+    x = np.atleast_2d(np.asarray(x, dtype=float))
+    if x.shape[1] < 2:
+        raise ValueError("need at least two test items")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("per-item scores must be finite (a NaN score cannot be compared)")
+    return x
+
+
+def crossed_variance(x: np.ndarray) -> tuple[float, float]:
+    """(variance of the grand mean, Satterthwaite degrees of freedom) for a (seeds x items) table with
+    seeds and items both random. One seed: a paired t over items."""
+    x = _checked(x)
+    S, I = x.shape
+    if S == 1:
+        return float(x.var(ddof=1) / I), float(I - 1)
+    var, df = variance_from_mean_squares(*mean_squares(x), S, I)
+    return float(var), float(df)
+
+
+def planned_mdd(x: np.ndarray, seeds: int, items: int, confidence: float = 0.95) -> float:
+    """The minimum detectable difference (80% power) a design with `seeds` x `items` would have, given the
+    variance components estimated from a pilot (seeds x items) table of per-item differences `x` (S >= 2):
+    each expected mean square at the new sizes, then the same variance and df as the analysis itself.
+    For planning a run's size from a pilot's spread; it reads no difference, only the variances."""
+    x = _checked(x)
+    S, I = x.shape
+    if S < 2 or seeds < 2 or items < 2:
+        raise ValueError("planning needs a pilot with >= 2 seeds and a design with >= 2 seeds and >= 2 items")
+    ms_seed, ms_item, ms_res = mean_squares(x)
+    s2_seed, s2_item = max(0.0, (ms_seed - ms_res) / I), max(0.0, (ms_item - ms_res) / S)
+    var, df = variance_from_mean_squares(ms_res + items * s2_seed, ms_res + seeds * s2_item, ms_res, seeds, items)
+    return t_summary(0.0, var, df, confidence)["mdd"]
+
+
+def design_to_detect(x: np.ndarray, target: float, confidence: float = 0.95, max_seeds: int = 20,
+                     max_items: int = 100_000) -> dict:
+    """How a (seeds x items) pilot of per-item differences would reach an mdd <= `target`: the fewest seeds at its
+    items, and the fewest items at its seeds (None where none up to the caps does). Planned with planned_mdd.
+    At fixed seeds the mdd is not monotone in items: its standard error levels off at the seeds' share while the
+    Satterthwaite df falls towards S - 1, so the search finds the best item count on a grid first and bisects
+    only below it, where the mdd falls."""
+    x = _checked(x)
+    S, I = x.shape
+    if S < 2:
+        raise ValueError("planning needs a pilot with >= 2 seeds (one seed shows no seed variance)")
+    plan = {"target": target, "max_seeds": max_seeds, "max_items": max_items}
+    plan["seeds_at_n_test"] = next((s for s in range(2, max_seeds + 1) if planned_mdd(x, s, I, confidence) <= target), None)
+    grid = np.unique(np.geomspace(2, max_items, 60).astype(int))
+    best = int(grid[np.argmin([planned_mdd(x, S, int(n), confidence) for n in grid])])
+    items = None
+    if planned_mdd(x, S, best, confidence) <= target:
+        lo, hi = 2, best
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if planned_mdd(x, S, mid, confidence) <= target else (mid + 1, hi)
+        items = lo
+    plan["items_at_n_seeds"] = items
+    return plan
 
 
 def t_summary(point: float, var: float, df: float, confidence: float) -> dict:
