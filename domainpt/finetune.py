@@ -136,7 +136,8 @@ def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str
     order = np.concatenate([rng.permutation(len(feats)) for _ in range(lc.steps * lc.batch_size // len(feats) + 1)])
     pad = 0
     losses, t0, tokens = [], time.time(), 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    bf16 = lc.mixed_precision == "bf16" or (lc.mixed_precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     for step in tqdm(range(lc.steps), desc=desc, unit="step", leave=False):
         idx = order[step * lc.batch_size:(step + 1) * lc.batch_size]
         with autocast:

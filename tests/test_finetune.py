@@ -65,3 +65,57 @@ def test_k_shot_scoring_puts_the_same_solved_examples_before_every_prompt(tiny_r
     shot = with_shots(tests, train, 2)[0]["prompt"]
     assert shot.endswith("P:") and shot.count("\n\n") == 2 and shot == with_shots(tests, list(reversed(train)), 2)[0]["prompt"]
     assert with_shots(tests, train, 0) == tests
+
+
+def test_bf16_autocast_is_opt_in_on_cpu_and_changes_only_rounding(prepared_tiny, tmp_path):
+    from domainpt.finetune import train_adapter
+
+    recipe, base, _, feats = _setup(prepared_tiny)
+    recipe.lora.steps = 3
+    logs = {}
+    for mp in ("no", "auto", "bf16"):
+        recipe.lora.mixed_precision = mp
+        logs[mp] = train_adapter(recipe, base, feats, 0, tmp_path / mp, desc="t")["losses"]
+    if not torch.cuda.is_available():
+        assert logs["auto"] == logs["no"]  # 'auto' is fp32 on a CPU
+    assert logs["bf16"] != logs["no"]  # autocast took effect...
+    assert abs(logs["bf16"][0] - logs["no"][0]) < 0.02 * logs["no"][0]  # ...and rounds, nothing more
+
+
+def test_bfloat16_scoring_changes_task_scores_by_rounding_only_and_leaves_perplexity_in_float32(tiny_run, tmp_path):
+    ref = tiny_run[0]
+    run = copy_stages(ref, tmp_path / "run", "prepare", "pretrain", "finetune")
+    r = cli("evaluate", TINY, f"out_dir={run}", "eval.precision=bfloat16")
+    assert r.returncode == 0, r.stderr[-2000:]
+    new, old = (json.loads((d / "evaluate" / "scores.json").read_text()) for d in (run, ref))
+    assert new["perplexity"] == old["perplexity"]
+    preds = run / "evaluate" / "predictions" / "licence-category" / "domain_model"
+    for name in ("zero_shot.jsonl", "seed0.jsonl"):
+        a = [json.loads(l) for l in open(preds / name)]
+        b = [json.loads(l) for l in open(ref / "evaluate" / "predictions" / "licence-category" / "domain_model" / name)]
+        diffs = [abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra["logliks"], rb["logliks"])]
+        assert 0 < max(diffs) < 1.0, name  # bfloat16 was used, and it only rounds
+
+
+def test_merged_adapter_scoring_gives_the_unmerged_adapters_scores(tiny_run):
+    """evaluate folds each adapter into a copy of its base before scoring (faster on a CPU): the rows must be
+    the ones peft's unmerged LoRA layers give."""
+    from peft import PeftModel
+
+    from domainpt.encoding import end_of_text_id
+    from domainpt.eval.scoring import score_examples
+    from domainpt.models import load_model, load_tokenizer
+    from domainpt.tasks import read_split
+
+    out = tiny_run[0]
+    base = str(out / "pretrain" / "model")
+    tok = load_tokenizer(base)
+    tests = read_split(out / "prepare" / "tasks" / "licence-category", "test")
+    for seed in (0, 1):
+        adapter = out / "finetune" / "licence-category" / "domain_model" / f"seed{seed}" / "adapter"
+        unmerged = PeftModel.from_pretrained(load_model(base, "clm"), str(adapter))
+        eot = end_of_text_id(tok)
+        want = score_examples(unmerged, tok, tests, eot, batch_size=4, end_of_text=eot)
+        got = [json.loads(l) for l in open(out / "evaluate" / "predictions" / "licence-category" / "domain_model" / f"seed{seed}.jsonl")]
+        assert [r["pred"] for r in got] == [r["pred"] for r in want]
+        assert max(abs(x - y) for a, b in zip(got, want) for x, y in zip(a["logliks"], b["logliks"])) < 1e-3

@@ -12,6 +12,7 @@ def _train_and_check(base: str, encoder: bool, tmp_path, steps=80, lr=0.01):
 
     from domainpt.config import load_recipe
     from domainpt.eval.scoring import classify_examples
+    from domainpt.eval.stage import adapted_models
     from domainpt.finetune import head_features, lora_config, train_adapter
     from domainpt.encoding import end_of_text_id
     from domainpt.models import load_classifier, load_tokenizer
@@ -30,19 +31,27 @@ def _train_and_check(base: str, encoder: bool, tmp_path, steps=80, lr=0.01):
     assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable), trainable
     assert any("modules_to_save" in n for n in trainable)
 
-    log = train_adapter(recipe, base, feats, 0, tmp_path / "adapter", desc="t", num_labels=2, pad_id=pad)
+    adapter = tmp_path / "seed0" / "adapter"  # finetune's layout, which evaluate's adapted_models reads
+    adapter.parent.mkdir()
+    log = train_adapter(recipe, base, feats, 0, adapter, desc="t", num_labels=2, pad_id=pad)
     losses = log["losses"]
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
 
-    saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    saved = load_file(str(adapter / "adapter_model.safetensors"))
     assert all("lora_" in k or any(h in k for h in ("score", "classifier")) for k in saved), list(saved)
     inputs = [f[0] for f in feats]
     preds = []
     for _ in range(2):  # a fresh base each time: the head comes from the adapter folder, not from the seed
         torch.manual_seed(123)
-        peft = PeftModel.from_pretrained(load_classifier(base, 2, pad), str(tmp_path / "adapter"))
+        peft = PeftModel.from_pretrained(load_classifier(base, 2, pad), str(adapter))
         preds.append(classify_examples(peft, inputs, examples, pad, batch_size=16))
     assert preds[0] == preds[1]
+    # evaluate's CPU path folds adapter and trained head into a copy of the base: the same predictions
+    torch.manual_seed(123)
+    (_, merged), = adapted_models(load_classifier(base, 2, pad), tmp_path, [0], merge=True, dtype=torch.float32)
+    rows = classify_examples(merged, inputs, examples, pad, batch_size=16)
+    assert [r["pred"] for r in rows] == [r["pred"] for r in preds[0]]
+    assert max(abs(x - y) for a, b in zip(rows, preds[0]) for x, y in zip(a["logits"], b["logits"])) < 1e-3
     accuracy = sum(r["correct"] for r in preds[0]) / len(examples)
     assert accuracy >= 0.9, accuracy
     return log

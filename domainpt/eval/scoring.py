@@ -82,10 +82,12 @@ def score_examples(model, tokenizer, examples: list[dict], bos: int | None, desc
         lls = masked_choice_logliks(model, tokenizer, prompts, [choice_ids(ex) for ex in examples], batch_size, desc)
     else:
         prompts = [prompt_ids(tokenizer, ex["prompt"], bos) for ex in examples]
+        choices = [choice_ids(ex, suffix) for ex in examples]
+        # every choice of a batch is padded to its longest: batch by longest choice first, then by prompt
+        keys = [(max(map(len, c)), len(p)) for c, p in zip(choices, prompts)]
         lls = [None] * len(examples)
-        for idx in tqdm(length_sorted_batches(prompts, batch_size), desc=desc, unit="batch", leave=False):
-            got = batch_choice_logliks(model, [prompts[i] for i in idx], [choice_ids(examples[i], suffix) for i in idx],
-                                       device)
+        for idx in tqdm(length_sorted_batches(prompts, batch_size, keys), desc=desc, unit="batch", leave=False):
+            got = batch_choice_logliks(model, [prompts[i] for i in idx], [choices[i] for i in idx], device)
             for i, ll in zip(idx, got):
                 lls[i] = ll
     return [choice_row(ex, ll, norm_unit) for ex, ll in zip(examples, lls)]
@@ -134,10 +136,11 @@ def classify_examples(model, inputs: list[list[int]], examples: list[dict], pad_
     return rows
 
 
-def length_sorted_batches(sequences: list[list[int]], batch_size: int) -> list[list[int]]:
+def length_sorted_batches(sequences: list[list[int]], batch_size: int, keys: list | None = None) -> list[list[int]]:
     """Index batches of similar lengths (longest first, so memory trouble shows at once): little padding.
-    Callers put results back in the original order."""
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    `keys` (one sortable per sequence) replace the lengths. Callers put results back in the original order."""
+    keys = keys if keys is not None else [len(s) for s in sequences]
+    order = sorted(range(len(sequences)), key=lambda i: keys[i], reverse=True)
     return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
 
 

@@ -30,6 +30,8 @@ from domainpt.manifest import atomic_write_json, atomic_write_jsonl, require_don
 from domainpt.models import checkpoint_objective, load_classifier, load_model, load_tokenizer
 from domainpt.tasks import head_setup, read_split, seeded_rank
 
+SCORING_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # eval.precision
+
 
 def tokenizer_identity(tok) -> dict:
     """Size and a hash of the vocabulary: per-token perplexities of two models compare only when these match."""
@@ -109,6 +111,7 @@ def run_evaluate(recipe) -> dict:
                                    end_of_text_id(tok), device)
             scores["perplexity"].setdefault(kind, {})[model_name] = r
             tokens += r["tokens"]
+        model = model.to(SCORING_DTYPES[ec.precision])  # perplexity above is always float32
         for task in recipe.tasks:
             entry = scores["tasks"].setdefault(task.name, {"metric": task.metric}).setdefault(model_name, {})
             if ec.zero_shot:
@@ -140,31 +143,56 @@ def score_before_finetuning(recipe, task, model, tok, objective: str, model_name
 
 
 def score_adapters(recipe, task, base_path: str, tok, objective: str, model_name: str, tests: list[dict], device, out) -> dict:
-    """Seed -> scores of each LoRA adapter of one model on one task: one base model loaded, each adapter loaded into it."""
-    from peft import PeftModel
-
+    """Seed -> scores of each LoRA adapter of one model on one task, one base model loaded. On a CPU each adapter
+    is merged into a float32 copy of the base, then cast to eval.precision (peft's extra LoRA matmuls cost 5-17%
+    there, BENCHMARKS.md); on a GPU (where a second copy of a large model may not fit) and on a quantised base the
+    adapters run unmerged on a base in eval.precision."""
     ec, q = recipe.eval, recipe.lora.quantize
     bos = end_of_text_id(tok)
     head = head_setup(recipe, task, objective, tok)
     ft_dir = stage_dir(recipe, "finetune") / task.name / model_name
+    merge = q == "none" and device.type == "cpu"
+    dtype = SCORING_DTYPES[ec.precision]
+    base_dtype = torch.float32 if merge else dtype
     # the adapter is scored on the base it was trained against
-    base = (load_classifier(base_path, head["num_labels"], head["pad_id"], recipe.model.trust_remote_code, quantize=q) if head
-            else load_model(base_path, objective, recipe.model.trust_remote_code, quantize=q))
+    base = (load_classifier(base_path, head["num_labels"], head["pad_id"], recipe.model.trust_remote_code, base_dtype,
+                            quantize=q)
+            if head else load_model(base_path, objective, recipe.model.trust_remote_code, base_dtype, quantize=q))
     base = base.to(device) if q == "none" else base
-    peft_model, finetuned = None, {}
-    for seed in recipe.lora.seeds:
+    finetuned = {}
+    for seed, model in adapted_models(base, ft_dir, recipe.lora.seeds, merge, dtype):
+        desc = f"lora {task.name} {model_name} seed{seed}"
+        if head:
+            inputs = [classifier_inputs(tok, e["prompt"], bos, head["encoder"]) for e in tests]
+            rows = classify_examples(model, inputs, tests, head["pad_id"], desc, ec.batch_size)
+        else:  # with end-of-text, as the adapter was trained (finetune.training_features)
+            rows = score_task(task, model, tok, tests, bos, ec.batch_size, desc, objective, end_of_text=True)
+        atomic_write_jsonl(out / "predictions" / task.name / model_name / f"seed{seed}.jsonl", rows)
+        finetuned[str(seed)] = task_metric(task.metric, rows)
+        del model  # a merged copy: freed before the next seed's is made
+    return finetuned
+
+
+def adapted_models(base, ft_dir, seeds, merge: bool, dtype):
+    """(seed, the base with that seed's adapter) for each seed. Merged: the adapter folded into a float32 copy of
+    the base, then cast to `dtype` (scores like the adapter, without peft's extra matmuls: faster on a CPU).
+    Unmerged (on a GPU or a quantised base): one PeftModel that switches adapters."""
+    import copy
+
+    from peft import PeftModel
+
+    peft_model = None
+    for seed in seeds:
         adapter, name = str(ft_dir / f"seed{seed}" / "adapter"), f"seed{seed}"
+        if merge:
+            merged = PeftModel.from_pretrained(copy.deepcopy(base), adapter).merge_and_unload().to(dtype)
+            # peft leaves the weights frozen, and on this CPU (torch 2.13) bfloat16 layers with frozen weights ran
+            # 2.2-3x slower than the same layers unfrozen (bench/adapter_scoring.py); scoring runs under no_grad
+            yield seed, merged.requires_grad_(True)
+            continue
         if peft_model is None:
             peft_model = PeftModel.from_pretrained(base, adapter, adapter_name=name)
         else:
             peft_model.load_adapter(adapter, adapter_name=name)
         peft_model.set_adapter(name)
-        desc = f"lora {task.name} {model_name} seed{seed}"
-        if head:
-            inputs = [classifier_inputs(tok, e["prompt"], bos, head["encoder"]) for e in tests]
-            rows = classify_examples(peft_model, inputs, tests, head["pad_id"], desc, ec.batch_size)
-        else:  # with end-of-text, as the adapter was trained (finetune.training_features)
-            rows = score_task(task, peft_model, tok, tests, bos, ec.batch_size, desc, objective, end_of_text=True)
-        atomic_write_jsonl(out / "predictions" / task.name / model_name / f"seed{seed}.jsonl", rows)
-        finetuned[str(seed)] = task_metric(task.metric, rows)
-    return finetuned
+        yield seed, peft_model
