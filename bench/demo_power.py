@@ -14,7 +14,7 @@ from domainpt.config import load_recipe
 from domainpt.layout import models_of
 from domainpt.report.arms import COMPARISONS
 from domainpt.report.compare import prediction_matrices
-from domainpt.report.stats import item_scores, planned_mdd
+from domainpt.report.stats import item_differences, planned_mdd
 
 DESIGNS = [(3, 120), (3, 300), (4, 300), (5, 300), (8, 300), (4, 600)]
 
@@ -22,14 +22,14 @@ DESIGNS = [(3, 120), (3, 300), (4, 300), (5, 300), (8, 300), (4, 600)]
 def main(recipe_path: str, overrides: list[str]) -> None:
     recipe = load_recipe(recipe_path, overrides)
     arms = models_of(recipe)
-    own = (len(recipe.lora.seeds), None)
+    seeds = len(recipe.lora.seeds)
     for task in recipe.tasks:
         finetuned, _, refs = prediction_matrices(recipe, task, arms)
         for key, a, b in COMPARISONS:
             if a not in finetuned or b not in finetuned:
                 continue
-            d = item_scores(task.metric, finetuned[b], refs) - item_scores(task.metric, finetuned[a], refs)
-            designs = [(own[0], d.shape[1])] + [x for x in DESIGNS if x != (own[0], d.shape[1])]
+            d = item_differences(task.metric, finetuned[a], finetuned[b], refs)
+            designs = [(seeds, d.shape[1])] + [x for x in DESIGNS if x != (seeds, d.shape[1])]
             cells = "  ".join(f"{s}x{i}: {100 * planned_mdd(d, s, i):4.1f}" for s, i in designs)
             print(f"{task.name:24s} {key:22s} mdd (points) at seeds x items  {cells}")
 

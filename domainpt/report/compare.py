@@ -28,7 +28,7 @@ from domainpt.report.arms import ARMS, COMPARISONS
 from domainpt.report.harness import general_task_forgetting, harness_results
 from domainpt.report.render import to_html, to_markdown
 from domainpt.report.sections import ppl_label, sections
-from domainpt.report.stats import (POWER, design_to_detect, holm, item_scores, model_score, paired_difference,
+from domainpt.report.stats import (POWER, design_to_detect, holm, item_differences, model_score, paired_difference,
                                    paired_document_bootstrap)
 
 SCHEMA_VERSION = 1
@@ -82,7 +82,7 @@ def task_results(recipe, arms: list[str]) -> dict:
         t["majority_baseline"] = float(np.bincount(refs.astype(int)).max() / len(refs)) if task.metric == "accuracy" else None
         t["minimum_detectable_difference"] = t["difference"]["mdd"]
         if t["difference"]["mdd"] > recipe.report.target_difference and t["n_seeds"] > 1:  # planned from this run's spread
-            d = item_scores(task.metric, finetuned["domain_model"], refs) - item_scores(task.metric, finetuned["general_model"], refs)
+            d = item_differences(task.metric, finetuned["general_model"], finetuned["domain_model"], refs)
             t["design_to_detect"] = design_to_detect(d, recipe.report.target_difference, conf)
         if t["majority_baseline"] is not None:  # a task neither model learned says nothing about pre-training
             t["learned"] = all(t[arm]["finetuned"]["ci"][0] > t["majority_baseline"] for arm in finetuned)

@@ -43,7 +43,7 @@ def design_line(plan: dict, n_test: int, seeds: int) -> str:
     how = (f"planned from this run's seed and item variance, a rough estimate from {seeds} seeds; "
            "80% power at the unadjusted level")
     if s is None and i is None:
-        return (f"Domain minus general: neither up to {plan.get('max_seeds', 20)} seeds nor more test items alone "
+        return (f"Domain minus general: neither up to {plan['max_seeds']} seeds nor more test items alone "
                 f"would detect {target} at this spread ({how}).")
     ways = ([f"about {s} seeds at {n_test} items"] if s else []) + ([f"about {i} items at {seeds} seeds"] if i else [])
     tail = "" if i else f"; at {seeds} seeds more items alone would not (the seeds' spread does not shrink with items)"

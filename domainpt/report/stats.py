@@ -141,6 +141,11 @@ def _checked(x) -> np.ndarray:
     return x
 
 
+def item_differences(metric: str, preds_a: np.ndarray, preds_b: np.ndarray, refs: np.ndarray) -> np.ndarray:
+    """(seeds x items) per-item differences, b minus a: what the paired analysis and its planning read."""
+    return item_scores(metric, preds_b, refs) - item_scores(metric, preds_a, refs)
+
+
 def crossed_variance(x: np.ndarray) -> tuple[float, float]:
     """(variance of the grand mean, Satterthwaite degrees of freedom) for a (seeds x items) table with
     seeds and items both random. One seed: a paired t over items."""
@@ -152,42 +157,59 @@ def crossed_variance(x: np.ndarray) -> tuple[float, float]:
     return float(var), float(df)
 
 
+def variance_components(x: np.ndarray) -> tuple[float, float, float]:
+    """(seed, item, residual) variance components of a pilot (seeds x items) table of per-item differences, S >= 2;
+    seed and item each clamped at 0 on its own, as the analysis does."""
+    x = _checked(x)
+    S, I = x.shape
+    if S < 2:
+        raise ValueError("planning needs a pilot with >= 2 seeds (one seed shows no seed variance)")
+    ms_seed, ms_item, ms_res = mean_squares(x)
+    return max(0.0, (ms_seed - ms_res) / I), max(0.0, (ms_item - ms_res) / S), ms_res
+
+
+def _mdd_at(components: tuple[float, float, float], seeds: int, items: int, confidence: float) -> float:
+    """The mdd at `seeds` x `items`: each expected mean square at those sizes, then the analysis's variance and df."""
+    s2_seed, s2_item, s2_res = components
+    var, df = variance_from_mean_squares(s2_res + items * s2_seed, s2_res + seeds * s2_item, s2_res, seeds, items)
+    return t_summary(0.0, var, df, confidence)["mdd"]
+
+
 def planned_mdd(x: np.ndarray, seeds: int, items: int, confidence: float = 0.95) -> float:
     """The minimum detectable difference (80% power) a design with `seeds` x `items` would have, given the
     variance components estimated from a pilot (seeds x items) table of per-item differences `x` (S >= 2):
     each expected mean square at the new sizes, then the same variance and df as the analysis itself.
     For planning a run's size from a pilot's spread; it reads no difference, only the variances."""
-    x = _checked(x)
-    S, I = x.shape
-    if S < 2 or seeds < 2 or items < 2:
+    components = variance_components(x)
+    if seeds < 2 or items < 2:
         raise ValueError("planning needs a pilot with >= 2 seeds and a design with >= 2 seeds and >= 2 items")
-    ms_seed, ms_item, ms_res = mean_squares(x)
-    s2_seed, s2_item = max(0.0, (ms_seed - ms_res) / I), max(0.0, (ms_item - ms_res) / S)
-    var, df = variance_from_mean_squares(ms_res + items * s2_seed, ms_res + seeds * s2_item, ms_res, seeds, items)
-    return t_summary(0.0, var, df, confidence)["mdd"]
+    return _mdd_at(components, seeds, items, confidence)
 
 
 def design_to_detect(x: np.ndarray, target: float, confidence: float = 0.95, max_seeds: int = 20,
                      max_items: int = 100_000) -> dict:
     """How a (seeds x items) pilot of per-item differences would reach an mdd <= `target`: the fewest seeds at its
-    items, and the fewest items at its seeds (None where none up to the caps does). Planned with planned_mdd.
+    items, and the fewest items at its seeds (None where none up to the caps does). Planned as planned_mdd does,
+    from variance components estimated once.
     At fixed seeds the mdd is not monotone in items: its standard error levels off at the seeds' share while the
     Satterthwaite df falls towards S - 1, so the search finds the best item count on a grid first and bisects
     only below it, where the mdd falls."""
-    x = _checked(x)
-    S, I = x.shape
-    if S < 2:
-        raise ValueError("planning needs a pilot with >= 2 seeds (one seed shows no seed variance)")
+    components = variance_components(x)
+    S, I = np.atleast_2d(x).shape
+
+    def mdd(seeds: int, items: int) -> float:
+        return _mdd_at(components, seeds, items, confidence)
+
     plan = {"target": target, "max_seeds": max_seeds, "max_items": max_items}
-    plan["seeds_at_n_test"] = next((s for s in range(2, max_seeds + 1) if planned_mdd(x, s, I, confidence) <= target), None)
+    plan["seeds_at_n_test"] = next((s for s in range(2, max_seeds + 1) if mdd(s, I) <= target), None)
     grid = np.unique(np.geomspace(2, max_items, 60).astype(int))
-    best = int(grid[np.argmin([planned_mdd(x, S, int(n), confidence) for n in grid])])
+    best = int(grid[np.argmin([mdd(S, int(n)) for n in grid])])
     items = None
-    if planned_mdd(x, S, best, confidence) <= target:
+    if mdd(S, best) <= target:
         lo, hi = 2, best
         while lo < hi:
             mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if planned_mdd(x, S, mid, confidence) <= target else (mid + 1, hi)
+            lo, hi = (lo, mid) if mdd(S, mid) <= target else (mid + 1, hi)
         items = lo
     plan["items_at_n_seeds"] = items
     return plan
@@ -227,8 +249,7 @@ def paired_difference(metric: str, preds_a: np.ndarray, preds_b: np.ndarray, ref
     if a.shape != b.shape:
         raise ValueError(f"paired predictions need the same shape (seeds x items): {a.shape} vs {b.shape}")
     point = seed_mean(metric, b, refs) - seed_mean(metric, a, refs)
-    d = item_scores(metric, b, refs) - item_scores(metric, a, refs)
-    var, df = crossed_variance(d)
+    var, df = crossed_variance(item_differences(metric, a, b, refs))
     s = t_summary(point, var, df, confidence)
     ci = s["ci"]
     return {"mean": point, "ci": ci, "p_value": s["p_value"], "includes_zero": bool(ci[0] <= 0 <= ci[1]),
