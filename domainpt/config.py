@@ -209,6 +209,11 @@ class TaskConfig:
                                     "log-likelihood after the prompt) or 'head' (a classification head on the last "
                                     "token, or [CLS] for encoders, trained with the LoRA adapter). Zero-shot always "
                                     "uses likelihood: an untrained head has nothing to say.")
+    lora_steps: int | None = _f(None, "LoRA optimizer steps for this task, the same for every model and seed (default: "
+                                      "lora.steps): a task whose adapters still differ from seed to seed gets longer "
+                                      "training without lengthening the others (choose it on a dev split: "
+                                      "bench/finetune_stability.py). Only fine-tuning and later stages are redone.")
+    lora_batch_size: int | None = _f(None, "Examples per LoRA step for this task (default: lora.batch_size).")
 
     def __post_init__(self):
         if not self.name:
@@ -227,6 +232,8 @@ class TaskConfig:
             raise ValueError("max_answer_tokens must be > 0")
         if self.test_size <= 0 or self.train_size <= 0 or self.max_prompt_tokens <= 0:
             raise ValueError("test_size, train_size and max_prompt_tokens must be > 0")
+        if any(v is not None and v <= 0 for v in (self.lora_steps, self.lora_batch_size)):
+            raise ValueError("lora_steps and lora_batch_size must be > 0 (or left out: lora.steps, lora.batch_size)")
 
 
 @dataclass
@@ -352,6 +359,10 @@ class LoraConfig:
             raise ValueError("merge_export with quantize: merging into quantised weights loses the adapter's precision; "
                              "export from a full-precision run")
 
+    def for_task(self, task) -> "LoraConfig":
+        """These settings with the task's own steps and batch size where it sets them."""
+        return dataclasses.replace(self, steps=task.lora_steps or self.steps, batch_size=task.lora_batch_size or self.batch_size)
+
 
 @dataclass
 class EvalConfig:
@@ -470,6 +481,10 @@ class Recipe:
         for section, key in _NOT_FINGERPRINTED:
             if isinstance(d.get(section), dict):
                 d[section].pop(key, None)
+        if "lora" not in sections:  # a task's own LoRA budget matters from fine-tuning on, not to prepare or pretrain
+            for task in d.get("tasks", []):
+                for key in TASK_LORA_KEYS:
+                    task.pop(key, None)
         ec = self.eval
         if "data" in sections and (ec.harness_tasks or ec.forgetting_tasks):  # prepare decontaminates against them
             d["harness_decontam"] = [ec.harness_tasks, ec.forgetting_tasks, ec.harness_include, ec.harness_limit,
@@ -495,6 +510,8 @@ _LATER_SECTIONS = {"tokenizer", "compare"}
 RENAMED_KEYS = {("train", "eval_tokens"): "ppl_max_tokens"}
 # Keys that change how a stage runs but not what it produces.
 _NOT_FINGERPRINTED = {("data", "num_proc")}
+# A task's keys that only fine-tuning reads (the fingerprints of earlier stages leave them out).
+TASK_LORA_KEYS = ("lora_steps", "lora_batch_size")
 
 
 def _non_default(obj):

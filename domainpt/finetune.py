@@ -105,13 +105,15 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
 
 
 def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str, new_token_ids=None,
-                  num_labels: int | None = None, pad_id: int = 0, objective: str = "clm", mask_id: int | None = None) -> dict:
+                  num_labels: int | None = None, pad_id: int = 0, objective: str = "clm", mask_id: int | None = None,
+                  task=None) -> dict:
     """One LoRA run; returns its log. Deterministic given the seed (data order, LoRA and head init).
     With `num_labels`, feats are head_features and a classification head is trained with the adapter;
-    with objective 'mlm' (no head), feats are masked_features and `mask_id` masks the answer tokens."""
+    with objective 'mlm' (no head), feats are masked_features and `mask_id` masks the answer tokens.
+    `task` (its TaskConfig) may set its own steps and batch size (lora_steps, lora_batch_size)."""
     from peft import get_peft_model
 
-    lc = recipe.lora
+    lc = recipe.lora.for_task(task) if task is not None else recipe.lora
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     q = lc.quantize
@@ -206,7 +208,8 @@ def run_finetune(recipe) -> dict:
                         if stale.exists():
                             shutil.rmtree(stale)
                     log = train_adapter(recipe, paths[model_name], feats, seed, adapter,
-                                        desc=f"lora {task.name} {model_name} seed{seed}", new_token_ids=new_ids[model_name], **how)
+                                        desc=f"lora {task.name} {model_name} seed{seed}", new_token_ids=new_ids[model_name], task=task,
+                                        **how)
                     atomic_write_json(log_path, log)
                 runs[f"{task.name}/{model_name}/seed{seed}"] = {"first_loss": log["losses"][0], "last_loss": log["losses"][-1],
                                                                   "tokens": log["tokens"], "wall_s": log["wall_s"]}

@@ -89,7 +89,7 @@ def build_plan(recipe, processes: int = 1, gpu: str | None = None) -> dict:
     # LoRA: forward 2N + activation gradients 2N per token (the frozen base gets no weight gradients).
     ft_len = max(t.max_prompt_tokens for t in recipe.tasks) + 16 if recipe.tasks else 0
     n_models = 3 if recipe.compare.control != "none" else 2  # general, domain (and the control arm's model)
-    ft_tokens = len(recipe.tasks) * n_models * len(lc.seeds) * lc.steps * lc.batch_size * ft_len
+    ft_tokens = n_models * len(lc.seeds) * ft_len * sum(lc.for_task(t).steps * lc.for_task(t).batch_size for t in recipe.tasks)
     ft_flops = 4 * shape["matmul_params"] * ft_tokens
     # A masked LM's pseudo-perplexity runs one window per scored token (eval/masked.py).
     per_scored = ec.ppl_window if shape["objective"] == "mlm" else 1

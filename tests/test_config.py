@@ -126,3 +126,22 @@ def test_allowed_values_come_from_the_type_for_the_check_the_error_and_the_keys_
     keys = {k: help_ for k, _, help_ in field_docs()}
     assert keys["train.schedule"].endswith("One of: cosine, wsd, constant.")
     assert keys["compare.control"].endswith("One of: none, continued_general.")
+
+
+def test_a_tasks_own_lora_budget_redoes_fine_tuning_but_not_prepare_or_pretraining(tmp_path):
+    """tasks[].lora_steps / lora_batch_size override lora.steps / batch_size for that task only; earlier stages'
+    fingerprints do not read them, so a finished run keeps its prepared data and domain model."""
+    from domainpt.manifest import stage_fingerprint
+
+    task = "tasks:\n  - {name: t, source: {path: t.jsonl}, labels: [a, b]}\n"
+    plain = load_recipe(_write(tmp_path, BASE + task + "lora: {steps: 12, batch_size: 8}\n"))
+    longer = load_recipe(tmp_path / "r.yaml", ["tasks.0.lora_steps=36", "tasks.0.lora_batch_size=4"])
+    assert plain.lora.for_task(plain.tasks[0]).steps == 12
+    assert (longer.lora.for_task(longer.tasks[0]).steps, longer.lora.for_task(longer.tasks[0]).batch_size) == (36, 4)
+    assert longer.lora.steps == 12  # the recipe-wide value is untouched
+    for stage in ("prepare", "pretrain", "pretrain_control"):
+        assert stage_fingerprint(plain, stage) == stage_fingerprint(longer, stage)
+    for stage in ("finetune", "evaluate", "compare"):
+        assert stage_fingerprint(plain, stage) != stage_fingerprint(longer, stage)
+    with pytest.raises(DomainptError, match="lora_steps and lora_batch_size must be > 0"):
+        load_recipe(tmp_path / "r.yaml", ["tasks.0.lora_steps=0"])

@@ -31,6 +31,19 @@ def test_same_seed_gives_the_same_adapter_and_another_seed_does_not(prepared_tin
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
+def test_a_tasks_lora_steps_set_how_long_its_adapters_train(prepared_tiny, tmp_path):
+    from dataclasses import replace
+
+    from domainpt.finetune import train_adapter
+
+    recipe, base, _, feats = _setup(prepared_tiny)
+    task = replace(recipe.tasks[0], lora_steps=recipe.lora.steps + 3, lora_batch_size=2)
+    log = train_adapter(recipe, base, feats, 0, tmp_path / "adapter", desc="t", task=task)
+    default = train_adapter(recipe, base, feats, 0, tmp_path / "default", desc="t", task=recipe.tasks[0])
+    assert len(log["losses"]) == recipe.lora.steps + 3 and len(default["losses"]) == recipe.lora.steps
+    assert log["tokens"] < default["tokens"]  # 9 steps of 2 examples read fewer tokens than 6 of 4
+
+
 def test_merged_export_predicts_like_the_adapter(prepared_tiny, tmp_path):
     from peft import PeftModel
 
