@@ -120,7 +120,8 @@ def build_plan(recipe, processes: int = 1, gpu: str | None = None) -> dict:
             "evaluate": {"tokens": eval_tokens, "flops": eval_flops, "gpu_hours": gpu_h["evaluate"]},
             "harness": harness_plan(ec),
             "tasks": [{"name": t.name, "type": t.type, "source": _src(t.source),
-                       "test_source": _src(t.test_source) if t.test_source else None} for t in recipe.tasks],
+                       "test_source": _src(t.test_source) if t.test_source else None,
+                       "lora_steps": lc.for_task(t).steps, "lora_batch_size": lc.for_task(t).batch_size} for t in recipe.tasks],
             "total_flops": pretrain_flops + control_flops + ft_flops + eval_flops, "total_gpu_hours": sum(gpu_h.values()),
             "disk_bytes": disk, "disk_total_bytes": sum(disk.values())}
 
@@ -181,7 +182,8 @@ def format_plan(p: dict) -> str:
                      + (f"; at most {h['limit']} documents per task" if h["limit"] else "")
                      + " (not in the totals below: its cost depends on each task's size, e.g. hellaswag ~10k documents x 4 choices)")
     for t in p["tasks"]:
-        lines.append(f"  task      {t['name']} ({t['type']}): {t['source']}" + (f"; test: {t['test_source']}" if t["test_source"] else ""))
+        lines.append(f"  task      {t['name']} ({t['type']}): {t['source']}" + (f"; test: {t['test_source']}" if t["test_source"] else "")
+                     + f"; LoRA {t['lora_steps']} steps x {t['lora_batch_size']} examples")
     d = p["disk_bytes"]
     lines += [f"  total     {p['total_flops']:.3g} FLOPs, {p['total_gpu_hours']:,.3g} {p['gpu']}-hours "
               f"(wall time on {p['processes']} GPU(s): ~{p['total_gpu_hours'] / p['processes']:,.3g} h)",

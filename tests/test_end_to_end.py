@@ -21,6 +21,8 @@ def test_run_writes_every_stage_and_the_report(tiny_run):
         assert t[m]["finetuned"]["ci"][0] <= t[m]["finetuned"]["mean"] <= t[m]["finetuned"]["ci"][1]
         assert "zero_shot" in t[m] and set(t[m]["zero_shot"]) >= {"mean", "ci", "seeds"}
     assert res["stages"]["pretrain"]["tokens"] == 12 * 4 * 128
+    assert t["lora"] == {"steps": 6, "batch_size": 4}  # the tiny recipe's lora section: no task sets its own
+    assert "2 seeds of 6 LoRA steps" in (out / "compare" / "report.md").read_text()
     # a plan of what would detect 5 points exactly where this design cannot (the report says it in words)
     planned = t["minimum_detectable_difference"] > 0.05
     assert ("design_to_detect" in t) == planned == ("To detect 5.0 points in domain minus general:" in (out / "compare" / "report.md").read_text())

@@ -57,6 +57,22 @@ def test_dry_run_flops_match_6N_plus_attention_for_smollm2_1_7b():
     assert abs(plan["pretrain"]["flops"] / (6 * n * tokens) - 1) < 0.15  # attention adds ~12% at 2048 tokens
 
 
+def test_dry_run_counts_a_tasks_own_lora_steps():
+    """The medical demo with its chapter task at 36 LoRA steps and its probe at lora.steps (12): the plan says so per
+    task, and its fine-tuning tokens are those steps' tokens, not lora.steps' for every task."""
+    from dataclasses import replace
+
+    from domainpt.config import load_recipe
+    from domainpt.plan import build_plan, format_plan
+
+    recipe = load_recipe(ROOT / "recipes" / "demo" / "medical.yaml", ["tasks.0.lora_steps=36"])
+    plan = build_plan(recipe)
+    assert [(t["name"], t["lora_steps"]) for t in plan["tasks"]] == [("icd10-chapter", 36), ("icd10-code-probe", 12)]
+    assert "icd10-chapter (classification): builtin:icd10cm-codes; LoRA 36 steps x 8 examples" in format_plan(plan)
+    uniform = build_plan(replace(recipe, tasks=[replace(t, lora_steps=None) for t in recipe.tasks]))
+    assert plan["finetune"]["tokens"] == uniform["finetune"]["tokens"] * (36 + 12) / (12 + 12)
+
+
 def test_unknown_gpu_and_offline_unknown_model_are_one_line_errors(tmp_path):
     r = cli("run", FULL[0], "--dry-run", "--gpu", "TPUv9")
     assert r.returncode == 2 and "unknown GPU 'TPUv9'" in r.stderr

@@ -78,6 +78,8 @@ def task_results(recipe, arms: list[str]) -> dict:
         if zero_shot:
             t["shots"] = recipe.eval.few_shot  # 0: the zero_shot entries are zero-shot; k: k-shot
         t["n_test"], t["n_seeds"] = int(len(refs)), len(recipe.lora.seeds)
+        lc = recipe.lora.for_task(task)
+        t["lora"] = {"steps": lc.steps, "batch_size": lc.batch_size}  # the budget every model's adapters got here
         # What always answering the most frequent test label would score: the floor a model must beat.
         t["majority_baseline"] = float(np.bincount(refs.astype(int)).max() / len(refs)) if task.metric == "accuracy" else None
         t["minimum_detectable_difference"] = t["difference"]["mdd"]

@@ -63,7 +63,8 @@ def reading(d: dict, better: str, worse: str) -> str:
 def task_verdict(name: str, t: dict, level: int) -> list[str]:
     seeds = len(t["general_model"]["finetuned"]["seeds"])
     d = t["difference"]
-    lines = [f"**{name}** ({t['metric']}, {t['n_test']} test items, {seeds} seeds): domain minus general after LoRA = "
+    budget = f" of {t['lora']['steps']} LoRA steps" if "lora" in t else ""  # results.json before the key: no budget
+    lines = [f"**{name}** ({t['metric']}, {t['n_test']} test items, {seeds} seeds{budget}): domain minus general after LoRA = "
              f"{100 * d['mean']:+.1f} points, {level}% interval [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}] — "
              + reading(d, "the domain model is better", "the general model is better") + "."]
     c = t.get("difference_vs_control")
