@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from domainpt.config import DedupConfig, load_recipe
+from domainpt.config import load_recipe
 from domainpt.data.ingest import BadRecords
 from domainpt.encoding import end_of_text_id
 from domainpt.eval.stage import score_adapters
 from domainpt.finetune import head_features, train_adapter, training_features
 from domainpt.models import load_tokenizer
+from domainpt.report.compare import read_predictions
 from domainpt.report.stats import item_differences, per_seed, planned_mdd
 from domainpt.tasks import build_examples, near_overlap, read_split, split_examples
 
@@ -39,16 +40,17 @@ PLANNED = [(3, 300), (4, 300), (3, 200)]  # seeds x test items of demo designs
 
 def dev_split(recipe, task, tok, run: Path, n: int) -> list[dict]:
     """The task's examples after prepare's train split in its own seeded order, minus train, test and test's near
-    duplicates: what a larger train_size would have taken next."""
+    duplicates (the recipe's MinHash settings, on what each prompt shows, as prepare checks train): what a larger
+    train_size would have taken next."""
     split = run / "prepare" / "tasks" / task.name
-    train, test = read_split(split, "train"), read_split(split, "test")
+    used = {e["id"] for e in read_split(split, "train")}
+    test_ids = {e["id"] for e in read_split(split, "test")}
     examples, _ = build_examples(task, tok, BadRecords(max_share=recipe.data.max_bad_share))
-    used = {e["id"] for e in train + test}
+    test = [e for e in examples if e["id"] in test_ids]
     test_texts = {e["text"] for e in test}
     pool = [e for e in split_examples(examples, task.test_size, 10 ** 9, recipe.data.seed)[0]
-            if e["id"] not in used and e["text"] not in test_texts]
-    test_seen = [{**e, "seen": e["text"]} for e in test]
-    near = {id(e) for e, _, _ in near_overlap(pool, test_seen, DedupConfig())}
+            if e["id"] not in used | test_ids and e["text"] not in test_texts]
+    near = {id(e) for e, _, _ in near_overlap(pool, test, recipe.data.dedup)}
     dev = [e for e in pool if id(e) not in near][:n]
     for e in dev:
         e.pop("seen", None)
@@ -87,18 +89,19 @@ def run_setting(recipe, task, models: dict, dev: list[dict], work: Path) -> tupl
         t = time.perf_counter()
         score_adapters(recipe, task, path, tok, "clm", name, dev, device, work / "scored")
         t_score += time.perf_counter() - t
-        rows = [[json.loads(line) for line in open(work / "scored" / "predictions" / task.name / name / f"seed{s}.jsonl")]
-                for s in recipe.lora.seeds]
-        preds[name] = np.array([[r["pred"] for r in seed_rows] for seed_rows in rows])
+        folder = work / "scored" / "predictions" / task.name / name
+        preds[name] = np.stack([read_predictions(folder / f"seed{s}.jsonl", task.metric)[0] for s in recipe.lora.seeds])
         shutil.rmtree(work / "finetune")
     return preds, t_train, t_score
 
 
 def main(run: Path, task_name: str, n_dev: int, settings: list[str]) -> None:
     run = run.resolve()
-    base = load_recipe(json_recipe(run), [f"out_dir={run}"])
-    task = next(t for t in base.tasks if t.name == task_name)
     prep = json.loads((run / "prepare" / "manifest.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:  # the run's own recipe, as prepare recorded it (JSON is YAML)
+        (Path(tmp) / "recipe.yaml").write_text(json.dumps(prep["recipe"]))
+        base = load_recipe(Path(tmp) / "recipe.yaml", [f"out_dir={run}"])
+    task = next(t for t in base.tasks if t.name == task_name)
     models = {"general_model": prep["base_model"], "domain_model": str(run / "pretrain" / "model")}
     dev = dev_split(base, task, load_tokenizer(models["general_model"]), run, n_dev)
     refs = np.array([e["answer"] for e in dev])
@@ -121,13 +124,6 @@ def main(run: Path, task_name: str, n_dev: int, settings: list[str]) -> None:
         print(f"{setting:24s} {scores}  mdd (points) at {cells}  fine-tune {t_train:4.0f} s  score {t_score:4.0f} s",
               flush=True)
     print(f"ratio {mdds[0] / min(mdds):.2f}")
-
-
-def json_recipe(run: Path) -> Path:
-    """The run's recipe as its prepare manifest recorded it (a YAML file: JSON is YAML)."""
-    path = Path(tempfile.mkdtemp()) / "recipe.yaml"
-    path.write_text(json.dumps(json.loads((run / "prepare" / "manifest.json").read_text())["recipe"]))
-    return path
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ def build_plan(recipe, processes: int = 1, gpu: str | None = None) -> dict:
     # LoRA: forward 2N + activation gradients 2N per token (the frozen base gets no weight gradients).
     ft_len = max(t.max_prompt_tokens for t in recipe.tasks) + 16 if recipe.tasks else 0
     n_models = 3 if recipe.compare.control != "none" else 2  # general, domain (and the control arm's model)
-    ft_tokens = n_models * len(lc.seeds) * ft_len * sum(lc.for_task(t).steps * lc.for_task(t).batch_size for t in recipe.tasks)
+    budgets = [lc.for_task(t) for t in recipe.tasks]  # each task's own LoRA steps and batch size
+    ft_tokens = n_models * len(lc.seeds) * ft_len * sum(b.steps * b.batch_size for b in budgets)
     ft_flops = 4 * shape["matmul_params"] * ft_tokens
     # A masked LM's pseudo-perplexity runs one window per scored token (eval/masked.py).
     per_scored = ec.ppl_window if shape["objective"] == "mlm" else 1
@@ -121,7 +122,7 @@ def build_plan(recipe, processes: int = 1, gpu: str | None = None) -> dict:
             "harness": harness_plan(ec),
             "tasks": [{"name": t.name, "type": t.type, "source": _src(t.source),
                        "test_source": _src(t.test_source) if t.test_source else None,
-                       "lora_steps": lc.for_task(t).steps, "lora_batch_size": lc.for_task(t).batch_size} for t in recipe.tasks],
+                       "lora_steps": b.steps, "lora_batch_size": b.batch_size} for t, b in zip(recipe.tasks, budgets)],
             "total_flops": pretrain_flops + control_flops + ft_flops + eval_flops, "total_gpu_hours": sum(gpu_h.values()),
             "disk_bytes": disk, "disk_total_bytes": sum(disk.values())}
 
