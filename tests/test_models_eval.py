@@ -59,6 +59,24 @@ def test_bits_per_byte_is_the_token_loss_converted(tiny_model, tokenizer):
     assert r["bpb"] == pytest.approx(loss * r["tokens"] / (math.log(2) * len(text.encode())), rel=1e-4)
 
 
+def test_strided_batched_perplexity_equals_each_window_scored_alone(tiny_model, tokenizer):
+    """Windows of unequal lengths and scored counts share batches (left-padded, the LM head on scored positions
+    only): each document's NLL is still the sum, window by window, of its scored tokens given their context."""
+    texts = ["Permission is hereby granted, free of charge, to any person obtaining a copy of this software " * 3,
+             "The above copyright notice shall be included in all copies.",
+             "THE SOFTWARE IS PROVIDED AS IS, WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED " * 2]
+    r = perplexity(tiny_model, tokenizer, texts, window=16, stride=6, max_tokens=None, batch_size=3, bos=0)
+    for d, text in enumerate(texts):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        want = 0.0
+        for w, n_new in windows_for(ids, window=16, stride=6, bos=0):
+            x = torch.tensor([w])
+            nll = F.cross_entropy(tiny_model(input_ids=x).logits[0, :-1], x[0, 1:], reduction="none")
+            want += nll[-n_new:].sum().item()
+        assert r["per_document"]["tokens"][d] == len(ids)
+        assert r["per_document"]["nll"][d] == pytest.approx(want, rel=1e-4, abs=1e-3)
+
+
 def test_left_padded_answer_loss_equals_plain_labelled_loss(tiny_model):
     """The fine-tuning fast path (left padding, LM head on the answer positions only) changes no number."""
     from domainpt.finetune import answer_loss, collate

@@ -12,7 +12,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from domainpt.encoding import pad_right, special_ids
+from domainpt.encoding import pad_left, special_ids
 from domainpt.eval.masked import pll_windows, score_items
 
 
@@ -33,21 +33,26 @@ def windows_for(ids: list[int], window: int, stride: int, bos: int) -> list[tupl
 
 @torch.no_grad()
 def score_windows(model, windows, batch_size: int, device, pad_id: int = 0) -> list[float]:
-    """Sum of NLL (nats) over each window's scored positions, in the windows' order. Batches are length-sorted."""
+    """Sum of NLL (nats) over each window's scored positions, in the windows' order.
+
+    Windows are batched by how many positions they score, then by length, and left-padded, so that every row's
+    scored positions are its last ones: the LM head (a vocabulary-sized projection) runs on those positions only,
+    and with stride < window the context-only positions cost it nothing."""
     model.eval()
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i][0]))
+    order = sorted(range(len(windows)), key=lambda i: (windows[i][1], len(windows[i][0])))
     nll_of = [0.0] * len(windows)
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
         batch = [windows[i] for i in idx]
-        ids, mask = pad_right([w for w, _ in batch], pad_id)
-        score = torch.zeros((len(batch), ids.size(1) - 1), dtype=torch.bool)
-        for r, (w, n_new) in enumerate(batch):
-            score[r, len(w) - 1 - n_new:len(w) - 1] = True
-        ids, mask, score = ids.to(device), mask.to(device), score.to(device)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none")
-        per_row = (nll.view(len(batch), -1) * score).sum(-1).tolist()
+        ids, mask, pos = (t.to(device) for t in pad_left([w for w, _ in batch], pad_id))
+        n = max(n_new for _, n_new in batch)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                       logits_to_keep=n + 1).logits[:, :-1]  # predicts ids[:, -n:]
+        n_new = torch.tensor([k for _, k in batch], device=device)
+        scored = torch.arange(n, device=device)[None] >= (n - n_new)[:, None]
+        nll = F.cross_entropy(logits[scored].float(), ids[:, -n:][scored], reduction="none")
+        rows = scored.nonzero()[:, 0]
+        per_row = torch.zeros(len(batch), dtype=nll.dtype, device=device).index_add_(0, rows, nll).tolist()
         for i, v in zip(idx, per_row):
             nll_of[i] = v
     return nll_of
