@@ -47,12 +47,12 @@ def score_windows(model, windows, batch_size: int, device, pad_id: int = 0) -> l
         ids, mask, pos = (t.to(device) for t in pad_left([w for w, _ in batch], pad_id))
         n = max(n_new for _, n_new in batch)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
-                       logits_to_keep=n + 1).logits[:, :-1]  # predicts ids[:, -n:]
+                       logits_to_keep=n + 1).logits  # each position predicts the next token; the last one none
         n_new = torch.tensor([k for _, k in batch], device=device)
         scored = torch.arange(n, device=device)[None] >= (n - n_new)[:, None]
-        nll = F.cross_entropy(logits[scored].float(), ids[:, -n:][scored], reduction="none")
-        rows = scored.nonzero()[:, 0]
-        per_row = torch.zeros(len(batch), dtype=nll.dtype, device=device).index_add_(0, rows, nll).tolist()
+        targets = F.pad(torch.where(scored, ids[:, -n:], -100), (0, 1), value=-100)  # -100: not scored
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")  # a view, no copy
+        per_row = nll.view(len(batch), -1).sum(-1).tolist()
         for i, v in zip(idx, per_row):
             nll_of[i] = v
     return nll_of
