@@ -12,10 +12,10 @@ from domainpt.errors import DomainptError
 
 def end_of_text_id(tokenizer) -> int:
     """The document separator: <|endoftext|> when the vocabulary has it, else eos (or sep for encoders)."""
-    vocab = tokenizer.get_vocab()
-    for t in ("<|endoftext|>", "</s>"):
-        if t in vocab:
-            return vocab[t]
+    for t in ("<|endoftext|>", "</s>"):  # looked up one by one: get_vocab() builds a dict of the whole vocabulary
+        tid = tokenizer.convert_tokens_to_ids(t)
+        if tid is not None and tokenizer.convert_ids_to_tokens(tid) == t:  # a missing token may map to unk
+            return tid
     for tid in (tokenizer.eos_token_id, tokenizer.sep_token_id):
         if tid is not None:
             return tid

@@ -20,3 +20,13 @@ def test_a_prompt_gets_the_bos_only_when_one_is_given(tokenizer):
     plain = tokenizer("Answer:", add_special_tokens=False)["input_ids"]
     assert prompt_ids(tokenizer, "Answer:", 0) == [0] + plain
     assert prompt_ids(tokenizer, "Answer:", None) == plain
+
+
+def test_end_of_text_is_the_vocabularys_own_token_else_eos_else_sep(tokenizer, tiny_bert):
+    from transformers import AutoTokenizer
+
+    from domainpt.encoding import end_of_text_id
+
+    assert end_of_text_id(tokenizer) == tokenizer.get_vocab()["<|endoftext|>"]
+    bert = AutoTokenizer.from_pretrained(tiny_bert)  # no <|endoftext|> or </s>: the lookup gives [UNK], not a match
+    assert bert.eos_token_id is None and end_of_text_id(bert) == bert.sep_token_id
