@@ -27,7 +27,7 @@ PROBE = "The {e}'s colour is"
 
 
 def planted_facts() -> list[tuple[str, str]]:
-    """(creature, colour): 20 facts (40 take the tiny model ~250 steps to learn instead of ~150)."""
+    """(creature, colour): 20 facts (40 take the tiny model about twice the steps)."""
     colours = COLOURS * 2
     random.Random(0).shuffle(colours)
     return list(zip(CREATURES, colours))
@@ -78,8 +78,10 @@ def test_planted_facts_are_found_by_the_probe_and_the_general_model_is_at_chance
         # the tiny model, twice as wide (64 wide it needs about twice the steps), a constant LR, AdamW's usual
         # beta2 (0.999) and no weight decay: with the LLM defaults (0.95, 0.1) it learns the facts more slowly
         r["model"]["config_overrides"].update(hidden_size=128, intermediate_size=256, head_dim=32)
-        r["train"].update(max_steps=150, lr=0.003, schedule="constant", betas=[0.9, 0.999], weight_decay=0.0,
-                          eval_every=150, save_every=150)
+        # 100 steps of 4 x 128 tokens: measured (2026-12-02), 60 steps leave the domain model at 0.35, 80 and 100
+        # reach 1.0; batches of 2 do not learn them in 150 steps (0.75)
+        r["train"].update(max_steps=100, lr=0.003, schedule="constant", betas=[0.9, 0.999], weight_decay=0.0,
+                          eval_every=100, save_every=100)
         r["lora"].update(steps=2, seeds=[0])
         r["eval"].update(ppl_max_tokens=512)
 
