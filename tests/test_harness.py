@@ -111,6 +111,8 @@ def test_domainpt_scorer_agrees_with_lm_eval_under_its_convention(model, prepare
 
     path = str(prepared_tiny / "base_model") if model == "tiny" else resolve("smollm2-135m")
     examples = [{**e, "id": str(i)} for i, e in enumerate(read_examples(prepared_tiny))]
+    if model != "tiny":  # 12 items x 4 choices agree or not as well as all of them; SmolLM2 scores them 3 times
+        examples = examples[:12]
     include = write_harness_task(tmp_path / "tasks", examples, TASK)
     tok, lm = load_tokenizer(path), load_model(path, "clm")
     bos, unit = zero_shot_conventions(EvalConfig(zero_shot_convention="lm-eval"), end_of_text_id(tok), tok)
