@@ -45,10 +45,10 @@ def score_windows(model, windows, batch_size: int, device, pad_id: int = 0) -> l
         idx = order[b:b + batch_size]
         batch = [windows[i] for i in idx]
         ids, mask, pos = (t.to(device) for t in pad_left([w for w, _ in batch], pad_id))
-        n = max(n_new for _, n_new in batch)
+        n_new = torch.tensor([k for _, k in batch], device=device)  # positions each row scores
+        n = int(n_new.max())
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
                        logits_to_keep=n + 1).logits  # each position predicts the next token; the last one none
-        n_new = torch.tensor([k for _, k in batch], device=device)
         scored = torch.arange(n, device=device)[None] >= (n - n_new)[:, None]
         targets = F.pad(torch.where(scored, ids[:, -n:], -100), (0, 1), value=-100)  # -100: not scored
         nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")  # a view, no copy
