@@ -98,9 +98,11 @@ def test_batched_scoring_with_uneven_prompts_and_choice_counts(tiny_model):
 
     prompts = [[0, 5, 6], [0, 523, 77, 1203, 9, 44, 45, 46], [0, 99]]
     choices = [[[5], [17, 901]], [[3000, 12, 8], [4], [70, 71]], [[8, 9, 10, 11]]]
-    got = batch_choice_logliks(tiny_model, prompts, choices, torch.device("cpu"))
-    for p, cs, g in zip(prompts, choices, got):
-        assert g == pytest.approx([naive_loglik(tiny_model, p, c) for c in cs], abs=1e-4)
+    one_token = [[[5], [17]], [[3000], [4], [70]], [[8]]]  # no continuation to run: the prompt pass alone
+    for cands in (choices, one_token):
+        got = batch_choice_logliks(tiny_model, prompts, cands, torch.device("cpu"))
+        for p, cs, g in zip(prompts, cands, got):
+            assert g == pytest.approx([naive_loglik(tiny_model, p, c) for c in cs], abs=1e-4)
 
 
 def test_packed_rows_keep_attention_inside_documents(tiny_model):

@@ -26,11 +26,17 @@ def batch_choice_logliks(model, prompts: list[list[int]], choices: list[list[lis
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     last = F.log_softmax(out.logits[:, -1].float(), -1)  # predicts each choice's first token
     pairs = [(b, c) for b in range(B) for c in range(len(choices[b]))]
+    # A choice's last token is predicted but never read: its continuation runs without it, and a batch of
+    # one-token choices needs no second pass at all.
+    feeds = [choices[b][c][:-1] for b, c in pairs]
+    Lc = max(map(len, feeds))
+    if Lc == 0:
+        return [[last[b, toks[0]].item() for toks in choices[b]] for b in range(B)]
     rows = torch.tensor([b for b, _ in pairs], device=device)
     cache = out.get("cache") or out.get("past_key_values")  # renamed in transformers 5.2x
     cache.batch_select_indices(rows)
-    cids, cmask = (t.to(device) for t in pad_right([choices[b][c] for b, c in pairs]))
-    Lc = cids.size(1)
+    cids, cmask = (t.to(device) for t in pad_right([f or [0] for f in feeds]))
+    cmask[[r for r, f in enumerate(feeds) if not f]] = 0  # a one-token choice among longer ones: padding only
     cpos = mask.sum(-1)[rows, None] + torch.arange(Lc, device=device)[None]
     logp = F.log_softmax(model(input_ids=cids, attention_mask=torch.cat([mask[rows], cmask], 1), position_ids=cpos,
                                use_cache=True, **{_cache_kwarg(model): cache}).logits.float(), -1)
