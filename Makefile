@@ -1,4 +1,4 @@
-# make demo   — set up .venv if needed, then run the medical demo end to end (offline, CPU, <= 25 min)
+# make demo   — set up .venv if needed, then run the medical demo end to end (offline, CPU, 25-30 min on 2 cores)
 # make test   — set up .venv (and chromium) if needed, then run the test suite (11–14 min on 2 cores)
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -1,9 +1,10 @@
 """Choice scoring without each choice's last token in the continuation pass (it is predicted, never read) against
 the previous way (every choice token fed), side by side (issue 19; evaluation is the medical demo's longest stage).
 
-    python bench/choice_continuations.py [RUN_DIR] [ITEMS]     # a finished medical demo (default runs/medical-demo), 96 items
+    python bench/choice_continuations.py [RUN_DIR] [ITEMS] [DTYPE]   # a finished medical demo (default runs/medical-demo),
+                                                                      # 96 items, bfloat16 (eval.precision) or float32
 
-Scores each task's first ITEMS test items with the run's general model in eval.precision's bfloat16, each choice
+Scores each task's first ITEMS test items with the run's general model in DTYPE, each choice
 followed by end-of-text (as after LoRA), both ways alternated, twice; prints each task's times, the largest
 log-likelihood change and the share of predictions that agree, and last `ratio <previous time / current time>`.
 """
@@ -42,9 +43,9 @@ def previous_batch_choice_logliks(model, prompts, choices, device):
     return scores
 
 
-def main(run: Path, n_items: int) -> None:
+def main(run: Path, n_items: int, dtype: torch.dtype) -> None:
     base = json.loads((run / "prepare" / "manifest.json").read_text())["base_model"]
-    tok, model = load_tokenizer(base), load_model(base, "clm", dtype=torch.bfloat16).requires_grad_(True)
+    tok, model = load_tokenizer(base), load_model(base, "clm", dtype=dtype).requires_grad_(True)
     eot = end_of_text_id(tok)
     current = scoring.batch_choice_logliks
     ways = {"previous": previous_batch_choice_logliks, "current": current}
@@ -61,7 +62,7 @@ def main(run: Path, n_items: int) -> None:
         scoring.batch_choice_logliks = current
         change = max(abs(u - v) for a, b in zip(rows["current"], rows["previous"]) for u, v in zip(a["logliks"], b["logliks"]))
         agree = sum(a["pred"] == b["pred"] for a, b in zip(rows["current"], rows["previous"])) / len(examples)
-        print(f"{f.parent.name:18s} {len(examples)} items  previous {times['previous']:.1f} s  current {times['current']:.1f} s"
+        print(f"{f.parent.name:18s} {str(dtype)[6:]:8s} {len(examples)} items  previous {times['previous']:.1f} s  current {times['current']:.1f} s"
               f"  largest change {change:.1e}  predictions agree {agree:.1%}")
         for k in total:
             total[k] += times[k]
@@ -69,4 +70,5 @@ def main(run: Path, n_items: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/medical-demo"), int(sys.argv[2]) if len(sys.argv) > 2 else 96)
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/medical-demo"), int(sys.argv[2]) if len(sys.argv) > 2 else 96,
+         getattr(torch, sys.argv[3] if len(sys.argv) > 3 else "bfloat16"))
