@@ -162,3 +162,16 @@ def test_the_encoder_plan_counts_one_window_per_pseudo_perplexity_token(monkeypa
     plan = build_plan(recipe, processes=8)
     assert plan["model"]["objective"] == "mlm"
     assert plan["evaluate"]["tokens"] >= 2 * 2 * recipe.eval.ppl_max_tokens * recipe.eval.ppl_window
+
+
+def test_make_demo_powered_means_7_seeds_and_36_chapter_steps():
+    """`make demo-powered` is the medical demo through command-line overrides; a reordered or renamed task in the
+    recipe would silently lengthen the wrong task's fine-tuning, so the Makefile's overrides are read here."""
+    import shlex
+
+    from domainpt.config import load_recipe
+
+    line = next(l for l in (ROOT / "Makefile").read_text().splitlines() if l.startswith("POWERED :="))
+    recipe = load_recipe(ROOT / "recipes" / "demo" / "medical.yaml", shlex.split(line.split(":=", 1)[1]))
+    assert recipe.lora.seeds == list(range(7)) and recipe.out_dir.endswith("medical-powered")
+    assert [(t.name, recipe.lora.for_task(t).steps) for t in recipe.tasks] == [("icd10-chapter", 36), ("icd10-code-probe", 12)]
