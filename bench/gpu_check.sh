@@ -24,7 +24,11 @@ BIG=${BIG-default,varlen_chunked_b16}  # BIG= (empty) skips the ~1B runs
     tail -2 runs/gpu-fsdp/pretrain/metrics.jsonl
   fi
   if [ "${DEEPSPEED:-0}" = 1 ]; then  # issue 5: needs .whl/ (bench/gpu_wheels.sh) and runs/tiny carried
-    pip install --no-index --find-links .whl deepspeed 2>&1 | tail -1
+    # the image python3's own pip (a bare `pip` there is another interpreter's, without numpy); --no-deps for what is missing if the resolver balks
+    python3 -m pip install -q --no-index --find-links .whl deepspeed 2>&1 | tail -3 || true
+    python3 -c "import deepspeed" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --find-links .whl deepspeed hjson \
+      py-cpuinfo einops pydantic pydantic-core typing-inspection annotated-types msgpack ninja 2>&1 | tail -3
+    python3 -c "import deepspeed; print('deepspeed', deepspeed.__version__)" 2>&1 | tail -1
     for z in 2 3; do
       rm -rf runs/gpu-zero$z; mkdir -p runs/gpu-zero$z; cp -r runs/tiny/prepare runs/gpu-zero$z/
       echo "== DeepSpeed ZeRO-$z config, 1 process, tiny recipe (checkpoint at step 6, final model)"

@@ -92,6 +92,25 @@ def test_varlen_path_gives_the_packed_loss_and_gradients(cpu_varlen):
         assert (g_var - g_sdpa).norm() <= 0.02 * g_sdpa.norm() + 1e-6
 
 
+def test_grouped_query_attention_through_a_kernel_without_enable_gqa():
+    """torch 2.11's varlen_attn takes no enable_gqa: the key/value heads are repeated for it instead."""
+    def old_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale=None, window_size=(-1, -1)):
+        assert k.shape[1] == q.shape[1]  # it could not have grouped the heads itself
+        return reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size)
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(10, 4, 8, generator=g).bfloat16()
+    k, v = (torch.randn(10, 2, 8, generator=g).bfloat16() for _ in range(2))
+    cu = torch.tensor([0, 3, 10], dtype=torch.int32)
+    args = (q, k, v, cu, cu, 7, 7)
+    expected = reference_varlen(*args, window_size=(-1, 0), enable_gqa=True)
+    assert torch.equal(attention.call_with_gqa(old_kernel, *args, window_size=(-1, 0), enable_gqa=True), expected)
+    assert torch.equal(attention.call_with_gqa(reference_varlen, *args, window_size=(-1, 0), enable_gqa=True), expected)
+    # a wrong grouping (heads tiled instead of interleaved) would not give the same output
+    tiled = reference_varlen(q, k.repeat(1, 2, 1), v.repeat(1, 2, 1), cu, cu, 7, 7, window_size=(-1, 0))
+    assert not torch.equal(tiled, expected)
+
+
 def test_varlen_model_runs_sdpa_outside_training_and_refuses_unflattened_training(cpu_varlen):
     model = small_llama()
     ids = torch.randint(1, 500, (2, 12))

@@ -15,6 +15,7 @@ depends on the kernel:
 from __future__ import annotations
 
 import importlib.util
+import inspect
 
 import torch
 
@@ -85,7 +86,20 @@ def varlen_kernel(*args, **kwargs):
     """torch's variable-length flash attention (a module-level name so a test can give the CPU a reference)."""
     from torch.nn.attention.varlen import varlen_attn
 
-    return varlen_attn(*args, **kwargs)
+    return call_with_gqa(varlen_attn, *args, **kwargs)
+
+
+def call_with_gqa(kernel, q, k, v, *args, enable_gqa: bool = False, **kwargs):
+    """Call `kernel`, grouped-query attention included, whether or not it takes `enable_gqa`.
+
+    torch 2.11's varlen_attn has no `enable_gqa` (found on an H200, BENCHMARKS.md); for such a
+    kernel each key/value head is repeated for its group of query heads, as transformers' repeat_kv does."""
+    if "enable_gqa" in inspect.signature(kernel).parameters:
+        return kernel(q, k, v, *args, enable_gqa=enable_gqa, **kwargs)
+    if enable_gqa:  # (tokens, heads, dim): query head h reads key/value head h // group
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return kernel(q, k, v, *args, **kwargs)
 
 
 def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
