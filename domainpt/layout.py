@@ -23,6 +23,11 @@ def models_of(recipe) -> tuple[str, ...]:
     return MODELS + ((CONTROL_MODEL,) if has_control(recipe) else ())
 
 
+def model_stages(recipe) -> list[str]:
+    """The stages whose outputs are the models compared (and their data): what fine-tuning reads."""
+    return ["prepare", "pretrain"] + ([CONTROL_STAGE] if has_control(recipe) else [])
+
+
 def model_paths(recipe, needed_by: str = "finetune") -> dict:
     """Model name -> checkpoint path; the stages that make them must be done."""
     prep = require_done(recipe, "prepare", needed_by)

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import socket
 import sys
 import tempfile
@@ -132,12 +133,16 @@ def require_done(recipe, stage: str, needed_by: str) -> dict:
     return read_manifest(recipe, stage)
 
 
-def invalidate(recipe, stage: str) -> None:
-    """Remove the manifest of this stage and every later one (their inputs are about to change)."""
+def invalidate(recipe, stage: str, keep_jobs: bool = False) -> None:
+    """Remove the manifest of this stage and every later one (their inputs are about to change), and the markers of
+    their finished jobs (jobs/: fine-tune and evaluate), so that they are redone rather than kept. `keep_jobs` (the
+    --shard and --merge commands) leaves the markers: they check their own recipe and inputs."""
     for s in ALL_STAGES[ALL_STAGES.index(stage):]:
         if stage == "pretrain" and s == CONTROL_STAGE:  # a sibling arm: it does not read the domain model
             continue
         (stage_dir(recipe, s) / "manifest.json").unlink(missing_ok=True)
+        if not keep_jobs:
+            shutil.rmtree(stage_dir(recipe, s) / "jobs", ignore_errors=True)
 
 
 def write_manifest(recipe, stage: str, started: float, **extra) -> dict:

@@ -161,8 +161,34 @@ def _bnb_runs_on_cpu() -> bool:
 
 
 def quantized_placement() -> dict:
-    """Where bitsandbytes puts a quantised model: the first GPU, else the CPU."""
-    return {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    """Where bitsandbytes puts a quantised model: this process's GPU (each process of a launch has its own), else the CPU."""
+    return {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+
+
+def parameter_count(name: str, objective: str, trust_remote_code: bool = False) -> int:
+    """Parameters of a checkpoint, from its config on the meta device (no weights read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    config = _wrap("config", name, lambda: AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code))
+    with torch.device("meta"):
+        model = (AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM).from_config(
+            config, trust_remote_code=trust_remote_code)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_fits_one_gpu(paths: dict, objective: str, trust_remote_code: bool, bytes_per_param: int, stage: str) -> None:
+    """Fine-tuning and evaluation run one whole model per process (one job on one GPU); a model whose weights alone
+    fill that GPU is refused before any job starts, rather than failing mid-stage."""
+    if not torch.cuda.is_available():
+        return
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    for model_name, path in paths.items():
+        need = parameter_count(path, objective, trust_remote_code) * bytes_per_param
+        if need > 0.9 * props.total_memory:
+            raise DomainptError(
+                f"{stage}: {model_name} needs ~{need / 2**30:.1f} GiB for its weights alone, more than one {props.name} holds "
+                f"({props.total_memory / 2**30:.1f} GiB): {stage} runs one whole model per process (an FSDP or DeepSpeed "
+                f"config shards pre-training only); use GPUs with more memory (for finetune alone, lora.quantize=nf4 loads the base 4-bit)")
 
 
 def load_model(name: str, objective: str, trust_remote_code: bool = False, dtype=torch.float32, quantize: str = "none",

@@ -18,6 +18,8 @@ import torch
 from domainpt.errors import DomainptError
 from domainpt.eval.harness import check_task_names, harness_tasks
 from domainpt.flops import PEAK_FLOPS, flops_per_token, matmul_params
+from domainpt.jobs.grid import HARNESS_DOCUMENTS, evaluate_jobs, finetune_jobs
+from domainpt.jobs.runner import assign
 from domainpt.models import PACKAGED, is_encoder, objective_for
 
 SNAPSHOTS = Path(__file__).parent / "hub_configs"
@@ -82,21 +84,21 @@ def build_plan(recipe, processes: int = 1, gpu: str | None = None) -> dict:
     tc, lc, ec, dc = recipe.train, recipe.lora, recipe.eval, recipe.data
     if shape["context"] and dc.seq_len > shape["context"]:
         raise DomainptError(f"data.seq_len={dc.seq_len} is longer than the model's context ({shape['context']} positions)")
-    tokens_per_step = tc.batch_size * tc.grad_accum * processes * dc.seq_len
+    tokens_per_step = tc.process_batch(processes) * tc.grad_accum * processes * dc.seq_len
     train_tokens = tokens_per_step * tc.max_steps
     per_token = flops_per_token(shape["matmul_params"], shape["layers"], shape["hidden"], dc.seq_len)
     pretrain_flops = per_token * train_tokens
-    # LoRA: forward 2N + activation gradients 2N per token (the frozen base gets no weight gradients).
-    ft_len = max(t.max_prompt_tokens for t in recipe.tasks) + 16 if recipe.tasks else 0
+    # Fine-tuning and evaluation are grids of jobs (jobs/grid.py), costed in forward-token equivalents (2N FLOPs
+    # each): a LoRA token 2 (forward 2N + activation gradients 2N; the frozen base gets no weight gradients), a
+    # scored token 1; a masked LM's pseudo-perplexity runs one window per scored token (eval/masked.py).
     n_models = 3 if recipe.compare.control != "none" else 2  # general, domain (and the control arm's model)
     budgets = [lc.for_task(t) for t in recipe.tasks]  # each task's own LoRA steps and batch size
-    ft_tokens = n_models * len(lc.seeds) * ft_len * sum(b.steps * b.batch_size for b in budgets)
-    ft_flops = 4 * shape["matmul_params"] * ft_tokens
-    # A masked LM's pseudo-perplexity runs one window per scored token (eval/masked.py).
-    per_scored = ec.ppl_window if shape["objective"] == "mlm" else 1
-    eval_tokens = 2 * n_models * ec.ppl_max_tokens * per_scored + sum(n_models * (1 + len(lc.seeds)) * t.test_size * (t.max_prompt_tokens + 16)
-                                                  for t in recipe.tasks)
-    eval_flops = 2 * shape["matmul_params"] * eval_tokens
+    ft_jobs, ev_jobs = finetune_jobs(recipe), evaluate_jobs(recipe, shape["objective"])
+    flops_per_cost = 2 * shape["matmul_params"]
+    ft_tokens = sum(j.cost for j in ft_jobs) // 2
+    ft_flops = flops_per_cost * sum(j.cost for j in ft_jobs)
+    eval_tokens = sum(j.cost for j in ev_jobs)
+    eval_flops = flops_per_cost * eval_tokens
     peak, mfu = PEAK_FLOPS[gpu], recipe.report.assumed_mfu
     control_flops = pretrain_flops if n_models == 3 else 0.0  # same steps and tokens per step, on general text
     gpu_h = {k: f / (peak * mfu) / 3600 for k, f in (("pretrain", pretrain_flops), ("pretrain_control", control_flops),
@@ -116,15 +118,26 @@ def build_plan(recipe, processes: int = 1, gpu: str | None = None) -> dict:
                          "schedule": tc.schedule, "lr": tc.lr, "warmup_steps": tc.warmup_steps},
             "pretrain_control": {"arm": recipe.compare.control, "steps": tc.max_steps, "tokens": train_tokens,
                                  "flops": control_flops, "gpu_hours": gpu_h["pretrain_control"]} if n_models == 3 else None,
-            "finetune": {"models": n_models, "runs": len(recipe.tasks) * n_models * len(lc.seeds), "tokens": ft_tokens, "flops": ft_flops,
-                         "gpu_hours": gpu_h["finetune"]},
-            "evaluate": {"tokens": eval_tokens, "flops": eval_flops, "gpu_hours": gpu_h["evaluate"]},
+            "finetune": {"models": n_models, "runs": len(ft_jobs), "tokens": ft_tokens, "flops": ft_flops,
+                         "gpu_hours": gpu_h["finetune"], **job_plan(ft_jobs, processes, flops_per_cost / (peak * mfu) / 3600)},
+            "evaluate": {"tokens": eval_tokens, "flops": eval_flops, "gpu_hours": gpu_h["evaluate"],
+                         **job_plan(ev_jobs, processes, flops_per_cost / (peak * mfu) / 3600)},
+            "process_batch": tc.process_batch(processes),
             "harness": harness_plan(ec),
             "tasks": [{"name": t.name, "type": t.type, "source": _src(t.source),
                        "test_source": _src(t.test_source) if t.test_source else None,
                        "lora_steps": b.steps, "lora_batch_size": b.batch_size} for t, b in zip(recipe.tasks, budgets)],
             "total_flops": pretrain_flops + control_flops + ft_flops + eval_flops, "total_gpu_hours": sum(gpu_h.values()),
             "disk_bytes": disk, "disk_total_bytes": sum(disk.values())}
+
+
+def job_plan(jobs, processes: int, hours_per_cost: float) -> dict:
+    """The stage's jobs shared out as the stage will share them (longest first onto the least-loaded process):
+    each process's jobs and GPU-hours, the wall time (the busiest process) and the balance (mean / busiest load)."""
+    shares = assign(jobs, processes)
+    hours = [sum(j.cost for j in share) * hours_per_cost for share in shares]
+    return {"jobs": len(jobs), "per_process": [{"jobs": len(sh), "gpu_hours": h} for sh, h in zip(shares, hours)],
+            "wall_hours": max(hours), "balance": sum(hours) / (processes * max(hours)) if max(hours) else 1.0}
 
 
 def harness_plan(ec) -> dict | None:
@@ -160,6 +173,18 @@ def _control_lines(p: dict) -> list[str]:
             f"-> {c['flops']:.3g} FLOPs = {c['gpu_hours']:,.3g} {p['gpu']}-hours; fine-tuned and scored as a third model"]
 
 
+def _job_lines(stage: dict, p: dict) -> list[str]:
+    """The per-process plan of a job stage: every process when there are few, else the busiest and the lightest."""
+    per, unit = stage["per_process"], f"{p['gpu']}-hours"
+    head = (f"            on {p['processes']} process(es): wall ~{stage['wall_hours']:.3g} h (the busiest process), "
+            f"balance {stage['balance']:.0%}")
+    if len(per) <= 8:
+        return [head] + [f"              process {i}: {x['jobs']} job(s), {x['gpu_hours']:.3g} {unit}" for i, x in enumerate(per)]
+    loads = sorted(per, key=lambda x: x["gpu_hours"])
+    return [head + f"; per process {loads[0]['jobs']}-{loads[-1]['jobs']} jobs, {loads[0]['gpu_hours']:.3g}-"
+                   f"{loads[-1]['gpu_hours']:.3g} {unit}"]
+
+
 def format_plan(p: dict) -> str:
     m, pt, ft, ev = p["model"], p["pretrain"], p["finetune"], p["evaluate"]
     lines = [
@@ -171,23 +196,29 @@ def format_plan(p: dict) -> str:
         f"            general (replay {p['data']['replay_share']:.0%} + forgetting check): {'; '.join(p['data']['general_sources']) or 'none'}",
         f"  pretrain  {m['objective']}, {pt['steps']:,} steps x {pt['tokens_per_step']:,} tokens/step on {p['processes']} process(es) "
         f"= {_n(pt['tokens'])} tokens; {pt['schedule']} schedule, peak lr {pt['lr']:g}, warm-up {pt['warmup_steps']}",
+        f"            data-parallel: {p['process_batch']} block(s) per process per micro-batch; prepare and compare run on "
+        f"the main process, finetune and evaluate share their jobs out (below)",
         f"            {pt['flops_per_token']:.3g} FLOPs/token -> {pt['flops']:.3g} FLOPs = {pt['gpu_hours']:,.3g} {p['gpu']}-hours at {p['assumed_mfu']:.0%} MFU",
         *_control_lines(p),
         f"  finetune  {ft['runs']} LoRA runs ({len(p['tasks'])} task(s) x {ft['models']} models x seeds), ~{_n(ft['tokens'])} tokens, "
         f"{ft['flops']:.3g} FLOPs = {ft['gpu_hours']:.3g} {p['gpu']}-hours",
-        f"  evaluate  ~{_n(ev['tokens'])} tokens scored, {ev['flops']:.3g} FLOPs = {ev['gpu_hours']:.3g} {p['gpu']}-hours",
+        *_job_lines(ft, p),
+        f"  evaluate  {ev['jobs']} jobs (perplexity per model, scores per task x model and seed), ~{_n(ev['tokens'])} tokens "
+        f"scored, {ev['flops']:.3g} FLOPs = {ev['gpu_hours']:.3g} {p['gpu']}-hours",
+        *_job_lines(ev, p),
     ]
     if h := p.get("harness"):
         lines.append(f"  harness   lm-evaluation-harness on every model: {', '.join(h['domain']) or 'none'}"
                      + (f"; forgetting: {', '.join(h['forgetting'])}" if h["forgetting"] else "")
-                     + (f"; at most {h['limit']} documents per task" if h["limit"] else "")
-                     + " (not in the totals below: its cost depends on each task's size, e.g. hellaswag ~10k documents x 4 choices)")
+                     + (f"; at most {h['limit']} documents per task" if h["limit"] else
+                        f" (planned at {HARNESS_DOCUMENTS:,} documents per task: a task's size is known once lm-eval loads it)"))
     for t in p["tasks"]:
         lines.append(f"  task      {t['name']} ({t['type']}): {t['source']}" + (f"; test: {t['test_source']}" if t["test_source"] else "")
                      + f"; LoRA {t['lora_steps']} steps x {t['lora_batch_size']} examples")
     d = p["disk_bytes"]
+    wall = (pt["gpu_hours"] + (p["pretrain_control"] or {}).get("gpu_hours", 0.0)) / p["processes"] + ft["wall_hours"] + ev["wall_hours"]
     lines += [f"  total     {p['total_flops']:.3g} FLOPs, {p['total_gpu_hours']:,.3g} {p['gpu']}-hours "
-              f"(wall time on {p['processes']} GPU(s): ~{p['total_gpu_hours'] / p['processes']:,.3g} h)",
+              f"(wall time on {p['processes']} GPU(s): ~{wall:,.3g} h, prepare and compare not counted)",
               f"  disk      ~{p['disk_total_bytes'] / GB:,.3g} GB: token shards {d['token_shards'] / GB:,.3g}, checkpoints "
               f"{d['checkpoints'] / GB:,.3g}, models {d['models'] / GB:,.3g}, download {d['hub_download'] / GB:,.3g} "
               f"(corpora streamed, not stored)"]

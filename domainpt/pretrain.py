@@ -6,9 +6,9 @@
 
 A plain Accelerate loop: set_up, then train_step per optimizer step, the bad-step policy after each, a
 checkpoint every train.save_every steps and save_final_model at the end. Global batch = batch_size x
-grad_accum x processes blocks; the data order is a seeded permutation fixed before training, so a resumed run
-(load_state + skip_first_batches) and a run with more processes see exactly the same blocks per optimizer
-step. Writes out_dir/pretrain/: metrics.jsonl (one line per optimizer step), events.jsonl (bad steps,
+grad_accum x processes blocks, or train.global_batch_size shared out over the processes; the data order is a
+seeded permutation fixed before training, so a resumed run (load_state + skip_first_batches) and a run with
+more processes and the same global batch see exactly the same blocks per optimizer step. Writes out_dir/pretrain/: metrics.jsonl (one line per optimizer step), events.jsonl (bad steps,
 rollbacks), checkpoints/step_N, model/ (safetensors + tokenizer).
 With compare.control=continued_general, `domainpt pretrain_control RECIPE` runs the same loop from the same
 start on prepare/train_control (general text only) into out_dir/pretrain_control/, same layout.
@@ -66,6 +66,7 @@ class Run:
     objective: str
     mixed_precision: str
     n_blocks: int
+    batch_size: int  # blocks per process per micro-batch (train.batch_size, or train.global_batch_size shared out)
     flops_per_token: float
     peak_flops: float | None
     heldout: dict
@@ -88,11 +89,11 @@ class Run:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.tc.batch_size * self.tc.grad_accum * self.world * self.recipe.data.seq_len
+        return self.batch_size * self.tc.grad_accum * self.world * self.recipe.data.seq_len
 
     @property
     def epochs(self) -> float:
-        return self.tc.max_steps * self.tc.grad_accum * self.world * self.tc.batch_size / self.n_blocks
+        return self.tc.max_steps * self.tc.grad_accum * self.world * self.batch_size / self.n_blocks
 
 
 @dataclasses.dataclass
@@ -211,8 +212,9 @@ def set_up(recipe, arm: str) -> Run:
     blocks = PackedBlocks(prep_dir / train_dir, recipe.data.seq_len)
     micro_total = tc.max_steps * tc.grad_accum * accelerator.num_processes
     # Twice the blocks a run needs: rollbacks skip past bad batches and must not run out of data.
-    sampler = EpochSampler(len(blocks), 2 * micro_total * tc.batch_size, tc.seed)
-    loader = torch.utils.data.DataLoader(blocks, batch_size=tc.batch_size, sampler=sampler,
+    batch_size = tc.process_batch(accelerator.num_processes)
+    sampler = EpochSampler(len(blocks), 2 * micro_total * batch_size, tc.seed)
+    loader = torch.utils.data.DataLoader(blocks, batch_size=batch_size, sampler=sampler,
                                          collate_fn=make_collate(objective, tok, tc.doc_isolation, tc.whole_word_mask,
                                                                 flatten=tc.attention in FLATTENED),
                                          num_workers=0, pin_memory=torch.cuda.is_available())
@@ -224,7 +226,7 @@ def set_up(recipe, arm: str) -> Run:
             raise DomainptError("train.loss_chunk_tokens is for causal LMs; this model trains with the masked-LM objective")
         ds = accelerator.state.deepspeed_plugin
         check_supported(accelerator.unwrap_model(model), accelerator.distributed_type, ds.zero_stage if ds else None, tc.compile)
-    run = Run(recipe, arm, stage, train_dir, out, accelerator, model, optimizer, loader, tok, objective, mp, len(blocks),
+    run = Run(recipe, arm, stage, train_dir, out, accelerator, model, optimizer, loader, tok, objective, mp, len(blocks), batch_size,
               model_flops_per_token(accelerator.unwrap_model(model), recipe.data.seq_len), device_peak_flops(accelerator.device),
               read_heldout(prep_dir))
     if tc.report_to:
@@ -241,7 +243,7 @@ def print_plan(run: Run) -> None:
     arm_note = f" (control arm: general text only, prepare/{run.train_dir})" if run.arm == "control" else ""
     print(f"[domainpt] {run.stage} plan{arm_note}: objective={run.objective} processes={run.world} "
           f"mixed_precision={run.mixed_precision}\n"
-          f"  global batch {tc.batch_size * tc.grad_accum * run.world} blocks = {run.tokens_per_step:,} tokens/step, "
+          f"  global batch {run.batch_size * tc.grad_accum * run.world} blocks = {run.tokens_per_step:,} tokens/step, "
           f"{tc.max_steps} steps = {n:,} tokens ({run.epochs:.2f} epochs of {run.n_blocks} blocks)\n"
           f"  ~{run.flops_per_token:.3g} FLOPs/token, ~{run.flops_per_token * n:.3g} FLOPs in all", flush=True)
 

@@ -145,3 +145,16 @@ def test_a_tasks_own_lora_budget_redoes_fine_tuning_but_not_prepare_or_pretraini
         assert stage_fingerprint(plain, stage) != stage_fingerprint(longer, stage)
     with pytest.raises(DomainptError, match="lora_steps and lora_batch_size must be > 0"):
         load_recipe(tmp_path / "r.yaml", ["tasks.0.lora_steps=0"])
+
+
+def test_a_global_batch_is_shared_out_over_the_processes_or_refused_when_it_does_not_split():
+    from domainpt.config import TrainConfig
+
+    assert TrainConfig(batch_size=3).process_batch(4) == 3  # without it, batch_size is per process
+    tc = TrainConfig(global_batch_size=8, grad_accum=2)
+    assert [tc.process_batch(p) for p in (1, 2, 4)] == [4, 2, 1]
+    with pytest.raises(DomainptError, match=r"train.global_batch_size=8 does not split evenly over 3 process\(es\) x "
+                                            r"grad_accum 2: use a multiple of 6"):
+        tc.process_batch(3)
+    with pytest.raises(DomainptError, match="global_batch_size must be > 0"):
+        load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "demo" / "tiny.yaml", ["train.global_batch_size=0"])

@@ -29,6 +29,12 @@ def test_run_writes_every_stage_and_the_report(tiny_run):
     html = (out / "compare" / "report.html").read_text()
     assert "data:image/png;base64," in html and "http" not in html.split("<pre>")[0]
     assert "licence-category" in (out / "compare" / "report.md").read_text()
+    # the job stages' summed job time and parallel efficiency (one process here), in results.json and the cost table
+    for stage in ("finetune", "evaluate"):
+        st = res["stages"][stage]
+        assert st["workers"] == 1 and 0 < st["job_seconds"] <= st["wall_s"] and 0 < st["parallel_efficiency"] <= 1
+        assert f"| {stage} | " in (out / "compare" / "report.md").read_text()
+        assert f"{st['job_seconds']:.1f} s on W=1 ({st['parallel_efficiency']:.0%})" in (out / "compare" / "report.md").read_text()
     # per-example predictions for paired statistics
     assert (out / "evaluate" / "predictions" / "licence-category" / "domain_model" / "seed1.jsonl").is_file()
     check_results_contract(out / "compare" / "results.json")

@@ -110,6 +110,16 @@ def test_bfloat16_scoring_changes_task_scores_by_rounding_only_and_leaves_perple
         assert 0 < max(diffs) < 1.0, name  # bfloat16 was used, and it only rounds
 
 
+def test_auto_precision_takes_bfloat16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    from domainpt.eval.stage import scoring_dtype
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert scoring_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)  # AVX2 only: emulated, 5.7x slower
+    assert scoring_dtype("auto", "cpu") == torch.float32
+    assert scoring_dtype("bfloat16", "cpu") == torch.bfloat16 and scoring_dtype("float32", "cpu") == torch.float32
+
+
 def test_merged_adapter_scoring_gives_the_unmerged_adapters_scores(tiny_run):
     """evaluate folds each adapter into a copy of its base before scoring (faster on a CPU): the rows must be
     the ones peft's unmerged LoRA layers give."""

@@ -87,6 +87,30 @@ def test_harness_numbers_are_lm_evals_own_on_the_checkpoints_domainpt_wrote(harn
             assert r["logliks"] == pytest.approx([float(x[0]) for x in s["filtered_resps"]], abs=1e-4)
 
 
+def test_harness_jobs_run_on_either_process_of_a_launch_with_the_same_numbers(harness_run, tmp_path):
+    """evaluate under torchrun: the two models' harness jobs (the costliest) go to different processes, and lm-eval,
+    which reports only where LOCAL_RANK is 0, gives process 1 its results too: the one-process run's numbers."""
+    import os
+
+    from conftest import ROOT, copy_stages
+
+    ref = harness_run[0]
+    run = copy_stages(ref, tmp_path / "run", "prepare", "pretrain", "finetune", "base_model")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "domainpt", "evaluate", str(ref.parent / "recipe.yaml"), f"out_dir={run}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = json.loads((run / "evaluate" / "manifest.json").read_text())["jobs"]
+    assert sorted(j["process"] for j in jobs if j["kind"] == "harness") == [0, 1]
+    for arm in ("general_model", "domain_model"):
+        ours, theirs = (json.loads((x / "evaluate" / "harness" / arm / "summary.json").read_text()) for x in (run, ref))
+        assert ours["results"] == theirs["results"] and ours["named_as"] == theirs["named_as"]
+        ours, theirs = ([json.loads(l) for l in open(x / "evaluate" / "harness" / arm / f"{TASK}.jsonl")] for x in (run, ref))
+        assert [(o["doc_id"], o["metrics"]) for o in ours] == [(t["doc_id"], t["metrics"]) for t in theirs]
+        for o, t in zip(ours, theirs):  # bitwise with one thread per process (make test); 1e-4 allows other counts
+            assert o["logliks"] == pytest.approx(t["logliks"], abs=1e-4)
+
+
 def _lm_eval_scores(model_path: str, include: Path) -> list[dict]:
     import lm_eval
     from lm_eval.models.huggingface import HFLM

@@ -12,7 +12,7 @@ def _train_and_check(base: str, encoder: bool, tmp_path, steps=80, lr=0.01):
 
     from domainpt.config import load_recipe
     from domainpt.eval.scoring import classify_examples
-    from domainpt.eval.stage import adapted_models
+    from domainpt.eval.stage import adapted_model
     from domainpt.finetune import head_features, lora_config, train_adapter
     from domainpt.encoding import end_of_text_id
     from domainpt.models import load_classifier, load_tokenizer
@@ -31,7 +31,7 @@ def _train_and_check(base: str, encoder: bool, tmp_path, steps=80, lr=0.01):
     assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable), trainable
     assert any("modules_to_save" in n for n in trainable)
 
-    adapter = tmp_path / "seed0" / "adapter"  # finetune's layout, which evaluate's adapted_models reads
+    adapter = tmp_path / "seed0" / "adapter"  # finetune's layout, which evaluate's score_adapter reads
     adapter.parent.mkdir()
     log = train_adapter(recipe, base, feats, 0, adapter, desc="t", num_labels=2, pad_id=pad)
     losses = log["losses"]
@@ -48,7 +48,7 @@ def _train_and_check(base: str, encoder: bool, tmp_path, steps=80, lr=0.01):
     assert preds[0] == preds[1]
     # evaluate's CPU path folds adapter and trained head into a copy of the base: the same predictions
     torch.manual_seed(123)
-    (_, merged), = adapted_models(load_classifier(base, 2, pad), tmp_path, [0], merge=True, dtype=torch.float32)
+    merged = adapted_model(load_classifier(base, 2, pad), adapter, merge=True, dtype=torch.float32)
     rows = classify_examples(merged, inputs, examples, pad, batch_size=16)
     assert [r["pred"] for r in rows] == [r["pred"] for r in preds[0]]
     assert max(abs(x - y) for a, b in zip(rows, preds[0]) for x, y in zip(a["logits"], b["logits"])) < 1e-3

@@ -70,7 +70,8 @@ def test_dry_run_counts_a_tasks_own_lora_steps():
     assert [(t["name"], t["lora_steps"]) for t in plan["tasks"]] == [("icd10-chapter", 36), ("icd10-code-probe", 12)]
     assert "icd10-chapter (classification): builtin:icd10cm-codes; LoRA 36 steps x 8 examples" in format_plan(plan)
     uniform = build_plan(replace(recipe, tasks=[replace(t, lora_steps=None) for t in recipe.tasks]))
-    assert plan["finetune"]["tokens"] == uniform["finetune"]["tokens"] * (36 + 12) / (12 + 12)
+    # 24 more steps of 8 examples of the chapter task's (24 prompt + 16 answer) tokens, for 3 models x 4 seeds
+    assert plan["finetune"]["tokens"] - uniform["finetune"]["tokens"] == 3 * 4 * (36 - 12) * 8 * (24 + 16)
 
 
 def test_unknown_gpu_and_offline_unknown_model_are_one_line_errors(tmp_path):

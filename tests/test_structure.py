@@ -16,6 +16,7 @@ LAYERS = [
     ("scoring", ["eval"]),  # eval/ but its stage module
     ("statistics and rendering", ["report"]),  # report/ but its stage modules
     ("checks", ["preflight"]),
+    ("job runner", ["jobs"]),  # the fine-tune and evaluate stages' grids of jobs, shared out over processes and shards
     ("stages", ["prepare", "pretrain", "finetune", "eval.stage", "report.compare", "report.multi"]),
     ("entry points", ["plan", "cli", "__main__", "__init__"]),
 ]

@@ -21,14 +21,15 @@ def _weights(folder):
 
 def test_two_processes_match_one_with_the_same_global_batch(prepared_tiny, tmp_path):
     """Two DDP processes (gloo) with the chunked loss (train.loss_chunk_tokens) vs one with the model's own loss:
-    the same losses, so both the gradient averaging and the chunked loss keep the mathematics."""
+    the same losses, so both the gradient averaging and the chunked loss keep the mathematics. The two processes
+    share train.global_batch_size=4 (2 blocks each), the one process's batch_size."""
     one, two = (copy_stages(prepared_tiny, tmp_path / d, "prepare") for d in ("one", "two"))
     r1 = cli("pretrain", TINY, f"out_dir={one}", "train.max_steps=4", "train.eval_every=0")
     assert r1.returncode == 0, r1.stderr[-2000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
                          "-m", "domainpt", "pretrain", str(TINY), f"out_dir={two}", "train.max_steps=4",
-                         "train.eval_every=0", "train.batch_size=2", "train.loss_chunk_tokens=100"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+                         "train.eval_every=0", "train.global_batch_size=4", "train.loss_chunk_tokens=100"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "processes=2" in r2.stdout
     assert json.loads((two / "pretrain" / "manifest.json").read_text())["distributed_type"] == "MULTI_CPU"

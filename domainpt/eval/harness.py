@@ -15,10 +15,12 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from domainpt.errors import DomainptError
-from domainpt.manifest import atomic_write_json, atomic_write_jsonl
+from domainpt.manifest import atomic_write_jsonl
 
 INSTALL = "pip install 'domainpt[harness]'"
 
@@ -116,32 +118,60 @@ def metric_key(name: str) -> tuple[str, str]:
     return metric, filt or "none"
 
 
-def score_checkpoint(model, tokenizer, ec, out: Path, named_as: dict[str, str]) -> dict:
-    """Run every named harness task on one loaded checkpoint; write its samples and summary; return the summary.
+@contextmanager
+def _as_local_rank_zero():
+    """lm-eval 0.4 returns results only where LOCAL_RANK is 0, even for a model object it runs alone (world size 1):
+    a harness job given to process 1 of a launch would get None. Within the call, this process is its own rank 0."""
+    old = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LOCAL_RANK", None)
+        else:
+            os.environ["LOCAL_RANK"] = old
+
+
+def score_checkpoint(model, tokenizer, ec, out: Path, named_as: dict[str, str], names: list[str]) -> dict:
+    """Run the named harness tasks (or groups, or tags) on one loaded checkpoint; write their samples; return their
+    summary (merge_summaries makes a checkpoint's summary.json of its tasks' summaries).
 
     The model is loaded by domainpt (float32, as its own scorer: the two backends agree on the same items,
     tests/test_harness.py) and handed to lm-eval as an object, which keeps lm-eval in this one process even
-    under `accelerate launch` (evaluate runs on rank 0 only)."""
+    under a launch, where each harness job runs in whichever process it was given to (jobs/runner.py)."""
     lm_eval = require_lm_eval()
     from lm_eval.models.huggingface import HFLM
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=ec.batch_size)
-    res = lm_eval.simple_evaluate(model=lm, tasks=list(harness_tasks(ec)), num_fewshot=ec.harness_fewshot,
-                                  limit=ec.harness_limit, task_manager=task_manager(ec.harness_include), log_samples=True,
-                                  bootstrap_iters=0)
-    if res is None:  # lm-eval returns None on non-zero ranks
+    with _as_local_rank_zero():
+        res = lm_eval.simple_evaluate(model=lm, tasks=list(names), num_fewshot=ec.harness_fewshot,
+                                      limit=ec.harness_limit, task_manager=task_manager(ec.harness_include), log_samples=True,
+                                      bootstrap_iters=0)
+    if res is None:  # lm-eval returns None where it thinks it is not the process that reports
         raise DomainptError("lm-evaluation-harness returned no results (run evaluate in one process)")
     for task, samples in res["samples"].items():
         rows = sorted((sample_row(s) for s in samples), key=lambda r: (r["filter"], r["doc_id"]))
         atomic_write_jsonl(out / f"{task}.jsonl", rows)
-    summary = {"results": _plain(res["results"]), "group_subtasks": _plain(res.get("group_subtasks", {})),
-               "n_samples": _plain(res.get("n-samples", {})), "versions": _plain(res.get("versions", {})),
-               "lm_eval_version": getattr(lm_eval, "__version__", None), "fewshot": ec.harness_fewshot,
-               "n_shot": _plain(res.get("n-shot", {})), "limit": ec.harness_limit, "purpose": harness_tasks(ec),
-               "named_as": named_as}  # leaf task -> the named task, group or tag it ran for (load_leaf_tasks)
-    atomic_write_json(out / "summary.json", summary)
-    return summary
+    purpose = harness_tasks(ec)
+    return {"results": _plain(res["results"]), "group_subtasks": _plain(res.get("group_subtasks", {})),
+            "n_samples": _plain(res.get("n-samples", {})), "versions": _plain(res.get("versions", {})),
+            "lm_eval_version": getattr(lm_eval, "__version__", None), "fewshot": ec.harness_fewshot,
+            "n_shot": _plain(res.get("n-shot", {})), "limit": ec.harness_limit, "purpose": {n: purpose[n] for n in names},
+            "named_as": {leaf: n for leaf, n in named_as.items() if n in names}}  # leaf -> the named task, group or tag
+
+
+SUMMARY_TABLES = ("results", "group_subtasks", "n_samples", "versions", "n_shot", "purpose", "named_as")
+
+
+def merge_summaries(parts: list[dict]) -> dict:
+    """One checkpoint's summary from the summaries of its harness jobs (one named task each): their tables united,
+    the settings they share (lm-eval's version, shots, limit) from the first."""
+    merged = dict(parts[0])
+    for key in SUMMARY_TABLES:
+        merged[key] = {k: v for part in parts for k, v in part[key].items()}
+    return merged
 
 
 def _plain(obj):

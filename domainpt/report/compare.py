@@ -148,7 +148,7 @@ def stage_costs(recipe) -> dict:
     for s in run_stages(recipe)[:-1]:
         m = read_manifest(recipe, s) or {}
         out[s] = {"tokens": int(m.get("tokens", 0)), "wall_s": float(m.get("wall_s", 0.0))}
-        for k in ("flops", "gpu_hours", "processes", "device", "steps"):
+        for k in ("flops", "gpu_hours", "processes", "device", "steps", "workers", "job_seconds", "parallel_efficiency"):
             if k in m:
                 out[s][k] = m[k]
     return out

@@ -251,7 +251,7 @@ def seeds_section(res: dict) -> Section:
 
 def cost_section(res: dict) -> Section:
     c, st = res["cost"], res["stages"]
-    rows = [[s, f"{v['tokens']:,}", f"{v['wall_s']:.1f}", f"{v.get('flops', 0):.3g}" if v.get("flops") else "—",
+    rows = [[s, f"{v['tokens']:,}", f"{v['wall_s']:.1f}", _job_time(v), f"{v.get('flops', 0):.3g}" if v.get("flops") else "—",
              f"{v.get('gpu_hours', 0):.3f}"] for s, v in st.items()]
     est = c.get("pretrain_gpu_hours_estimate", c["pretrain_gpu_hours_estimate_at_40pct_mfu"])
     lines = [f"Continued pre-training processed {c['pretrain_tokens']:,} tokens ({c['pretrain_flops']:.3g} FLOPs) "
@@ -262,7 +262,17 @@ def cost_section(res: dict) -> Section:
         lines.append(f"Mean task gain: {100 * c['mean_task_gain']:+.2f} points, i.e. {100 * c['mean_task_gain_per_gpu_hour']:+.3g} "
                      f"points per GPU-hour of pre-training ({c.get('gpu_hours_basis', '')}); "
                      f"{100 * c['mean_task_gain_per_pflop']:+.3g} points per PFLOP.")
-    return Section("Cost", lines, (["stage", "tokens", "wall s", "FLOPs", "GPU-hours"], rows))
+    lines.append("Fine-tuning and evaluation are grids of independent jobs shared out over the processes: 'jobs' is their "
+                 "summed time on W processes, and the parallel efficiency that sum / (wall time x W).")
+    return Section("Cost", lines, (["stage", "tokens", "wall s", "jobs: summed s on W processes (efficiency)", "FLOPs",
+                                    "GPU-hours"], rows))
+
+
+def _job_time(stage: dict) -> str:
+    """'812.4 s on W=2 (93%)' for a job stage; '—' for the others (and for a stage merged from --shard tasks)."""
+    if stage.get("parallel_efficiency") is None:
+        return "—"
+    return f"{stage['job_seconds']:.1f} s on W={stage['workers']} ({stage['parallel_efficiency']:.0%})"
 
 
 def data_section(res: dict) -> Section:
