@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "(one per GPU, or a share of the CPU cores each: torchrun); "
                                                                    "with --dry-run, the number of GPUs (processes) to plan for")
             s.add_argument("--gpu", default=None, help="--dry-run: GPU for the GPU-hour estimate (default: report.gpu)")
-    sub.add_parser("keys", help="list every recipe key with its default and meaning")
+    k = sub.add_parser("keys", help="list every recipe key with its default and meaning")
+    k.add_argument("--rules", action="store_true", help="print the checks every recipe value gets, as a markdown table")
     sub.add_parser("sources", help="list the corpora that ship inside installed packages (`builtin:` sources)")
     c = sub.add_parser("cards", help="write a data card per packaged corpus the recipes use (with measured counts)")
     c.add_argument("recipes", nargs="+", help="recipe YAML files")
@@ -174,22 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "keys":
-            for key, default, help_ in field_docs():
-                print(f"{key} = {default}\n    {help_}")
-            return
-        if args.command == "sources":
-            from domainpt.data.builtin import BUILTINS
-
-            for name, b in sorted(BUILTINS.items()):
-                f = b.info
-                print(f"{name}  ({f['domain']}, {f['licence']}; package {f['package']})\n    {f['description']}")
-            return
-        if args.command == "cards":
-            from domainpt.data.cards import write_cards
-
-            for p in write_cards([load_recipe(r) for r in args.recipes], args.to):
-                print(f"[domainpt] wrote {p}")
+        if args.command in ("keys", "sources", "cards"):
+            _describe(args)
             return
         if args.command == "compare" and Path(args.recipe).is_dir():  # domainpt compare RUN_DIR RUN_DIR ...
             from domainpt.report.multi import compare_runs
@@ -249,6 +236,28 @@ def main(argv=None) -> None:
         if type(e).__name__ != "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
             raise
         _out_of_memory()
+
+
+def _describe(args) -> None:
+    """The commands that only print or document: keys, sources, cards."""
+    if args.command == "keys" and args.rules:
+        from domainpt.config import rules_markdown
+
+        print(rules_markdown())
+    elif args.command == "keys":
+        for key, default, help_ in field_docs():
+            print(f"{key} = {default}\n    {help_}")
+    elif args.command == "sources":
+        from domainpt.data.builtin import BUILTINS
+
+        for name, b in sorted(BUILTINS.items()):
+            f = b.info
+            print(f"{name}  ({f['domain']}, {f['licence']}; package {f['package']})\n    {f['description']}")
+    else:
+        from domainpt.data.cards import write_cards
+
+        for p in write_cards([load_recipe(r) for r in args.recipes], args.to):
+            print(f"[domainpt] wrote {p}")
 
 
 def launch_local(processes: int, argv: list[str]) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
+import string
 import types
 import typing
 import warnings
@@ -20,16 +22,60 @@ from typing import Any, Literal
 import yaml
 
 from domainpt.errors import DomainptError
+from domainpt.flops import PEAK_FLOPS
 
 
 QA_METRICS = ("exact_match", "token_f1")  # qa tasks: scored per example on generated answers
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a task's name: a folder and a part of job ids
 
 
-def _f(default: Any, help: str, **kw) -> Any:
-    """A dataclass field carrying its documentation."""
+def _f(default: Any, help: str, **checks) -> Any:
+    """A dataclass field carrying its documentation and its own rules, the one place both are written: `gt`, `ge`,
+    `lt`, `le` (bounds of a number), `nonempty` (a string or list with something in it), `unique` (a list without
+    repeats), `among` (the allowed values of a string or of a list's items). check_fields enforces them, `domainpt
+    keys` shows them and the recipe fuzzer (tests/test_recipe_fuzz.py) generates values from them."""
+    meta = {"help": help, "checks": checks}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+BOUNDS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b), "lt": ("<", lambda v, b: v < b),
+          "le": ("<=", lambda v, b: v <= b)}
+
+
+def rule_text(checks: dict) -> str:
+    """A field's rules in words: 'must be > 0', 'must not repeat an item', ..."""
+    parts = [f"{BOUNDS[k][0]} {v}" for k, v in checks.items() if k in BOUNDS]
+    words = [f"must be {' and '.join(parts)}"] if parts else []
+    if checks.get("nonempty"):
+        words.append("must not be empty")
+    if checks.get("unique"):
+        words.append("must not repeat an item")
+    if "among" in checks:
+        words.append(f"must be among {', '.join(map(str, checks['among']))}")
+    return "; ".join(words)
+
+
+def check_fields(obj) -> None:
+    """Every field's own rules (its _f checks and its Literal values); an error says 'key: why' with the value."""
+    check_choices(obj)
+    for f in dataclasses.fields(obj):
+        value, checks = getattr(obj, f.name), f.metadata.get("checks", {})
+        if value is None or not checks:
+            continue
+        bounds = [(op, b) for op, b in checks.items() if op in BOUNDS]
+        if isinstance(value, (int, float)) and not all(BOUNDS[op][1](value, b) for op, b in bounds):
+            rule = " and ".join(f"{BOUNDS[op][0]} {b}" for op, b in bounds)
+            raise ValueError(f"{f.name}: must be {rule}, got {value!r}")
+        if checks.get("nonempty") and not (value.strip() if isinstance(value, str) else value):
+            raise ValueError(f"{f.name}: must not be empty")
+        items = value if isinstance(value, list) else [value]
+        if checks.get("unique") and len({json.dumps(v, sort_keys=True) for v in items}) != len(items):
+            repeated = next(v for i, v in enumerate(items) if v in items[:i])
+            raise ValueError(f"{f.name}: must not repeat an item, got {repeated!r} twice in {value}")
+        if "among" in checks and (bad := [v for v in items if v not in checks["among"]]):
+            raise ValueError(f"{f.name}: {bad[0]!r} is not one of {', '.join(map(str, checks['among']))}")
 
 
 def choices_of(hint: Any) -> tuple | None:
@@ -48,7 +94,7 @@ def check_choices(obj) -> None:
         allowed, value = choices_of(hint), getattr(obj, name)
         optional = type(None) in typing.get_args(hint)
         if allowed and value not in allowed and not (value is None and optional):
-            raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+            raise ValueError(f"{name}: must be one of {', '.join(map(str, allowed))}, got {value!r}")
 
 
 @dataclass
@@ -63,11 +109,12 @@ class SourceConfig:
                                     "parquet export, the way to a dataset that still ships a loading script (which "
                                     "`datasets` 4+ no longer runs); there `hf_config` names the export's config folder.")
     split: str = _f("train", "Dataset split for `hf`.")
-    text_field: str = _f("text", "Record field holding the document text ('a.b' for nested fields; a list of strings is joined).")
+    text_field: str = _f("text", "Record field holding the document text ('a.b' for nested fields; a list of strings is joined).",
+                         nonempty=True)
     name: str | None = _f(None, "Short name used in stats and cards (default: derived from the source).")
     licence: str | None = _f(None, "Licence as you declare it; copied into the data card.")
-    weight: float = _f(1.0, "Relative token weight when several domain sources are mixed.")
-    max_docs: int | None = _f(None, "Read at most this many documents (after bad records are skipped).")
+    weight: float = _f(1.0, "Relative token weight when several domain sources are mixed.", gt=0)
+    max_docs: int | None = _f(None, "Read at most this many documents (after bad records are skipped).", gt=0)
     filter: dict = _f({}, "Keep only records whose fields have these values, e.g. {topic: business} or {topic: [a, b]}.")
 
     def __post_init__(self):
@@ -76,10 +123,7 @@ class SourceConfig:
             raise ValueError("exactly one of path, builtin, hf must be set")
         if self.revision is not None and not (self.hf and self.revision.strip()):
             raise ValueError("revision applies to an `hf` source and must not be empty")
-        if self.weight <= 0:
-            raise ValueError("weight must be > 0")
-        if self.max_docs is not None and self.max_docs <= 0:
-            raise ValueError("max_docs must be > 0")
+        check_fields(self)
         if self.name is None:
             self.name = Path(self.path).stem if self.path else (self.builtin or self.hf).replace("/", "_")
 
@@ -89,71 +133,84 @@ class CleanConfig:
     enabled: bool = _f(True, "Run the cleaning filters at all.")
     normalize_unicode: bool = _f(True, "NFC-normalise text.")
     collapse_whitespace: bool = _f(True, "Collapse runs of spaces/tabs and of 3+ newlines.")
-    min_chars: int = _f(200, "Drop documents shorter than this (characters, after cleaning).")
-    max_chars: int = _f(1_000_000, "Drop documents longer than this (a runaway file is not a document).")
-    max_symbol_ratio: float = _f(0.3, "Drop documents whose share of non-alphanumeric, non-space characters is above this.")
-    max_repeated_line_ratio: float = _f(0.5, "Drop documents whose share of duplicated lines is above this.")
+    min_chars: int = _f(200, "Drop documents shorter than this (characters, after cleaning).", ge=0)
+    max_chars: int = _f(1_000_000, "Drop documents longer than this (a runaway file is not a document).", gt=0)
+    max_symbol_ratio: float = _f(0.3, "Drop documents whose share of non-alphanumeric, non-space characters is above this.",
+                                 ge=0, le=1)
+    max_repeated_line_ratio: float = _f(0.5, "Drop documents whose share of duplicated lines is above this.", ge=0, le=1)
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.min_chars >= self.max_chars:
+            raise ValueError(f"max_chars: must be > min_chars ({self.min_chars}), got {self.max_chars}")
 
 
 @dataclass
 class DedupConfig:
     exact: bool = _f(True, "Drop documents whose normalised text hash was already seen.")
     near: bool = _f(True, "Drop near-duplicates found with MinHash LSH (datasketch).")
-    threshold: float = _f(0.8, "Estimated Jaccard similarity of word 5-gram sets above which documents are near-duplicates.")
-    num_perm: int = _f(128, "MinHash permutations: more is more precise and slower.")
-    shingle_words: int = _f(5, "Words per shingle.")
+    threshold: float = _f(0.8, "Estimated Jaccard similarity of word 5-gram sets above which documents are near-duplicates.",
+                          gt=0, le=1)
+    num_perm: int = _f(128, "MinHash permutations: more is more precise and slower.", ge=2)
+    shingle_words: int = _f(5, "Words per shingle.", ge=1)
 
     def __post_init__(self):
-        if not 0 < self.threshold <= 1:
-            raise ValueError("threshold must be in (0, 1]")
+        check_fields(self)
+
+
+PII_TYPES = ("email", "phone", "ssn", "credit_card", "iban", "ip")  # what data/pii.py can find
 
 
 @dataclass
 class PIIConfig:
     enabled: bool = _f(True, "Replace e-mails, phone numbers, SSNs, card numbers, IBANs and IPs with typed placeholders.")
-    types: list = _f(["email", "phone", "ssn", "credit_card", "iban", "ip"], "Which PII types to replace.")
+    types: list[str] = _f(["email", "phone", "ssn", "credit_card", "iban", "ip"], "Which PII types to replace.",
+                          unique=True, among=PII_TYPES)
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass
 class DecontamConfig:
     enabled: bool = _f(True, "Check training documents against every evaluation text (held-out text, task test sets).")
     ngram: int = _f(13, "n-gram length: words against task test texts (13 is the usual choice: GPT-3, Llama reports), "
-                        "tokens against the held-out perplexity text.")
+                        "tokens against the held-out perplexity text.", ge=1)
     action: Literal["drop", "report"] = _f("drop", "'drop' contaminated training documents or only 'report' them.")
 
     def __post_init__(self):
-        check_choices(self)
+        check_fields(self)
 
 
 @dataclass
 class ReadingComprehensionConfig:
-    share: float = _f(1.0, "Share of domain training documents that get exercises (a seeded coin per document).")
+    share: float = _f(1.0, "Share of domain training documents that get exercises (a seeded coin per document).", gt=0, le=1)
     max_per_kind: int = _f(2, "Exercises per kind and document, at most (six kinds: title, word_to_text, nli, commonsense, "
-                              "paraphrase, completion).")
-    max_chars: int = _f(20000, "Characters of each document searched for exercises (sentence splitting is the cost).")
-    keywords: int = _f(100, "Domain keywords for word_to_text: the words the domain uses far more than general text.")
-    sample_docs: int = _f(2000, "Documents of each kind (the first ones read) the keywords are computed from.")
+                              "paraphrase, completion).", ge=1)
+    max_chars: int = _f(20000, "Characters of each document searched for exercises (sentence splitting is the cost).",
+                        ge=100)
+    keywords: int = _f(100, "Domain keywords for word_to_text: the words the domain uses far more than general text.", ge=1)
+    sample_docs: int = _f(2000, "Documents of each kind (the first ones read) the keywords are computed from.", ge=1)
     seed: int = _f(0, "Seed for which documents are transformed and which exercises are kept.")
 
     def __post_init__(self):
-        if not 0 < self.share <= 1 or self.max_per_kind < 1 or self.max_chars < 100 or self.keywords < 1 \
-                or self.sample_docs < 1:
-            raise ValueError("need 0 < share <= 1, max_per_kind >= 1, max_chars >= 100, keywords >= 1, sample_docs >= 1")
+        check_fields(self)
 
 
 @dataclass
 class DataConfig:
-    domain: list = _f([], "Domain corpora for continued pre-training (list of sources).")
+    domain: list = _f([], "Domain corpora for continued pre-training (list of sources).", nonempty=True)
     general: list = _f([], "General text: held-out part measures forgetting, the rest is replay data.")
-    replay_share: float = _f(0.1, "Share of pre-training tokens drawn from general text (replay curbs forgetting).")
-    heldout_docs: int = _f(20, "Documents of each kind (domain, general) held out for perplexity; never trained on.")
-    seq_len: int = _f(512, "Tokens per packed training block.")
+    replay_share: float = _f(0.1, "Share of pre-training tokens drawn from general text (replay curbs forgetting).",
+                             ge=0, lt=1)
+    heldout_docs: int = _f(20, "Documents of each kind (domain, general) held out for perplexity; never trained on.", ge=1)
+    seq_len: int = _f(512, "Tokens per packed training block.", ge=8)
     seed: int = _f(0, "Seed for splits and shuffles in prepare.")
     num_proc: int = _f(1, "Processes `prepare` runs on this machine (one shard each: read, clean, scrub, MinHash, tokenize). "
-                          "The output is byte-identical for any value, so it is not part of the run's fingerprint.")
+                          "The output is byte-identical for any value, so it is not part of the run's fingerprint.", ge=1)
     max_bad_share: float = _f(0.01, "Bad records (broken lines, invalid UTF-8, missing field) are skipped and counted; "
-                                    "more than this share of a source stops prepare with an error.")
-    max_record_mb: int = _f(64, "A record larger than this is a bad record (a runaway file is not a document).")
+                                    "more than this share of a source stops prepare with an error.", ge=0, le=1)
+    max_record_mb: int = _f(64, "A record larger than this is a bad record (a runaway file is not a document).", gt=0)
     clean: CleanConfig = field(default_factory=CleanConfig, metadata={"help": "Cleaning filters."})
     dedup: DedupConfig = field(default_factory=DedupConfig, metadata={"help": "Exact and near-duplicate removal."})
     pii: PIIConfig = field(default_factory=PIIConfig, metadata={"help": "PII scrubbing."})
@@ -165,24 +222,14 @@ class DataConfig:
                                                               metadata={"help": "Limits and seed of the reading-comprehension transform."})
 
     def __post_init__(self):
-        check_choices(self)
-        if not self.domain:
-            raise ValueError("at least one domain source is needed")
-        if not 0 <= self.replay_share < 1:
-            raise ValueError("replay_share must be in [0, 1)")
+        check_fields(self)
         if self.replay_share > 0 and not self.general:
-            raise ValueError("replay_share > 0 needs general sources")
-        if self.seq_len < 8 or self.heldout_docs < 1:
-            raise ValueError("seq_len must be >= 8 and heldout_docs >= 1")
-        if self.num_proc < 1:
-            raise ValueError("num_proc must be >= 1")
-        if not 0 <= self.max_bad_share <= 1 or self.max_record_mb <= 0:
-            raise ValueError("max_bad_share must be in [0, 1] and max_record_mb > 0")
+            raise ValueError(f"replay_share: {self.replay_share} needs general sources (data.general), or set it to 0")
 
 
 @dataclass
 class TaskConfig:
-    name: str = _f(None, "Task name used in results and reports.")
+    name: str = _f(None, "Task name used in results and reports.", nonempty=True)
     type: Literal["classification", "multiple_choice", "qa"] = _f("classification", "'classification' (text -> label), 'multiple_choice' (question, choices, answer) or "
                                       "'qa' (question, context, answers: a short answer generated and scored by exact match / token F1).")
     source: SourceConfig = _f(None, "Where the task's records come from (split into train and test unless test_source is set).")
@@ -195,14 +242,15 @@ class TaskConfig:
     answer_field: str = _f("answer", "Index of the right choice (multiple choice).")
     context_field: str = _f("context", "Passage the answer comes from (qa; may be absent for closed-book questions).")
     answers_field: str = _f("answers", "Accepted answers (qa): a string, a list of strings, or SQuAD's {text: [...]}.")
-    max_answer_tokens: int = _f(32, "Tokens generated for a qa answer (greedy, stopped at end-of-text or a newline).")
-    labels: list | None = _f(None, "Keep only these labels (default: all). Their order fixes the label ids.")
-    verbalizers: dict | None = _f(None, "label -> words the model must produce (default: the label itself).")
+    max_answer_tokens: int = _f(32, "Tokens generated for a qa answer (greedy, stopped at end-of-text or a newline).", gt=0)
+    labels: list[str] | None = _f(None, "Keep only these labels (default: all). Their order fixes the label ids.",
+                                  nonempty=True, unique=True)
+    verbalizers: dict[str, str] | None = _f(None, "label -> words the model must produce (default: the label itself).")
     prompt: str = _f("{text}\nAnswer:", "Prompt template: {text} or {question} (truncated to max_prompt_tokens) and any other "
                                        "text field of the record, e.g. {title}.")
-    max_prompt_tokens: int = _f(128, "Truncate the input text so the prompt fits this many tokens.")
-    test_size: int = _f(100, "Test examples (stratified by label, chosen by a seeded hash).")
-    train_size: int = _f(400, "Training examples (the rest after the test split, capped).")
+    max_prompt_tokens: int = _f(128, "Truncate the input text so the prompt fits this many tokens.", gt=0)
+    test_size: int = _f(100, "Test examples (stratified by label, chosen by a seeded hash).", gt=0)
+    train_size: int = _f(400, "Training examples (the rest after the test split, capped).", gt=0)
     metric: str = _f("accuracy", "Main metric: accuracy or f1 (macro) for classification and multiple choice; "
                                  "token_f1 (the qa default) or exact_match for qa.")
     scoring: Literal["likelihood", "head"] = _f("likelihood", "Classification after fine-tuning: 'likelihood' (the verbaliser with the highest "
@@ -212,33 +260,49 @@ class TaskConfig:
     lora_steps: int | None = _f(None, "LoRA optimizer steps for this task, the same for every model and seed (default: "
                                       "lora.steps): a task whose adapters still differ from seed to seed gets longer "
                                       "training without lengthening the others (choose it on a dev split: "
-                                      "bench/finetune_stability.py). Only fine-tuning and later stages are redone.")
-    lora_batch_size: int | None = _f(None, "Examples per LoRA step for this task (default: lora.batch_size).")
+                                      "bench/finetune_stability.py). Only fine-tuning and later stages are redone.", gt=0)
+    lora_batch_size: int | None = _f(None, "Examples per LoRA step for this task (default: lora.batch_size).", gt=0)
 
     def __post_init__(self):
-        if not self.name:
-            raise ValueError("name is required")
-        check_choices(self)
+        if self.name is None:
+            raise ValueError("name: is required")
+        check_fields(self)
+        if not SAFE_NAME.fullmatch(self.name):
+            raise ValueError(f"name: {self.name!r} names folders and job ids: use letters, digits, '.', '_' and '-' only")
         if self.type == "qa" and self.metric == "accuracy":
             self.metric = "token_f1"
         if self.source is None:
-            raise ValueError("source is required")
+            raise ValueError("source: is required")
         if self.scoring == "head" and self.type != "classification":
-            raise ValueError("scoring must be 'likelihood' for a multiple_choice or qa task ('head' is for classification)")
+            raise ValueError("scoring: must be 'likelihood' for a multiple_choice or qa task ('head' is for classification)")
         allowed = QA_METRICS if self.type == "qa" else ("accuracy", "f1")
         if self.metric not in allowed:
-            raise ValueError(f"metric must be {' or '.join(allowed)} for a {self.type} task")
-        if self.max_answer_tokens <= 0:
-            raise ValueError("max_answer_tokens must be > 0")
-        if self.test_size <= 0 or self.train_size <= 0 or self.max_prompt_tokens <= 0:
-            raise ValueError("test_size, train_size and max_prompt_tokens must be > 0")
-        if any(v is not None and v <= 0 for v in (self.lora_steps, self.lora_batch_size)):
-            raise ValueError("lora_steps and lora_batch_size must be > 0 (or left out: lora.steps, lora.batch_size)")
+            raise ValueError(f"metric: must be {' or '.join(allowed)} for a {self.type} task, got {self.metric!r}")
+        self._check_labels()
+        self._check_prompt()
+
+    def _check_labels(self) -> None:
+        """Labels are the choices: none empty (or a repeat: unique), and a verbaliser only for a label the task has."""
+        if self.labels is not None and not all(label.strip() for label in self.labels):
+            raise ValueError(f"labels: must not hold an empty label, got {self.labels}")
+        for label, words in (self.verbalizers or {}).items():
+            if not (isinstance(words, str) and words.strip()):
+                raise ValueError(f"verbalizers: {label!r} must map to the words the model produces, got {words!r}")
+            if self.labels is not None and label not in self.labels:
+                raise ValueError(f"verbalizers: {label!r} is not one of the task's labels ({', '.join(self.labels)})")
+
+    def _check_prompt(self) -> None:
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(self.prompt) if name is not None]
+        except ValueError as e:  # an unmatched brace
+            raise ValueError(f"prompt: not a template ({e}): write fields as {{text}}, a literal brace as {{{{") from None
+        if not any(fields):
+            raise ValueError(f"prompt: {self.prompt!r} has no {{field}} (e.g. {{text}}): every item would read the same prompt")
 
 
 @dataclass
 class ModelConfig:
-    base: str = _f(None, "General checkpoint: a local folder, a hub id, or a packaged model (smollm2-135m).")
+    base: str = _f(None, "General checkpoint: a local folder, a hub id, or a packaged model (smollm2-135m).", nonempty=True)
     init: Literal["pretrained", "random"] = _f("pretrained", "'pretrained' weights, or 'random' (base's architecture, resized by config_overrides).")
     config_overrides: dict = _f({}, "Architecture overrides for init=random (hidden_size, num_hidden_layers, ...).")
     objective: Literal["auto", "clm", "mlm"] = _f("auto", "'clm', 'mlm', or 'auto' (mlm for encoder models, else clm).")
@@ -246,9 +310,9 @@ class ModelConfig:
     seed: int = _f(0, "Seed for init=random.")
 
     def __post_init__(self):
-        if not self.base:
-            raise ValueError("base is required")
-        check_choices(self)
+        if self.base is None:
+            raise ValueError("base: is required")
+        check_fields(self)
 
 
 # Accelerate tracker name -> the module it needs.
@@ -258,26 +322,26 @@ TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "ml
 
 @dataclass
 class TrainConfig:
-    max_steps: int = _f(100, "Optimizer steps of continued pre-training.")
-    batch_size: int = _f(8, "Blocks per process per micro-batch.")
+    max_steps: int = _f(100, "Optimizer steps of continued pre-training.", gt=0)
+    batch_size: int = _f(8, "Blocks per process per micro-batch.", gt=0)
     global_batch_size: int | None = _f(None, "Blocks per optimizer step over all processes. When set, each process's "
                                              "micro-batch is this / (processes x grad_accum) and batch_size is not used: "
-                                             "the recipe then trains alike on 1 process or 8 (the demos set it).")
-    grad_accum: int = _f(1, "Micro-batches per optimizer step.")
-    lr: float = _f(1e-4, "Peak learning rate (continued pre-training uses ~10x lower than from scratch).")
-    min_lr_ratio: float = _f(0.1, "Final LR as a share of the peak (cosine/WSD).")
-    warmup_steps: int = _f(10, "Linear re-warm-up steps (0 = start at the peak LR: no re-warming).")
+                                             "the recipe then trains alike on 1 process or 8 (the demos set it).", gt=0)
+    grad_accum: int = _f(1, "Micro-batches per optimizer step.", gt=0)
+    lr: float = _f(1e-4, "Peak learning rate (continued pre-training uses ~10x lower than from scratch).", gt=0)
+    min_lr_ratio: float = _f(0.1, "Final LR as a share of the peak (cosine/WSD).", ge=0, le=1)
+    warmup_steps: int = _f(10, "Linear re-warm-up steps (0 = start at the peak LR: no re-warming).", ge=0)
     warmup_start_lr: float = _f(0.0, "LR the warm-up starts from: 0, or the base checkpoint's final LR to re-warm from where "
-                                     "its pre-training ended (Ibrahim et al. 2024 compare both).")
+                                     "its pre-training ended (Ibrahim et al. 2024 compare both).", ge=0)
     schedule: Literal["cosine", "wsd", "constant"] = _f("cosine", "'cosine', 'wsd' (warm-up, stable, decay) or 'constant'.")
-    decay_share: float = _f(0.2, "WSD: share of steps spent decaying.")
-    weight_decay: float = _f(0.1, "AdamW weight decay (not applied to norms and biases).")
-    betas: list = _f([0.9, 0.95], "AdamW betas.")
-    grad_clip: float = _f(1.0, "Clip the global gradient norm to this (0 = off).")
+    decay_share: float = _f(0.2, "WSD: share of steps spent decaying.", ge=0, le=1)
+    weight_decay: float = _f(0.1, "AdamW weight decay (not applied to norms and biases).", ge=0)
+    betas: list[float] = _f([0.9, 0.95], "AdamW betas.")
+    grad_clip: float = _f(1.0, "Clip the global gradient norm to this (0 = off).", ge=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = _f("auto", "'auto' (bf16 on GPU, fp32 on CPU), 'no', 'bf16' or 'fp16'.")
     gradient_checkpointing: bool = _f(False, "Recompute activations to save memory.")
     loss_chunk_tokens: int = _f(0, "Causal LMs: compute the loss this many tokens at a time without materialising all "
-                                   "logits (domainpt/training/chunked_loss.py; e.g. 4096). 0: the model's own loss.")
+                                   "logits (domainpt/training/chunked_loss.py; e.g. 4096). 0: the model's own loss.", ge=0)
     compile: bool = _f(False, "torch.compile the model (Module.compile: same weights, same checkpoint keys). For long GPU "
                               "runs; the first steps (and each new eval shape) pay the compile time.")
     whole_word_mask: bool = _f(False, "MLM (encoders): mask all pieces of a chosen word together instead of single tokens.")
@@ -285,37 +349,26 @@ class TrainConfig:
                                 "flash kernel on flattened batches, GPU, no extra package), 'flash_attention_2' or "
                                 "'flash_attention_3' (the flash-attn packages, flattened batches). domainpt/training/attention.py.")
     doc_isolation: bool = _f(True, "Keep attention inside each document of a packed block (position ids reset per doc).")
-    eval_every: int = _f(0, "Steps between held-out perplexity checks (0 = only at the end).")
+    eval_every: int = _f(0, "Steps between held-out perplexity checks (0 = only at the end).", ge=0)
     ppl_max_tokens: int = _f(4096, "Held-out tokens scored per kind (domain, general) at each check during training "
-                                   "(eval.ppl_max_tokens is the same for the final evaluation). Formerly train.eval_tokens.")
-    max_general_ppl_rise: float | None = _f(None, "Stop early when general perplexity rises above start x (1 + this).")
-    save_every: int = _f(0, "Steps between checkpoints (0 = only at the end).")
-    keep_last: int = _f(2, "Checkpoints kept.")
+                                   "(eval.ppl_max_tokens is the same for the final evaluation). Formerly train.eval_tokens.", gt=0)
+    max_general_ppl_rise: float | None = _f(None, "Stop early when general perplexity rises above start x (1 + this).", gt=0)
+    save_every: int = _f(0, "Steps between checkpoints (0 = only at the end).", ge=0)
+    keep_last: int = _f(2, "Checkpoints kept.", gt=0)
     on_bad_step: Literal["skip", "rollback", "stop"] = _f("skip", "When the loss or gradient norm is NaN/inf: 'skip' the update, 'rollback' to the last "
                                   "checkpoint and skip past the batches that caused it, or 'stop'.")
-    max_bad_steps: int = _f(5, "Stop with an error after this many bad steps in a row.")
-    log_every: int = _f(1, "Steps between progress-bar updates.")
-    report_to: list = _f([], "Accelerate trackers that also get every metrics.jsonl line: tensorboard, wandb, mlflow, "
-                             "comet_ml, aim, clearml, dvclive (each needs its package).")
+    max_bad_steps: int = _f(5, "Stop with an error after this many bad steps in a row.", gt=0)
+    log_every: int = _f(1, "Steps between progress-bar updates.", gt=0)
+    report_to: list[str] = _f([], "Accelerate trackers that also get every metrics.jsonl line: tensorboard, wandb, mlflow, "
+                             "comet_ml, aim, clearml, dvclive (each needs its package).", unique=True, among=tuple(TRACKER_MODULES))
     seed: int = _f(0, "Seed for data order and dropout.")
 
     def __post_init__(self):
-        for k in ("max_steps", "batch_size", "grad_accum", "ppl_max_tokens", "keep_last", "log_every", "max_bad_steps"):
-            if getattr(self, k) <= 0:
-                raise ValueError(f"{k} must be > 0")
-        if self.lr <= 0:
-            raise ValueError("lr must be > 0")
-        check_choices(self)
-        if not 0 <= self.warmup_start_lr <= self.lr:
-            raise ValueError("warmup_start_lr must be in [0, lr]")
-        unknown = [t for t in self.report_to if t not in TRACKER_MODULES]
-        if unknown:
-            raise ValueError(f"report_to: unknown tracker {unknown[0]!r} (known: {', '.join(TRACKER_MODULES)})")
-        for k in ("warmup_steps", "eval_every", "save_every", "weight_decay", "grad_clip", "loss_chunk_tokens"):
-            if getattr(self, k) < 0:
-                raise ValueError(f"{k} must be >= 0")
-        if self.global_batch_size is not None and self.global_batch_size <= 0:
-            raise ValueError("global_batch_size must be > 0 (or left out: batch_size per process)")
+        check_fields(self)
+        if self.warmup_start_lr > self.lr:
+            raise ValueError(f"warmup_start_lr: must be <= lr ({self.lr}), got {self.warmup_start_lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas: must be two numbers in [0, 1), got {self.betas}")
 
     def process_batch(self, processes: int) -> int:
         """Blocks per process per micro-batch on `processes` processes: batch_size, or global_batch_size shared out."""
@@ -332,28 +385,27 @@ class TrainConfig:
 class TokenizerConfig:
     extend: bool = _f(False, "Add frequent domain words that the tokenizer splits into many pieces as new tokens "
                              "(mean-of-pieces init) before continued pre-training.")
-    max_new_tokens: int = _f(500, "At most this many new tokens.")
-    min_count: int = _f(20, "A word must occur at least this often in the sampled domain text.")
-    min_pieces: int = _f(3, "A word must currently take at least this many tokens.")
-    sample_docs: int = _f(20000, "Domain documents scanned for candidate words.")
+    max_new_tokens: int = _f(500, "At most this many new tokens.", gt=0)
+    min_count: int = _f(20, "A word must occur at least this often in the sampled domain text.", gt=0)
+    min_pieces: int = _f(3, "A word must currently take at least this many tokens.", ge=2)
+    sample_docs: int = _f(20000, "Domain documents scanned for candidate words.", gt=0)
 
     def __post_init__(self):
-        if self.max_new_tokens <= 0 or self.min_count <= 0 or self.min_pieces < 2 or self.sample_docs <= 0:
-            raise ValueError("need max_new_tokens, min_count, sample_docs > 0 and min_pieces >= 2")
+        check_fields(self)
 
 
 @dataclass
 class LoraConfig:
-    r: int = _f(8, "LoRA rank.")
-    alpha: int = _f(16, "LoRA alpha (scale = alpha / r).")
-    dropout: float = _f(0.05, "LoRA dropout.")
+    r: int = _f(8, "LoRA rank.", gt=0)
+    alpha: int = _f(16, "LoRA alpha (scale = alpha / r).", gt=0)
+    dropout: float = _f(0.05, "LoRA dropout.", ge=0, lt=1)
     target_modules: Any = _f("all-linear", "Module names to adapt (a list), 'all-linear' (every linear layer but the "
                                           "output head), or a per-architecture preset: 'attention', 'mlp', 'attention+mlp' "
                                           "(domainpt/lora_targets.py).")
-    steps: int = _f(50, "Optimizer steps per task, model and seed (identical for both models).")
-    batch_size: int = _f(8, "Examples per step.")
-    lr: float = _f(2e-4, "Learning rate (linear decay after 10% warm-up).")
-    seeds: list = _f([0, 1, 2], "One fine-tuning run per seed, for both models.")
+    steps: int = _f(50, "Optimizer steps per task, model and seed (identical for both models).", gt=0)
+    batch_size: int = _f(8, "Examples per step.", gt=0)
+    lr: float = _f(2e-4, "Learning rate (linear decay after 10% warm-up).", gt=0)
+    seeds: list[int] = _f([0, 1, 2], "One fine-tuning run per seed, for both models.", nonempty=True, unique=True)
     mixed_precision: Literal["auto", "no", "bf16"] = _f("auto", "'auto' (bf16 autocast on GPU, fp32 on CPU), 'no' (fp32), or 'bf16' (autocast "
                                                       "on any device; on this project's 2-core CPU it was only 1.06-1.09x faster, "
                                                       "BENCHMARKS.md). The same for every model, so the comparison stays paired.")
@@ -367,13 +419,13 @@ class LoraConfig:
                                "'none' trains on the full-precision weights.")
 
     def __post_init__(self):
-        if self.r <= 0 or self.steps <= 0 or self.batch_size <= 0 or not self.seeds:
-            raise ValueError("r, steps, batch_size must be > 0 and seeds non-empty")
-        if len(set(map(str, self.seeds))) != len(self.seeds):  # one fine-tuning job (and adapter folder) per seed
-            raise ValueError(f"seeds must not repeat a seed, got {self.seeds}")
-        check_choices(self)
+        check_fields(self)  # seeds unique: one fine-tuning job (and adapter folder) per seed
+        if not (isinstance(self.target_modules, str) and self.target_modules.strip()) and not (
+                isinstance(self.target_modules, list) and self.target_modules
+                and all(isinstance(m, str) and m.strip() for m in self.target_modules)):
+            raise ValueError(f"target_modules: must be a preset name or a non-empty list of module names, got {self.target_modules!r}")
         if self.quantize != "none" and self.merge_export:
-            raise ValueError("merge_export with quantize: merging into quantised weights loses the adapter's precision; "
+            raise ValueError("merge_export: merging into quantised weights (lora.quantize) loses the adapter's precision; "
                              "export from a full-precision run")
 
     def for_task(self, task) -> "LoraConfig":
@@ -383,18 +435,18 @@ class LoraConfig:
 
 @dataclass
 class EvalConfig:
-    ppl_window: int = _f(512, "Sliding-window length for perplexity.")
-    ppl_stride: int = _f(256, "Sliding-window stride (tokens scored per window after the first).")
-    ppl_max_tokens: int = _f(20000, "Held-out tokens scored per kind (domain, general).")
+    ppl_window: int = _f(512, "Sliding-window length for perplexity.", gt=0)
+    ppl_stride: int = _f(256, "Sliding-window stride (tokens scored per window after the first).", gt=0)
+    ppl_max_tokens: int = _f(20000, "Held-out tokens scored per kind (domain, general).", gt=0)
     zero_shot: bool = _f(True, "Score both base models on every task before fine-tuning.")
     few_shot: int = _f(0, "Training examples (prompt + answer) shown before each test prompt in that scoring before "
-                          "fine-tuning: 0 = zero-shot, k = k-shot; the same examples for both models.")
+                          "fine-tuning: 0 = zero-shot, k = k-shot; the same examples for both models.", ge=0)
     zero_shot_end_of_text: bool = _f(False, "In scoring before fine-tuning, score each choice followed by the end-of-text "
                                             "token (as after LoRA, which learns to emit it). Off by default, as "
                                             "lm-evaluation-harness scores a choice alone; but then a choice whose tokens "
                                             "are a prefix of another's (' Copyleft' of ' Copyleft Limited') always wins "
                                             "over it, and prepare says so.")
-    batch_size: int = _f(8, "Sequences per forward pass.")
+    batch_size: int = _f(8, "Sequences per forward pass.", gt=0)
     precision: Literal["float32", "bfloat16", "auto"] = _f("float32", "Weights' dtype for task scoring (before and after "
                                                    "fine-tuning, every model alike). bfloat16 scores about twice as fast on a CPU "
                                                    "with bf16 instructions and changes a few % of predictions (BENCHMARKS.md), "
@@ -409,44 +461,39 @@ class EvalConfig:
                                                "numbers comparable with papers). Adapters are always scored as trained.")
     harness_tasks: list[str] = _f([], "lm-evaluation-harness tasks or groups (e.g. pubmedqa, medmcqa, mmlu_clinical_knowledge) "
                                       "scored for every model and compared like domainpt's tasks; needs "
-                                      "`pip install 'domainpt[harness]'`.")
+                                      "`pip install 'domainpt[harness]'`.", unique=True)
     harness_include: str | None = _f(None, "A folder of lm-eval task YAMLs (local or private tasks) added to lm-eval's own.")
-    harness_fewshot: int | None = _f(None, "Few-shot examples for harness tasks (default: each task's own, as `lm_eval` does).")
+    harness_fewshot: int | None = _f(None, "Few-shot examples for harness tasks (default: each task's own, as `lm_eval` does).",
+                                     ge=0)
     harness_limit: int | None = _f(None, "Score only the first N documents of each harness task (for quick checks: the "
-                                         "numbers are then not comparable with published ones).")
+                                         "numbers are then not comparable with published ones).", ge=2)
     forgetting_tasks: list[str] = _f([], "General lm-eval tasks (e.g. arc_easy, hellaswag, piqa, winogrande) reported in the "
-                                         "forgetting line beside general bits per byte (Ibrahim et al. 2024).")
+                                         "forgetting line beside general bits per byte (Ibrahim et al. 2024).", unique=True)
 
     def __post_init__(self):
-        check_choices(self)
-        if (self.harness_fewshot is not None and self.harness_fewshot < 0) or \
-                (self.harness_limit is not None and self.harness_limit < 2):
-            raise ValueError("need harness_fewshot >= 0 and harness_limit >= 2 (a paired interval needs two documents)")
-        if not all(isinstance(t, str) and t.strip() for t in self.harness_tasks + self.forgetting_tasks):
-            raise ValueError("harness_tasks and forgetting_tasks must be lists of lm-eval task names")
-        if not 0 < self.ppl_stride <= self.ppl_window:
-            raise ValueError("need 0 < ppl_stride <= ppl_window")
-        if self.few_shot < 0:
-            raise ValueError("few_shot must be >= 0")
+        check_fields(self)  # harness_limit >= 2: a paired interval needs two documents
+        for key in ("harness_tasks", "forgetting_tasks"):
+            if not all(t.strip() for t in getattr(self, key)):
+                raise ValueError(f"{key}: must be lm-eval task names, got {getattr(self, key)}")
+        if self.ppl_stride > self.ppl_window:
+            raise ValueError(f"ppl_stride: must be <= ppl_window ({self.ppl_window}), got {self.ppl_stride}")
 
 
 @dataclass
 class ReportConfig:
     bootstrap_samples: int = _f(2000, "Bootstrap resamples for the held-out perplexity and bits-per-byte intervals (over documents); "
-                                      "task comparisons use an analytic seeds x items analysis (report/stats.py).")
-    confidence: float = _f(0.95, "Interval confidence level.")
+                                      "task comparisons use an analytic seeds x items analysis (report/stats.py).", ge=100)
+    confidence: float = _f(0.95, "Interval confidence level.", gt=0, lt=1)
     target_difference: float = _f(0.05, "The task difference (a share: 0.05 = 5 points) the report plans for: where a "
                                         "comparison cannot detect it, how many seeds (or test items) would, from the "
-                                        "run's own variance components.")
-    gpu: str = _f("H100", "GPU used for the GPU-hour estimate when the run was on CPU (and by --dry-run).")
+                                        "run's own variance components.", gt=0, lt=1)
+    gpu: str = _f("H100", "GPU used for the GPU-hour estimate when the run was on CPU (and by --dry-run).",
+                  among=tuple(PEAK_FLOPS))
     assumed_mfu: float = _f(0.25, "Model-FLOPs utilisation assumed by --dry-run's GPU-hour estimate "
-                                  "(0.20-0.24 measured on one H100 for a 0.5B Llama, BENCHMARKS.md).")
+                                  "(0.20-0.24 measured on one H100 for a 0.5B Llama, BENCHMARKS.md).", gt=0, le=1)
 
     def __post_init__(self):
-        if not 0 < self.assumed_mfu <= 1 or not 0 < self.confidence < 1 or self.bootstrap_samples < 100:
-            raise ValueError("need 0 < assumed_mfu <= 1, 0 < confidence < 1 and bootstrap_samples >= 100")
-        if not 0 < self.target_difference < 1:
-            raise ValueError("target_difference must be in (0, 1): a share, 0.05 = 5 points")
+        check_fields(self)  # target_difference is a share: 0.05 = 5 points
 
 
 @dataclass
@@ -459,14 +506,15 @@ class CompareConfig:
                               "'none': only the general and the domain model.")
 
     def __post_init__(self):
-        check_choices(self)
+        check_fields(self)
 
 
 @dataclass
 class Recipe:
-    name: str = _f(None, "Run name.")
-    domain: str = _f(None, "Domain label (medical, legal, financial, ...).")
-    out_dir: str = _f(None, "Where every stage writes (relative paths are relative to the working directory).")
+    name: str = _f(None, "Run name.", nonempty=True)
+    domain: str = _f(None, "Domain label (medical, legal, financial, ...).", nonempty=True)
+    out_dir: str = _f(None, "Where every stage writes (relative paths are relative to the working directory).",
+                      nonempty=True)
     model: ModelConfig = _f(None, "The general checkpoint.")
     data: DataConfig = _f(None, "Corpora and the prepare pipeline.")
     tasks: list = _f([], "Domain tasks for fine-tuning and evaluation.")
@@ -479,11 +527,12 @@ class Recipe:
 
     def __post_init__(self):
         for k in ("name", "domain", "out_dir", "model", "data"):
-            if getattr(self, k) in (None, ""):
+            if getattr(self, k) is None:
                 raise ValueError(f"missing required key '{k}'")
+        check_fields(self)
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
-            raise ValueError("task names must be unique")
+            raise ValueError(f"tasks: task names must be unique, got {names}")
         if self.compare.control != "none" and not self.data.general:
             raise ValueError(f"compare.control={self.compare.control} trains on general text: it needs data.general sources")
 
@@ -571,9 +620,27 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:  # list[X]: every item an X
+        item = typing.get_args(hint)
+        return isinstance(value, list) and (not item or all(_type_ok(v, item[0]) for v in value))
+    if origin is dict:  # dict[K, V]: every key a K, every value a V
+        kv = typing.get_args(hint)
+        return isinstance(value, dict) and (not kv or all(_type_ok(k, kv[0]) and _type_ok(v, kv[1]) for k, v in value.items()))
     if origin is not None:
         return isinstance(value, origin)
     return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    """int, float, list of str, str or None, ... for a type error."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is list and args:
+        return f"list of {_type_name(args[0])}"
+    if origin is dict and args:
+        return f"mapping of {_type_name(args[0])} to {_type_name(args[1])}"
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
 def _build(cls, data: Any, where: tuple[str, ...]):
@@ -601,15 +668,24 @@ def _build(cls, data: Any, where: tuple[str, ...]):
         elif name in ("source", "test_source") and cls is TaskConfig and value is not None:
             value = _build(SourceConfig, value, key)
         elif not _type_ok(value, hint):
-            expected = f"one of {', '.join(map(str, choices_of(hint)))}" if choices_of(hint) else getattr(hint, '__name__', hint)
+            expected = f"one of {', '.join(map(str, choices_of(hint)))}" if choices_of(hint) else _type_name(hint)
             raise ValueError(f"{'.'.join(key)}: expected {expected}, got {type(value).__name__} {value!r}")
         kwargs[name] = value
     try:
         return cls(**kwargs)
     except ValueError as e:
-        raise ValueError(f"{dotted}: {e}") from None
+        raise ValueError(_under(dotted, str(e), names)) from None
     except TypeError as e:  # a required field left out
         raise ValueError(f"{dotted}: {e}") from None
+
+
+def _under(dotted: str, message: str, names: set[str]) -> str:
+    """'key: why' from a dataclass's own check -> 'section.key: why' (the whole dotted key); other messages get the
+    section in front."""
+    head, sep, rest = message.partition(": ")
+    if sep and head in names:
+        return f"{head if dotted == '<top>' else dotted + '.' + head}: {rest}"
+    return f"{dotted}: {message}"
 
 
 def _renamed(data: dict, where: tuple[str, ...]) -> dict:
@@ -680,7 +756,57 @@ def field_docs(cls=Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
             rows += field_docs(hint, key + ".")
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        allowed = choices_of(hint)
-        help_ = f.metadata.get("help", "") + (f" One of: {', '.join(map(str, allowed))}." if allowed else "")
+        allowed, rules = choices_of(hint), rule_text(f.metadata.get("checks", {}))
+        help_ = f.metadata.get("help", "") + (f" One of: {', '.join(map(str, allowed))}." if allowed else "") \
+            + (f" Rule: {rules}." if rules else "")
         rows.append((key, json.dumps(default), help_))
     return rows
+
+
+# Rules between keys, checked when a recipe loads (the per-key rules are the fields' own: rule_rows).
+CROSS_FIELD_RULES = (
+    ("data.domain.N / data.general.N / tasks.N.source", "exactly one of path, builtin, hf; revision only with hf"),
+    ("data.replay_share", "> 0 needs data.general sources"),
+    ("data.clean.max_chars", "> data.clean.min_chars"),
+    ("tasks", "task names unique"),
+    ("tasks.N.name", "letters, digits, '.', '_', '-' (it names folders and job ids)"),
+    ("tasks.N.labels", "no empty label"),
+    ("tasks.N.verbalizers", "each label maps to non-empty words; with labels set, only labels the task has"),
+    ("tasks.N.prompt", "a valid template with at least one {field}"),
+    ("tasks.N.metric", "accuracy or f1 (classification, multiple choice); exact_match or token_f1 (qa)"),
+    ("tasks.N.scoring", "'head' only for classification"),
+    ("train.warmup_start_lr", "<= train.lr"),
+    ("train.betas", "two numbers in [0, 1)"),
+    ("train.global_batch_size", "a multiple of processes x train.grad_accum (checked when a launch starts, and by --dry-run)"),
+    ("lora.target_modules", "a preset name or a non-empty list of module names (the model's modules: preflight)"),
+    ("lora.merge_export", "not with lora.quantize"),
+    ("eval.ppl_stride", "<= eval.ppl_window"),
+    ("eval.harness_tasks / eval.forgetting_tasks", "names lm-eval knows (checked before any work)"),
+    ("compare.control", "continued_general needs data.general sources"),
+)
+
+
+def rule_rows(cls=None, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, its rule in words) for every key with a rule of its own: type and Literal values included."""
+    cls = cls or Recipe
+    rows, hints = [], typing.get_type_hints(cls)
+    items = {"data.domain": SourceConfig, "data.general": SourceConfig, "tasks": TaskConfig}
+    for f in dataclasses.fields(cls):
+        key, hint = prefix + f.name, hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows += rule_rows(hint, key + ".")
+        elif key in items:
+            if rule := rule_text(f.metadata.get("checks", {})):
+                rows.append((key, rule))
+            if key != "data.general":  # the same fields as data.domain's
+                rows += rule_rows(items[key], key.replace("data.domain", "data.domain/general") + ".N.")
+        elif (allowed := choices_of(hint)) or (rule := rule_text(f.metadata.get("checks", {}))):
+            rows.append((key, f"one of {', '.join(map(str, allowed))}" if allowed else rule))
+    return rows
+
+
+def rules_markdown() -> str:
+    """The README's catalogue of recipe checks: every key's own rule, then the rules between keys."""
+    lines = ["| key | rule |", "|---|---|"] + [f"| `{k}` | {r} |" for k, r in rule_rows()]
+    lines += ["", "| between keys | rule |", "|---|---|"] + [f"| `{k}` | {r} |" for k, r in CROSS_FIELD_RULES]
+    return "\n".join(lines)

@@ -180,9 +180,9 @@ def _job_lines(stage: dict, p: dict) -> list[str]:
             f"balance {stage['balance']:.0%}")
     if len(per) <= 8:
         return [head] + [f"              process {i}: {x['jobs']} job(s), {x['gpu_hours']:.3g} {unit}" for i, x in enumerate(per)]
-    loads = sorted(per, key=lambda x: x["gpu_hours"])
-    return [head + f"; per process {loads[0]['jobs']}-{loads[-1]['jobs']} jobs, {loads[0]['gpu_hours']:.3g}-"
-                   f"{loads[-1]['gpu_hours']:.3g} {unit}"]
+    jobs, hours = [x["jobs"] for x in per], [x["gpu_hours"] for x in per]
+    return [head + f"; per process {min(jobs)}-{max(jobs)} job(s), {min(hours):.3g}-{max(hours):.3g} {unit}"
+                   + (f" ({jobs.count(0)} process(es) without a job: fewer jobs than processes)" if 0 in jobs else "")]
 
 
 def format_plan(p: dict) -> str:

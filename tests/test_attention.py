@@ -175,7 +175,7 @@ def test_unusable_kernels_are_refused_in_one_line(monkeypatch):
     with pytest.raises(DomainptError, match="needs a torch with torch.nn.attention.varlen"):
         attention.check_usable("varlen", "clm", torch.device("cuda"))
     attention.check_usable("sdpa", "mlm", torch.device("cpu"))
-    with pytest.raises(ValueError, match="attention must be one of"):
+    with pytest.raises(ValueError, match="attention: must be one of"):
         TrainConfig(attention="flash")
 
 

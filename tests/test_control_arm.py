@@ -191,7 +191,7 @@ def test_force_pretrain_keeps_the_control_arm_and_force_control_invalidates_what
 
 
 def test_bad_control_values_are_one_line_errors_naming_the_key(tmp_path):
-    for args, says in ((("compare.control=bogus",), "compare: control must be one of none, continued_general, got 'bogus'"),
+    for args, says in ((("compare.control=bogus",), "compare.control: must be one of none, continued_general, got 'bogus'"),
                        ((), "pretrain_control: compare.control is 'none'")):
         r = cli("pretrain_control", TINY, f"out_dir={tmp_path / 'run'}", *args)
         lines = r.stderr.strip().splitlines()

@@ -68,7 +68,7 @@ def test_head_on_an_encoder(tiny_bert, tmp_path):
 def test_scoring_head_only_for_classification():
     from domainpt.config import TaskConfig, SourceConfig
 
-    with pytest.raises(ValueError, match="scoring must be"):
+    with pytest.raises(ValueError, match="scoring: must be"):
         TaskConfig(name="q", type="multiple_choice", scoring="head", source=SourceConfig(path="x.jsonl"))
 
 

@@ -165,7 +165,7 @@ def test_a_process_that_stopped_ends_the_wait_with_an_error_naming_its_job(tmp_p
 
 def test_a_seed_named_twice_is_refused_in_one_line():
     r = cli("run", TINY, "lora.seeds=[0,1,0]", "--dry-run")
-    assert r.returncode == 2 and "lora: seeds must not repeat a seed, got [0, 1, 0]" in r.stderr
+    assert r.returncode == 2 and "lora.seeds: must not repeat an item, got 0 twice in [0, 1, 0]" in r.stderr
 
 
 def test_the_grids_list_every_job_once_with_a_planned_cost():

@@ -26,7 +26,7 @@ def test_missing_bitsandbytes_or_kernels_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(models, "_bnb_runs_on_cpu", lambda: False)
     with pytest.raises(DomainptError, match="has no CPU kernels and there is no CUDA GPU"):
         models.quantization_config("int8")
-    with pytest.raises(ValueError, match="merge_export with quantize"):
+    with pytest.raises(ValueError, match="merge_export: merging into quantised weights"):
         from domainpt.config import LoraConfig
 
         LoraConfig(quantize="nf4", merge_export=True)
