@@ -2,7 +2,7 @@
 
     cfg = load_recipe("recipes/demo/legal.yaml", ["train.max_steps=20"])
 
-Each field's `help` is the one place its meaning is documented (the README table is generated from it).
+Each field's `help` is the one place its meaning is documented (docs/keys.md and `domainpt keys` are generated from it).
 Unknown keys, wrong types and impossible values are errors that name the recipe file and the key.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ from domainpt.flops import PEAK_FLOPS
 
 QA_METRICS = ("exact_match", "token_f1")  # qa tasks: scored per example on generated answers
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a task's name: a folder and a part of job ids
+RESERVED_NAMES = ("jobs",)  # folders a stage keeps beside its tasks' (finetune/jobs/: the job markers)
 
 
 def _f(default: Any, help: str, **checks) -> Any:
@@ -122,7 +123,7 @@ class SourceConfig:
         if len(given) != 1:
             raise ValueError("exactly one of path, builtin, hf must be set")
         if self.revision is not None and not (self.hf and self.revision.strip()):
-            raise ValueError("revision applies to an `hf` source and must not be empty")
+            raise ValueError("revision: applies only to an `hf` source, and must not be empty")
         check_fields(self)
         if self.name is None:
             self.name = Path(self.path).stem if self.path else (self.builtin or self.hf).replace("/", "_")
@@ -267,8 +268,9 @@ class TaskConfig:
         if self.name is None:
             raise ValueError("name: is required")
         check_fields(self)
-        if not SAFE_NAME.fullmatch(self.name):
-            raise ValueError(f"name: {self.name!r} names folders and job ids: use letters, digits, '.', '_' and '-' only")
+        if not SAFE_NAME.fullmatch(self.name) or self.name in RESERVED_NAMES:
+            raise ValueError(f"name: {self.name!r} names folders and job ids: use letters, digits, '.', '_' and '-' only, "
+                             f"and not {', '.join(RESERVED_NAMES)}")
         if self.type == "qa" and self.metric == "accuracy":
             self.metric = "token_f1"
         if self.source is None:
@@ -290,6 +292,8 @@ class TaskConfig:
                 raise ValueError(f"verbalizers: {label!r} must map to the words the model produces, got {words!r}")
             if self.labels is not None and label not in self.labels:
                 raise ValueError(f"verbalizers: {label!r} is not one of the task's labels ({', '.join(self.labels)})")
+        if self.labels and self.verbalizers and (missing := [l for l in self.labels if l not in self.verbalizers]):
+            raise ValueError(f"verbalizers: labels {missing} have no entry (every label needs its words)")
 
     def _check_prompt(self) -> None:
         try:
@@ -528,13 +532,13 @@ class Recipe:
     def __post_init__(self):
         for k in ("name", "domain", "out_dir", "model", "data"):
             if getattr(self, k) is None:
-                raise ValueError(f"missing required key '{k}'")
+                raise ValueError(f"{k}: is required")
         check_fields(self)
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"tasks: task names must be unique, got {names}")
         if self.compare.control != "none" and not self.data.general:
-            raise ValueError(f"compare.control={self.compare.control} trains on general text: it needs data.general sources")
+            raise ValueError(f"compare.control: {self.compare.control} trains on general text: it needs data.general sources")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -669,7 +673,10 @@ def _build(cls, data: Any, where: tuple[str, ...]):
             value = _build(SourceConfig, value, key)
         elif not _type_ok(value, hint):
             expected = f"one of {', '.join(map(str, choices_of(hint)))}" if choices_of(hint) else _type_name(hint)
-            raise ValueError(f"{'.'.join(key)}: expected {expected}, got {type(value).__name__} {value!r}")
+            quote = (" (quote them: YAML reads yes/no/true as booleans and 0 as a number)"
+                     if "list of str" in expected and isinstance(value, list) and any(isinstance(v, (bool, int, float)) for v in value)
+                     else "")
+            raise ValueError(f"{'.'.join(key)}: expected {expected}, got {type(value).__name__} {value!r}{quote}")
         kwargs[name] = value
     try:
         return cls(**kwargs)
@@ -685,7 +692,7 @@ def _under(dotted: str, message: str, names: set[str]) -> str:
     head, sep, rest = message.partition(": ")
     if sep and head in names:
         return f"{head if dotted == '<top>' else dotted + '.' + head}: {rest}"
-    return f"{dotted}: {message}"
+    return message if dotted == "<top>" else f"{dotted}: {message}"
 
 
 def _renamed(data: dict, where: tuple[str, ...]) -> dict:
@@ -746,8 +753,17 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple = ()) -> Recipe:
         raise DomainptError(f"{path}: {e}") from None
 
 
+def recipe_from_dict(raw: dict) -> Recipe:
+    """A recipe from the dict a manifest or results.json recorded (Recipe.to_dict), checked as a file would be."""
+    try:
+        return _build(Recipe, json.loads(json.dumps(raw)), ())
+    except ValueError as e:
+        raise DomainptError(f"recorded recipe: {e}") from None
+
+
 def field_docs(cls=Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, help) for every field, for the README and `domainpt keys`."""
+    """(dotted key, default, help) for every field, for `domainpt keys` and docs/keys.md; a list of sections (data.domain,
+    tasks) is followed by its items' fields as KEY.N.field."""
     rows = []
     for f in dataclasses.fields(cls):
         key = prefix + f.name
@@ -760,6 +776,12 @@ def field_docs(cls=Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
         help_ = f.metadata.get("help", "") + (f" One of: {', '.join(map(str, allowed))}." if allowed else "") \
             + (f" Rule: {rules}." if rules else "")
         rows.append((key, json.dumps(default), help_))
+        item = {"data.domain": SourceConfig, "tasks": TaskConfig}.get(key)  # data.general's items: data.domain's fields
+        if item is not None:
+            rows += field_docs(item, key + ".N.")
+        optional = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]  # e.g. a task's test_source
+        if optional:
+            rows += field_docs(optional[0], key + ".")
     return rows
 
 
@@ -769,9 +791,9 @@ CROSS_FIELD_RULES = (
     ("data.replay_share", "> 0 needs data.general sources"),
     ("data.clean.max_chars", "> data.clean.min_chars"),
     ("tasks", "task names unique"),
-    ("tasks.N.name", "letters, digits, '.', '_', '-' (it names folders and job ids)"),
+    ("tasks.N.name", "letters, digits, '.', '_', '-', not 'jobs' (it names folders and job ids)"),
     ("tasks.N.labels", "no empty label"),
-    ("tasks.N.verbalizers", "each label maps to non-empty words; with labels set, only labels the task has"),
+    ("tasks.N.verbalizers", "each label maps to non-empty words; with labels set, exactly the task's labels"),
     ("tasks.N.prompt", "a valid template with at least one {field}"),
     ("tasks.N.metric", "accuracy or f1 (classification, multiple choice); exact_match or token_f1 (qa)"),
     ("tasks.N.scoring", "'head' only for classification"),
@@ -806,7 +828,20 @@ def rule_rows(cls=None, prefix: str = "") -> list[tuple[str, str]]:
 
 
 def rules_markdown() -> str:
-    """The README's catalogue of recipe checks: every key's own rule, then the rules between keys."""
+    """docs/recipe-checks.md's catalogue: every key's own rule, then the rules between keys."""
     lines = ["| key | rule |", "|---|---|"] + [f"| `{k}` | {r} |" for k, r in rule_rows()]
     lines += ["", "| between keys | rule |", "|---|---|"] + [f"| `{k}` | {r} |" for k, r in CROSS_FIELD_RULES]
     return "\n".join(lines)
+
+
+def keys_markdown() -> str:
+    """The key reference page: every key with its default and its help (rule included), by section."""
+    lines, section = [], None
+    for key, default, help_ in field_docs():
+        top = key.split(".")[0] if "." in key or key == "tasks" else "run"
+        if top != section:
+            section = top
+            lines += ["", f"## {section}", "", "| key | default | meaning |", "|---|---|---|"]
+        cell = lambda t: t.replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        lines.append(f"| `{key}` | `{cell(default)}` | {cell(help_)} |")
+    return "\n".join(lines).strip()

@@ -49,7 +49,7 @@ def test_wrong_type_and_bad_value_name_the_key(tmp_path):
 def test_revision_belongs_to_a_hub_source(tmp_path):
     hub = BASE.replace("{path: corpus.jsonl}", "{hf: org/data, hf_config: c, revision: refs/convert/parquet}")
     assert load_recipe(_write(tmp_path, hub)).data.domain[0].revision == "refs/convert/parquet"
-    with pytest.raises(DomainptError, match=r"r\.yaml: data\.domain\.0: revision applies to an `hf` source"):
+    with pytest.raises(DomainptError, match=r"r\.yaml: data\.domain\.0\.revision: applies only to an `hf` source"):
         load_recipe(_write(tmp_path, BASE.replace("{path: corpus.jsonl}", "{path: corpus.jsonl, revision: v1}")))
     with pytest.raises(DomainptError, match=r"data\.domain\.0\.revision: expected str"):
         load_recipe(_write(tmp_path, hub.replace("refs/convert/parquet", "[main]")))
@@ -143,7 +143,7 @@ def test_a_tasks_own_lora_budget_redoes_fine_tuning_but_not_prepare_or_pretraini
         assert stage_fingerprint(plain, stage) == stage_fingerprint(longer, stage)
     for stage in ("finetune", "evaluate", "compare"):
         assert stage_fingerprint(plain, stage) != stage_fingerprint(longer, stage)
-    with pytest.raises(DomainptError, match=r"tasks\.0\.lora_(steps|batch_size): must be > 0"):
+    with pytest.raises(DomainptError, match=r"tasks\.0\.lora_steps: must be > 0, got 0"):
         load_recipe(tmp_path / "r.yaml", ["tasks.0.lora_steps=0"])
 
 

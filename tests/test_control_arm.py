@@ -197,5 +197,5 @@ def test_bad_control_values_are_one_line_errors_naming_the_key(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and says in lines[0], r.stderr
     r = cli("run", TINY, f"out_dir={tmp_path / 'run'}", CONTROL, "data.general=[]", "data.replay_share=0")
-    assert r.returncode == 2 and "compare.control=continued_general" in r.stderr and "data.general" in r.stderr
+    assert r.returncode == 2 and "compare.control: continued_general trains on general text" in r.stderr and "data.general" in r.stderr
     assert not (tmp_path / "run").exists()
