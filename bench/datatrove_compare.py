@@ -4,7 +4,7 @@
     python bench/datatrove_compare.py --datatrove-site /tmp/dt/lib/python3.11/site-packages   # ~2 min
 
 datatrove is not a dependency of domainpt; this script borrows it from another environment (appended
-to sys.path, so domainpt's own numpy/tokenizers stay first) to measure the choice README records.
+to sys.path, so domainpt's own numpy/tokenizers stay first) to measure the choice docs/libraries.md records.
 On the 2,289 ScanCode licence texts, one task/process each, 3 interleaved repeats, median:
 1. tokenize + write memory-mapped token shards with document boundaries: datatrove's JsonlReader +
    DocumentTokenizer (local tokenizer.json) vs domainpt's reader + encode_texts + PackWriter;

@@ -165,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--gpu", default=None, help="--dry-run: GPU for the GPU-hour estimate (default: report.gpu)")
     k = sub.add_parser("keys", help="list every recipe key with its default and meaning")
     k.add_argument("--rules", action="store_true", help="print the checks every recipe value gets, as a markdown table")
+    k.add_argument("--markdown", action="store_true", help="print the key reference (docs/keys.md) as markdown")
+    pb = sub.add_parser("publish", help="a finished run's domain (or control) model as a Hub-ready folder with a model card")
+    pb.add_argument("run_dir", help="the run's out_dir (finished through compare)")
+    pb.add_argument("--model", choices=("domain", "control"), default="domain", help="which model (default: domain)")
+    pb.add_argument("--adapters", action="store_true", help="also the run's LoRA adapters of that model, per task and seed")
+    pb.add_argument("--to", default=None, help="the folder to write (default: RUN_DIR/publish/MODEL); must be new or empty")
+    pb.add_argument("--language", action="append", default=None, help="language code for the card (repeatable; "
+                                                                      "default: the packaged corpora's)")
+    pb.add_argument("--push", action="store_true", help="upload the folder to the Hub (needs --repo-id, network, a token)")
+    pb.add_argument("--repo-id", default=None, help="the Hub repository (user/name): named in the card; --push uploads there")
+    pb.add_argument("--private", action="store_true", help="with --push: create the repository private")
     sub.add_parser("sources", help="list the corpora that ship inside installed packages (`builtin:` sources)")
     c = sub.add_parser("cards", help="write a data card per packaged corpus the recipes use (with measured counts)")
     c.add_argument("recipes", nargs="+", help="recipe YAML files")
@@ -177,6 +188,9 @@ def main(argv=None) -> None:
     try:
         if args.command in ("keys", "sources", "cards"):
             _describe(args)
+            return
+        if args.command == "publish":
+            _publish(args)
             return
         if args.command == "compare" and Path(args.recipe).is_dir():  # domainpt compare RUN_DIR RUN_DIR ...
             from domainpt.report.multi import compare_runs
@@ -240,10 +254,10 @@ def main(argv=None) -> None:
 
 def _describe(args) -> None:
     """The commands that only print or document: keys, sources, cards."""
-    if args.command == "keys" and args.rules:
-        from domainpt.config import rules_markdown
+    if args.command == "keys" and (args.rules or args.markdown):
+        from domainpt.config import keys_markdown, rules_markdown
 
-        print(rules_markdown())
+        print(rules_markdown() if args.rules else keys_markdown())
     elif args.command == "keys":
         for key, default, help_ in field_docs():
             print(f"{key} = {default}\n    {help_}")
@@ -258,6 +272,24 @@ def _describe(args) -> None:
 
         for p in write_cards([load_recipe(r) for r in args.recipes], args.to):
             print(f"[domainpt] wrote {p}")
+
+
+def _publish(args) -> None:
+    from domainpt.publish import default_folder, is_published, publish, published_for, push
+
+    if args.push and not args.repo_id:
+        raise DomainptError("publish --push needs --repo-id user/name")
+    folder = Path(args.to) if args.to else default_folder(args.run_dir, args.model)
+    if args.push and is_published(folder):  # an earlier publish whose upload failed: send it as it is
+        if published_for(folder) != args.repo_id:  # its card and adapters name another repository (or none)
+            raise DomainptError(f"{folder} was published for {published_for(folder)!r}, not {args.repo_id}: "
+                                "remove it, or pass another --to")
+        print(f"[domainpt] {folder} holds a published model already: pushing it as it is", flush=True)
+    else:
+        folder = publish(args.run_dir, args.model, args.to, args.adapters, args.repo_id, args.language)
+        print(f"[domainpt] published the {args.model} model to {folder} (README.md: its model card)", flush=True)
+    if args.push:
+        print(f"[domainpt] pushed: {push(folder, args.repo_id, args.private)}", flush=True)
 
 
 def launch_local(processes: int, argv: list[str]) -> int:

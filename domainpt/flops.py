@@ -29,6 +29,17 @@ def model_flops_per_token(model, seq_len: int, training: bool = True) -> float:
     return flops_per_token(matmul_params(model), layers, hidden, seq_len, training)
 
 
+def device_name(device) -> str:
+    """What the hardware was, for manifests and model cards: the GPU's own name, or the CPU's cores."""
+    import os
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads per process)"
+
+
 def device_peak_flops(device) -> float | None:
     """Known peak of the current GPU, or None (CPU or an unknown card: MFU is then not reported)."""
     import torch

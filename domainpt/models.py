@@ -25,6 +25,10 @@ PACKAGED = {
 }
 
 
+# A packaged model's hub original and licence, for model cards: name -> (hub id, licence id on the Hub)
+PACKAGED_HUB = {"smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
+
+
 def _allow_pickle() -> bool:
     return os.environ.get("DOMAINPT_ALLOW_PICKLE") == "1"
 

@@ -33,7 +33,7 @@ from domainpt.data.pack import PackedBlocks
 from domainpt.encoding import end_of_text_id
 from domainpt.errors import DomainptError
 from domainpt.eval.perplexity import heldout_perplexity
-from domainpt.flops import device_peak_flops, model_flops_per_token
+from domainpt.flops import device_name, device_peak_flops, model_flops_per_token
 from domainpt.layout import read_heldout
 from domainpt.manifest import CONTROL_STAGE, read_manifest, require_done, stage_dir, write_manifest
 from domainpt.models import load_model, load_tokenizer, objective_for
@@ -400,6 +400,7 @@ def finish(run: Run, state: TrainState, log: MetricsLog, policy: BadStepPolicy, 
                                   tokens=state.tokens_seen, steps=log.steps_logged(state.step),
                                   tokens_per_step=run.tokens_per_step, flops=run.flops_per_token * state.tokens_seen,
                                   flops_per_token=run.flops_per_token, processes=run.world, device=str(acc.device),
+                                  device_name=device_name(acc.device),
                                   distributed_type=acc.distributed_type.value, mixed_precision=run.mixed_precision,
                                   objective=run.objective, stop_reason=stop_reason, eval_history=state.eval_history,
                                   bad_steps=policy.bad_steps,

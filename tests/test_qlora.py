@@ -84,12 +84,12 @@ def test_qlora_through_finetune_and_evaluate(tiny_run, tmp_path):
     pytest.importorskip("bitsandbytes")
     run = copy_stages(tiny_run[0], tmp_path / "run", "prepare", "pretrain")
     for stage in ("finetune", "evaluate"):
-        r = cli(stage, TINY, f"out_dir={run}", "lora.quantize=nf4")
+        r = cli(stage, TINY, f"out_dir={run}", "lora.quantize=nf4", "lora.seeds=[0]")  # one seed: nf4 is slow on CPU
         assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((run / "finetune" / "manifest.json").read_text())["quantize"] == "nf4"
     scores = json.loads((run / "evaluate" / "scores.json").read_text())["tasks"]["licence-category"]
     for m in ("general_model", "domain_model"):
-        assert set(scores[m]["finetuned"]) == {"0", "1"}
+        assert set(scores[m]["finetuned"]) == {"0"}
     preds = (run / "evaluate" / "predictions" / "licence-category" / "domain_model" / "seed0.jsonl").read_text().splitlines()
     from domainpt.tasks import read_split
 

@@ -103,8 +103,8 @@ def test_every_dataset_a_recipe_names_has_a_card():
             assert (cards / f"{b}.md").is_file(), f"{path.name}: no card for builtin {b}"
 
 
-def test_readme_lists_every_recipe_with_its_launch_command():
-    readme = (ROOT / "README.md").read_text()
+def test_the_scale_guide_lists_every_recipe_with_its_launch_command():
+    readme = (ROOT / "docs" / "scale.md").read_text()
     for path in FULL:
         rel = path.relative_to(ROOT)
         assert re.search(rf"accelerate launch .*-m domainpt pretrain {re.escape(str(rel))}", readme), rel

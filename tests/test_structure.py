@@ -17,7 +17,7 @@ LAYERS = [
     ("statistics and rendering", ["report"]),  # report/ but its stage modules
     ("checks", ["preflight"]),
     ("job runner", ["jobs"]),  # the fine-tune and evaluate stages' grids of jobs, shared out over processes and shards
-    ("stages", ["prepare", "pretrain", "finetune", "eval.stage", "report.compare", "report.multi"]),
+    ("stages", ["prepare", "pretrain", "finetune", "eval.stage", "report.compare", "report.multi", "publish"]),
     ("entry points", ["plan", "cli", "__main__", "__init__"]),
 ]
 STAGES = dict(LAYERS)["stages"]

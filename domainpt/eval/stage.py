@@ -86,7 +86,7 @@ def score_task(task, model, tok, examples, bos: int | None, batch_size: int, des
 
 
 def zero_shot_conventions(ec, bos: int, tok) -> tuple[int | None, str]:
-    """(BOS id or None, acc_norm unit) for scoring before fine-tuning: domainpt's, or lm-eval's (README). lm-eval
+    """(BOS id or None, acc_norm unit) for scoring before fine-tuning: domainpt's, or lm-eval's (docs/harness.md). lm-eval
     prepends a BOS only where the tokenizer adds one by default (Llama, Gemma; not SmolLM2 or Qwen2.5)."""
     if ec.zero_shot_convention != "lm-eval":
         return bos, "bytes"
