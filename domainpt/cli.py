@@ -9,6 +9,7 @@
     domainpt run recipes/medical.yaml --dry-run --processes 8   # the plan and its cost; nothing runs
     domainpt prepare recipes/medical.yaml --shard 3/16  # one of 16 data tasks; then: prepare --merge
     domainpt compare runs/medical runs/legal --to runs/cmp     # several finished runs in one report
+    domainpt plan-mixture recipes/medical.yaml          # pilots at several replay shares -> the share to train with
     domainpt keys                                       # every recipe key with its default and meaning
 
 Problems the user can fix end with a one-line `domainpt: error: ...` and exit code 2.
@@ -26,7 +27,8 @@ from pathlib import Path
 
 from domainpt.config import field_docs, load_recipe
 from domainpt.errors import DomainptError
-from domainpt.manifest import ALL_STAGES, CONTROL_STAGE, has_control, invalidate, is_done, run_lock, run_stages
+from domainpt.manifest import (ALL_STAGES, CONTROL_STAGE, has_control, invalidate, is_done, run_lock, run_stages,
+                               stage_dir)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Progress bars of several processes would overwrite each other's line: only the first process of a launch draws
@@ -163,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "(one per GPU, or a share of the CPU cores each: torchrun); "
                                                                    "with --dry-run, the number of GPUs (processes) to plan for")
             s.add_argument("--gpu", default=None, help="--dry-run: GPU for the GPU-hour estimate (default: report.gpu)")
+    pm = sub.add_parser("plan-mixture", help="pilot runs at several replay shares, a fitted continual pre-training law, "
+                                             "and the recommended share for the budget (out_dir/plan_mixture/)")
+    pm.add_argument("recipe", help="recipe YAML file (its mixture_plan section)")
+    pm.add_argument("overrides", nargs="*", help="dotted overrides, e.g. mixture_plan.pilot_steps=20")
+    pm.add_argument("--force", action="store_true", help="redo the plan and every pilot")
+    pm.add_argument("--shard", default=None, metavar="I/N", help="run only slice I of N of the pilots; then `--merge`")
+    pm.add_argument("--merge", action="store_true", help="fit and write the plan from the pilots that --shard tasks ran")
+    pm.add_argument("--dry-run", action="store_true", help="print the pilots' cost beside the full run's; nothing runs")
+    pm.add_argument("--processes", type=int, default=1, help="run as this many processes on this machine (torchrun), "
+                                                            "pilots shared out; with --dry-run, the GPUs to plan for")
+    pm.add_argument("--gpu", default=None, help="--dry-run: GPU for the GPU-hour estimate (default: report.gpu)")
     k = sub.add_parser("keys", help="list every recipe key with its default and meaning")
     k.add_argument("--rules", action="store_true", help="print the checks every recipe value gets, as a markdown table")
     k.add_argument("--markdown", action="store_true", help="print the key reference (docs/keys.md) as markdown")
@@ -201,6 +214,9 @@ def main(argv=None) -> None:
             print(f"[domainpt] compared {len(runs)} runs: {to / 'report.html'} (also report.md, results.json, cost_vs_gain.png)")
             return
         recipe = load_recipe(args.recipe, args.overrides)
+        if args.command == "plan-mixture":
+            _plan_mixture(args, recipe)
+            return
         if getattr(args, "dry_run", False):
             from domainpt.plan import build_plan, format_plan
 
@@ -272,6 +288,58 @@ def _describe(args) -> None:
 
         for p in write_cards([load_recipe(r) for r in args.recipes], args.to):
             print(f"[domainpt] wrote {p}")
+
+
+def _plan_mixture(args, recipe) -> None:
+    """`domainpt plan-mixture`: --dry-run, a local launch (--processes), one --shard slice, --merge, or the whole plan."""
+    from domainpt.mixture.pilots import STAGE
+    from domainpt.mixture.stage import run_plan_mixture
+
+    if args.dry_run:
+        from domainpt.plan import format_mixture_plan, mixture_plan
+
+        print(format_mixture_plan(mixture_plan(recipe, args.processes, args.gpu)), flush=True)
+        return
+    if args.processes > 1 and "WORLD_SIZE" not in os.environ:
+        sys.exit(launch_local(args.processes, ["plan-mixture", args.recipe, *args.overrides] + ["--force"] * args.force))
+    if args.shard and args.merge:
+        raise DomainptError("plan-mixture --shard runs one slice of the pilots: --merge goes on a command of its own")
+    if args.shard:
+        from domainpt.data.shard import parse_shard
+
+        parse_shard(args.shard)
+    done = stage_dir(recipe, STAGE) / "manifest.json"
+    lock = run_lock(recipe.out_dir) if _rank() == 0 and not args.shard else nullcontext()
+    with lock:
+        if args.force and _rank() == 0:
+            invalidate_plan(recipe, keep_pilots=bool(args.shard or args.merge))
+        if _world() > 1:
+            _barrier()
+        if is_done(recipe, STAGE):
+            if _rank() == 0:
+                print(f"[domainpt] plan-mixture: finished earlier, skipped ({done})", flush=True)
+            return
+        plan = run_plan_mixture(recipe, args.shard, args.merge)
+    if plan and _rank() == 0:
+        rec = plan["recommendation"]
+        where = stage_dir(recipe, STAGE)
+        print(f"[domainpt] plan-mixture: {where / 'plan.md'} (also plan.json, plan.png)", flush=True)
+        if rec["replay_share"] is None:
+            print("[domainpt] no piloted replay share keeps the predicted general loss within the bound (plan.md)", flush=True)
+        else:
+            print(f"[domainpt] recommended: {rec['override']}", flush=True)
+
+
+def invalidate_plan(recipe, keep_pilots: bool) -> None:
+    """plan-mixture --force: the plan is redone; so are the pilots, except under --shard/--merge (N tasks at once)."""
+    import shutil
+
+    from domainpt.mixture.pilots import STAGE
+
+    (stage_dir(recipe, STAGE) / "manifest.json").unlink(missing_ok=True)
+    if not keep_pilots:
+        shutil.rmtree(stage_dir(recipe, STAGE) / "jobs", ignore_errors=True)
+        shutil.rmtree(stage_dir(recipe, STAGE) / "pilots", ignore_errors=True)
 
 
 def _publish(args) -> None:

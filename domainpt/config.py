@@ -514,6 +514,43 @@ class CompareConfig:
 
 
 @dataclass
+class MixturePlanConfig:
+    replay_shares: list[float] = _f([0.0, 0.05, 0.1, 0.25, 0.5], "`domainpt plan-mixture`: the replay shares (general text's "
+                                    "share of the training mixture, as data.replay_share) of the pilot runs, one each; "
+                                    "at least 4: one is left out of the fit (holdout_share) and three are fitted.",
+                                    nonempty=True, unique=True)
+    holdout_share: float = _f(0.1, "The piloted share left out of the fit and predicted from the others: the law's "
+                                   "interpolation error. Must be one of replay_shares.", ge=0, lt=1)
+    pilot_steps: int = _f(40, "Optimizer steps of each pilot (the recipe's tokens per step, its learning rate; the "
+                              "schedule is stretched over the pilot).", gt=0)
+    eval_points: int = _f(5, "Held-out checks along each pilot (evenly spaced, the last at pilot_steps): the points the "
+                             "law is fitted to. The last one is also predicted from the earlier ones (extrapolation in "
+                             "tokens).", ge=3)
+    budget_tokens: int | None = _f(None, "Training tokens the recommendation is for (None: train.max_steps x the "
+                                         "pilots' tokens per step).", gt=0)
+    max_general_increase: float = _f(0.02, "The bound on forgetting: the recommended share's predicted held-out general "
+                                           "loss stays within the base model's x (1 + this).", ge=0)
+    min_gain_per_doubling: float = _f(0.005, "More tokens stop paying where doubling them lowers the predicted domain "
+                                             "loss by less than this share of it.", gt=0, lt=1)
+    bootstrap_samples: int = _f(200, "Resamples of the held-out documents for the intervals on every prediction (each "
+                                     "refits the law).", ge=20)
+
+    def __post_init__(self):
+        check_fields(self)
+        if any(not 0 <= s < 1 for s in self.replay_shares):
+            bad = next(s for s in self.replay_shares if not 0 <= s < 1)
+            raise ValueError(f"replay_shares: each must be in [0, 1), got {bad}")
+        if len(self.replay_shares) < 4:
+            raise ValueError(f"replay_shares: need at least 4 shares (one held out, three to fit a law across shares), "
+                             f"got {self.replay_shares}")
+        if self.holdout_share not in self.replay_shares:
+            raise ValueError(f"holdout_share: {self.holdout_share} is not one of replay_shares {self.replay_shares}")
+        if self.pilot_steps < self.eval_points:
+            raise ValueError(f"pilot_steps: {self.pilot_steps} steps cannot hold eval_points={self.eval_points} "
+                             "checks: a pilot too short to fit")
+
+
+@dataclass
 class Recipe:
     name: str = _f(None, "Run name.", nonempty=True)
     domain: str = _f(None, "Domain label (medical, legal, financial, ...).", nonempty=True)
@@ -528,6 +565,8 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
     report: ReportConfig = field(default_factory=ReportConfig, metadata={"help": "Comparison report."})
     compare: CompareConfig = field(default_factory=CompareConfig, metadata={"help": "What the domain model is compared with."})
+    mixture_plan: MixturePlanConfig = field(default_factory=MixturePlanConfig,
+                                            metadata={"help": "`domainpt plan-mixture`: pilot runs and a fitted law."})
 
     def __post_init__(self):
         for k in ("name", "domain", "out_dir", "model", "data"):
@@ -577,7 +616,7 @@ def _folder_digest(folder: str | None) -> str | None:
 
 
 # Sections added after the first release: left at their defaults they do not change a run's fingerprint.
-_LATER_SECTIONS = {"tokenizer", "compare"}
+_LATER_SECTIONS = {"tokenizer", "compare", "mixture_plan"}
 # Keys renamed after a release: the old name still reads (with a warning), and the fingerprint hashes the value
 # under the old name, so a run finished before the rename is still finished.
 RENAMED_KEYS = {("train", "eval_tokens"): "ppl_max_tokens"}

@@ -34,6 +34,8 @@ STAGE_SECTIONS = {
     "finetune": ("model", "data", "tasks", "tokenizer", "train", "lora", "compare"),
     "evaluate": ("model", "data", "tasks", "tokenizer", "train", "lora", "eval", "compare"),
     "compare": ("model", "data", "tasks", "tokenizer", "train", "lora", "eval", "report", "compare"),
+    # `domainpt plan-mixture` (not a stage of `run`): pilots of the recipe's model, data and training, held-out checks
+    "plan_mixture": ("model", "data", "tasks", "tokenizer", "train", "eval", "report", "mixture_plan"),
 }
 
 

@@ -223,3 +223,38 @@ def format_plan(p: dict) -> str:
               f"{d['checkpoints'] / GB:,.3g}, models {d['models'] / GB:,.3g}, download {d['hub_download'] / GB:,.3g} "
               f"(corpora streamed, not stored)"]
     return "\n".join(lines)
+
+
+def mixture_plan(recipe, processes: int = 1, gpu: str | None = None) -> dict:
+    """`plan-mixture --dry-run`: the pilots' tokens, FLOPs and GPU-hours (each pilot one process), their share out over
+    the processes, and their ratio to the full run the plan is for (its budget in tokens)."""
+    from domainpt.mixture.pilots import pilot_jobs
+    from domainpt.mixture.stage import tokens_per_step
+
+    full = build_plan(recipe, processes, gpu)
+    mp, shape = recipe.mixture_plan, full["model"]
+    jobs = pilot_jobs(recipe, tokens_per_step(recipe))
+    tokens = sum(j.cost for j in jobs)
+    # the budget the plan recommends for (mixture/stage.py): budget_tokens, or max_steps at one process's tokens per step
+    budget = mp.budget_tokens or recipe.train.max_steps * tokens_per_step(recipe)
+    per_token = full["pretrain"]["flops_per_token"]
+    hours_per_token = per_token / (PEAK_FLOPS[full["gpu"]] * full["assumed_mfu"]) / 3600
+    return {"recipe": recipe.name, "model": shape, "gpu": full["gpu"], "assumed_mfu": full["assumed_mfu"],
+            "processes": processes, "shares": mp.replay_shares, "holdout_share": mp.holdout_share,
+            "pilot_steps": mp.pilot_steps, "eval_points": mp.eval_points, "tokens": tokens, "flops": tokens * per_token,
+            "gpu_hours": tokens * hours_per_token, "full_tokens": budget, "full_gpu_hours": budget * hours_per_token,
+            "ratio": tokens / budget,
+            **job_plan(jobs, processes, hours_per_token)}
+
+
+def format_mixture_plan(p: dict) -> str:
+    shares = ", ".join(f"{s:g}" for s in p["shares"])
+    return "\n".join([
+        f"[domainpt] dry run of plan-mixture for '{p['recipe']}'; nothing downloaded or computed",
+        f"  pilots    {len(p['shares'])} of {p['model']['base']} at replay shares {shares} (held out of the fit: "
+        f"{p['holdout_share']:g}), {p['pilot_steps']} steps each, {p['eval_points']} held-out checks along each",
+        f"  cost      {_n(p['tokens'])} tokens, {p['flops']:.3g} FLOPs = {p['gpu_hours']:.3g} {p['gpu']}-hours at "
+        f"{p['assumed_mfu']:.0%} MFU (each pilot also runs prepare)",
+        f"  vs run    the budget planned for: {_n(p['full_tokens'])} tokens, {p['full_gpu_hours']:.3g} {p['gpu']}-hours; "
+        f"the pilots cost {p['ratio']:.2f}x its tokens",
+        *_job_lines(p, p)])

@@ -9,7 +9,7 @@ checkpoint every train.save_every steps and save_final_model at the end. Global 
 grad_accum x processes blocks, or train.global_batch_size shared out over the processes; the data order is a
 seeded permutation fixed before training, so a resumed run (load_state + skip_first_batches) and a run with
 more processes and the same global batch see exactly the same blocks per optimizer step. Writes out_dir/pretrain/: metrics.jsonl (one line per optimizer step), events.jsonl (bad steps,
-rollbacks), checkpoints/step_N, model/ (safetensors + tokenizer).
+rollbacks), heldout.jsonl (each held-out check's per-document losses), checkpoints/step_N, model/ (safetensors + tokenizer).
 With compare.control=continued_general, `domainpt pretrain_control RECIPE` runs the same loop from the same
 start on prepare/train_control (general text only) into out_dir/pretrain_control/, same layout.
 """
@@ -119,7 +119,7 @@ def run_pretrain(recipe, arm: str = "domain") -> dict:
     state = resume(run, log)
     batches = iter(run.accelerator.skip_first_batches(run.loader, state.micro_batches) if state.micro_batches else run.loader)
     if state.step == 0:
-        state.eval_history.append({"step": 0, **evaluate_heldout(run)})
+        state.eval_history.append({"step": 0, **evaluate_heldout(run, log, 0, 0)})
     start_general = state.eval_history[0].get("eval_general_ppl") if state.eval_history else None
     policy = BadStepPolicy(tc.on_bad_step, tc.max_bad_steps)
     stop_reason = None
@@ -143,7 +143,7 @@ def run_pretrain(recipe, arm: str = "domain") -> dict:
         rec = step_record(run, state, result, lr)
         last = state.step + 1 == tc.max_steps
         if (tc.eval_every and (state.step + 1) % tc.eval_every == 0) or last:
-            ev = evaluate_heldout(run)
+            ev = evaluate_heldout(run, log, state.step + 1, state.tokens_seen)
             rec.update(ev)
             state.eval_history.append({"step": state.step + 1, **ev})
             stop_reason = general_ppl_stop(tc, start_general, ev.get("eval_general_ppl"))
@@ -355,10 +355,11 @@ def general_ppl_stop(tc, start: float | None, now: float | None) -> str | None:
     return None
 
 
-def evaluate_heldout(run: Run) -> dict:
-    """Held-out perplexity of each kind on train.ppl_max_tokens tokens; the model is back in train mode after."""
+def evaluate_heldout(run: Run, log: MetricsLog, step: int, tokens_seen: int) -> dict:
+    """Held-out perplexity of each kind on train.ppl_max_tokens tokens (each document's loss to heldout.jsonl); the
+    model is back in train mode after."""
     ec, tc = run.recipe.eval, run.tc
-    res = {}
+    res, scores = {}, {}
     # Eager even under train.compile: held-out windows come in many lengths, each a recompile.
     with torch.compiler.set_stance("force_eager") if tc.compile else contextlib.nullcontext():
         for kind, texts in run.heldout.items():
@@ -366,6 +367,8 @@ def evaluate_heldout(run: Run) -> dict:
                 r = heldout_perplexity(run.model, run.tokenizer, texts, run.objective, ec.ppl_window, ec.ppl_stride,
                                        tc.ppl_max_tokens, ec.batch_size, end_of_text_id(run.tokenizer), run.accelerator.device)
                 res[f"eval_{kind}_ppl"] = round(r["ppl"], 4)
+                scores[kind] = r
+    log.heldout(step, tokens_seen, scores)
     run.model.train()
     return res
 

@@ -36,11 +36,12 @@ NOT_VALID_FUZZED = {"name", "domain", "out_dir", "model.base", "model.init", "mo
                     "data.seq_len", "train.global_batch_size", "eval.harness_tasks", "eval.forgetting_tasks",
                     "eval.harness_include", "tasks.0.prompt", "tasks.0.labels", "tasks.0.verbalizers", "tasks.0.type",
                     "tasks.0.scoring", "tasks.0.metric", "tasks.0.name", "lora.target_modules", "lora.quantize",
-                    "lora.merge_export", "data.transform"}
+                    "lora.merge_export", "data.transform",
+                    "mixture_plan.replay_shares", "mixture_plan.holdout_share"}  # the holdout must be a piloted share
 # Valid values of related keys kept apart (a stride within any window, a start LR under any peak LR, ...).
 VALID_RANGE = {"eval.ppl_window": (128, 1024), "eval.ppl_stride": (1, 128), "data.clean.min_chars": (0, 1000),
                "data.clean.max_chars": (2000, 10**6), "train.warmup_start_lr": (0.0, 1e-4), "train.lr": (1e-4, 1.0),
-               "lora.seeds": (0, 10**6)}
+               "lora.seeds": (0, 10**6), "mixture_plan.pilot_steps": (5, 10**6), "mixture_plan.eval_points": (3, 5)}
 
 
 def leaves(cls=C.Recipe, prefix: str = ""):
@@ -114,7 +115,8 @@ def broken_value(key, hint, checks):
     if checks.get("nonempty"):
         out.append(([] if typing.get_origin(kind) is list else "", "must not be empty"))
     if checks.get("unique"):
-        item = (list(checks["among"])[0] if "among" in checks else 3 if kind == list[int] else "x")
+        item = (list(checks["among"])[0] if "among" in checks else 3 if kind == list[int] else 0.1 if kind == list[float]
+                else "x")
         out.append(([item, item], "must not repeat"))
     if "among" in checks:
         out.append((["nope"] if typing.get_origin(kind) is list else "nope", "is not one of"))

@@ -14,10 +14,11 @@ LAYERS = [
     ("models and tasks", ["models", "tasks", "lora_targets"]),
     ("training blocks", ["training"]),
     ("scoring", ["eval"]),  # eval/ but its stage module
-    ("statistics and rendering", ["report"]),  # report/ but its stage modules
+    ("statistics and rendering", ["report", "mixture"]),  # report/ but its stage modules; mixture/law.py (the planner's fits)
     ("checks", ["preflight"]),
-    ("job runner", ["jobs"]),  # the fine-tune and evaluate stages' grids of jobs, shared out over processes and shards
-    ("stages", ["prepare", "pretrain", "finetune", "eval.stage", "report.compare", "report.multi", "publish"]),
+    ("job runner", ["jobs", "mixture.pilots"]),  # mixture/pilots.py: the planner's pilot runs as jobs  # the fine-tune and evaluate stages' grids of jobs, shared out over processes and shards
+    ("stages", ["prepare", "pretrain", "finetune", "eval.stage", "report.compare", "report.multi", "publish",
+                "mixture.stage"]),
     ("entry points", ["plan", "cli", "__main__", "__init__"]),
 ]
 STAGES = dict(LAYERS)["stages"]

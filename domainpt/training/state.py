@@ -119,16 +119,20 @@ def metrics_up_to(path: Path, step: int) -> list[str]:
 
 
 class MetricsLog:
-    """metrics.jsonl (one line per optimizer step) and events.jsonl (bad steps, rollbacks); main process only."""
+    """metrics.jsonl (one line per optimizer step), events.jsonl (bad steps, rollbacks) and heldout.jsonl (each
+    held-out check's per-document losses, which intervals over documents need); main process only."""
 
     def __init__(self, out: Path, main: bool):
         self.metrics, self.events, self.main = out / "metrics.jsonl", out / "events.jsonl", main
+        self.heldout_checks = out / "heldout.jsonl"
 
     def restart_at(self, step: int) -> None:
         """Forget the lines after `step`: a resumed or rolled-back run writes them again."""
         if self.main:
             kept = metrics_up_to(self.metrics, step) if step > 0 else []
             atomic_write_text(self.metrics, "".join(l + "\n" for l in kept))
+            checks = metrics_up_to(self.heldout_checks, step) if step > 0 else []
+            atomic_write_text(self.heldout_checks, "".join(l + "\n" for l in checks))
 
     def _append(self, path: Path, rec: dict) -> None:
         if self.main:
@@ -140,6 +144,11 @@ class MetricsLog:
 
     def event(self, rec: dict) -> None:
         self._append(self.events, rec)
+
+    def heldout(self, step: int, tokens_seen: int, scores: dict) -> None:
+        """One line per held-out check: per kind (domain, general), each document's summed NLL and scored tokens."""
+        self._append(self.heldout_checks, {"step": step, "tokens_seen": tokens_seen, **{
+            kind: {"nll": r["per_document"]["nll"], "tokens": r["per_document"]["tokens"]} for kind, r in scores.items()}})
 
     def steps_logged(self, up_to: int) -> int:
         return len(metrics_up_to(self.metrics, up_to))

@@ -1,0 +1,1 @@
+"""The mixture planner (plan-mixture): pilot runs at several replay shares and a law fitted to them."""

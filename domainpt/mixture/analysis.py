@@ -1,0 +1,145 @@
+"""From the pilots' held-out losses to the plan: a law per loss (domain, general), chosen by leave-one-share-out error
+on the fitted shares; the two validations; the recommendation at the budget; bootstrap intervals on every prediction.
+
+    interpolation   the law fitted without mixture_plan.holdout_share predicts that pilot's last check
+    extrapolation   the law fitted on every fitted pilot's checks but its last predicts each last check (in tokens);
+                    the worst pilot is reported, every pilot is listed
+    recommendation  the law refitted on every pilot: at the budget, the replay share (between the smallest and largest
+                    piloted, in steps of 0.01) with the lowest predicted domain loss whose predicted general loss stays
+                    within the base model's x (1 + max_general_increase); none when no share does
+
+Losses are mean NLL per token (nats) over the held-out documents. An interval is the bootstrap percentile interval over
+held-out documents (resampled with replacement, the same documents for every pilot and check, every law refitted),
+with the forms kept as chosen and the recommended share kept fixed.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from domainpt.mixture.law import Fit, choose_form, fit
+
+KINDS = ("domain", "general")
+GRID_STEP = 0.01
+
+
+def own_share(kind: str, replay: np.ndarray) -> np.ndarray:
+    """A loss's law runs on the share of its own kind of text: the domain share for domain loss, the replay share for
+    general loss."""
+    return 1 - replay if kind == "domain" else replay
+
+
+class Points:
+    """The pilots' checks after step 0 as flat arrays, with each kind's loss over the documents `docs` (all of them by
+    default: a bootstrap passes a resample)."""
+
+    def __init__(self, pilots: list[dict], docs: dict | None = None):
+        rows = [(p["replay_share"], c, c is p["checks"][-1]) for p in pilots for c in p["checks"] if c["tokens"] > 0]
+        self.replay = np.array([r for r, _, _ in rows])
+        self.tokens = np.array([c["tokens"] for _, c, _ in rows], float)
+        self.last = np.array([last for _, _, last in rows])
+        self.loss = {k: np.array([mean_loss(c[k], (docs or {}).get(k)) for _, c, _ in rows]) for k in KINDS}
+        # the base model: every pilot's step-0 check scores it on the same documents
+        firsts = [p["checks"][0] for p in pilots if p["checks"][0]["tokens"] == 0]
+        self.base = {k: float(np.mean([mean_loss(c[k], (docs or {}).get(k)) for c in firsts])) if firsts else None
+                     for k in KINDS}
+
+
+def mean_loss(check: dict, docs: np.ndarray | None = None) -> float:
+    nll, tokens = np.asarray(check["nll"], float), np.asarray(check["tokens"], float)
+    if docs is not None:
+        nll, tokens = nll[docs], tokens[docs]
+    return float(nll.sum() / tokens.sum())
+
+
+def estimate(pts: Points, forms: dict, holdout: float, budget: float, mp, share: float | None = None,
+             starts: dict | None = None) -> dict:
+    """Every number of the plan from one set of losses. `share` fixes the recommended share (bootstrap resamples
+    are read at the point estimate's); `starts` seeds each fit with the point estimate's parameters."""
+    hold = np.isclose(pts.replay, holdout)
+    d_unit = float(pts.tokens.max())
+    out, fits = {"interpolation": {}, "extrapolation": {}}, {}
+    for kind in KINDS:
+        own, y = own_share(kind, pts.replay), pts.loss[kind]
+
+        def fitted(mask, which):
+            s = [starts[(kind, which)]] if starts else None
+            return fit(forms[kind], pts.tokens[mask], own[mask], y[mask], d_unit, s)
+
+        f_int, f_ext, f_all = fitted(~hold, "interpolation"), fitted(~hold & ~pts.last, "extrapolation"), fitted(
+            np.ones_like(hold), "all")
+        fits[kind] = {"interpolation": f_int, "extrapolation": f_ext, "all": f_all}
+        at = np.flatnonzero(hold & pts.last)[0]
+        out["interpolation"][kind] = comparison(float(f_int.predict(pts.tokens[at], own[at])), float(y[at]))
+        lasts = np.flatnonzero(~hold & pts.last)
+        out["extrapolation"][kind] = [{"replay_share": float(pts.replay[i]), "tokens": float(pts.tokens[i]),
+                                       **comparison(float(f_ext.predict(pts.tokens[i], own[i])), float(y[i]))} for i in lasts]
+    out["fits"] = fits
+    out["recommendation"] = recommend(fits["domain"]["all"], fits["general"]["all"], pts, budget, mp, share)
+    return out
+
+
+def comparison(predicted: float, measured: float) -> dict:
+    return {"predicted": predicted, "measured": measured, "relative_error": predicted / measured - 1}
+
+
+def share_grid(pts: Points) -> np.ndarray:
+    lo, hi = float(pts.replay.min()), float(pts.replay.max())
+    grid = np.round(np.arange(lo, hi + GRID_STEP / 2, GRID_STEP), 6)
+    return np.unique(np.concatenate([grid, np.unique(pts.replay)]))
+
+
+def recommend(f_dom: Fit, f_gen: Fit, pts: Points, budget: float, mp, share: float | None) -> dict:
+    bound = pts.base["general"] * (1 + mp.max_general_increase)
+    grid = share_grid(pts) if share is None else np.array([share])
+    dom, gen = f_dom.predict(budget, 1 - grid), f_gen.predict(budget, grid)
+    ok = np.flatnonzero(gen <= bound)
+    if share is None and not len(ok):
+        return {"replay_share": None, "general_bound": bound, "feasible": False,
+                "least_general_loss": {"replay_share": float(grid[np.argmin(gen)]), "predicted": float(gen.min())}}
+    i = ok[np.argmin(dom[ok])] if share is None else 0
+    r = float(grid[i])
+    return {"replay_share": r, "predicted_domain_loss": float(dom[i]), "predicted_general_loss": float(gen[i]),
+            "general_bound": bound, "feasible": bool(gen[i] <= bound),
+            "saturation_tokens": saturation(f_dom, 1 - r, budget, mp.min_gain_per_doubling)}
+
+
+def saturation(f_dom: Fit, domain_share: float, budget: float, min_gain: float) -> float | None:
+    """The fewest tokens (on a doubling grid from budget/64 to budget x 1024) past which doubling them lowers the
+    predicted domain loss by less than `min_gain` of it; None when every doubling on the grid still pays."""
+    for d in budget * 2.0 ** np.arange(-6, 11):
+        now, doubled = float(f_dom.predict(d, domain_share)), float(f_dom.predict(2 * d, domain_share))
+        if (now - doubled) / now < min_gain:
+            return float(d)
+    return None
+
+
+def choose_forms(pts: Points, holdout: float) -> tuple[dict, dict]:
+    """Per loss, the form with the lowest leave-one-share-out error on the fitted shares (the held-out share unseen)."""
+    hold = np.isclose(pts.replay, holdout)
+    forms, errors = {}, {}
+    for kind in KINDS:
+        forms[kind], errors[kind] = choose_form(pts.tokens[~hold], own_share(kind, pts.replay[~hold]), pts.loss[kind][~hold])
+    return forms, errors
+
+
+def bootstrap(pilots: list[dict], forms: dict, point: dict, holdout: float, budget: float, mp, seed: int = 0) -> list[dict]:
+    """mp.bootstrap_samples estimates over resampled held-out documents (the recommended share and forms fixed)."""
+    n_docs = {k: len(pilots[0]["checks"][0][k]["nll"]) for k in KINDS}
+    rng = np.random.default_rng(seed)
+    starts = {(k, w): point["fits"][k][w].params for k in KINDS for w in ("interpolation", "extrapolation", "all")}
+    share = point["recommendation"]["replay_share"]
+    out = []
+    for _ in range(mp.bootstrap_samples):
+        docs = {k: rng.integers(0, n, n) for k, n in n_docs.items()}
+        out.append(estimate(Points(pilots, docs), forms, holdout, budget, mp, share, starts))
+    return out
+
+
+def interval(values: list[float], confidence: float) -> list[float] | None:
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)])
+    if not len(v):
+        return None
+    a = (1 - confidence) / 2
+    return [float(np.quantile(v, a)), float(np.quantile(v, 1 - a))]

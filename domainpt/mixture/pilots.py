@@ -1,0 +1,123 @@
+"""The mixture planner's pilot runs: the recipe's own model and data, one short continued pre-training per replay share,
+each a job (jobs/runner.py) that runs `domainpt prepare` and `domainpt pretrain` on a recipe of its own in
+out_dir/plan_mixture/pilots/replay_<share>/. Each runs as a process of its own, so a pilot is an ordinary one-process
+run whichever launch started it, on the device of the process that runs it (its GPU, or its share of the CPU cores).
+
+A pilot's recipe is the run's with: out_dir, data.replay_share, train.max_steps = mixture_plan.pilot_steps (the
+schedule stretched over it), train.eval_every (eval_points held-out checks along it), train.ppl_max_tokens =
+eval.ppl_max_tokens (the final evaluation's held-out size), compare.control 'none', no trackers. Held-out documents are
+chosen by content, not by share (data/merge.py: choose_heldout), so every pilot is checked on the same documents.
+Pilots of the launch's main process print on the terminal, the others' go to their folder's pilot.log.
+A pilot killed midway starts again; finished pilots are kept (their job markers). Once a pilot is finished its
+checkpoint and model are deleted: the plan needs only its held-out losses (pretrain/heldout.jsonl).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+from domainpt.errors import DomainptError
+from domainpt.jobs.runner import Job, Worker
+from domainpt.manifest import atomic_write_json, read_jsonl, stage_dir
+
+STAGE = "plan_mixture"
+KINDS = ("domain", "general")
+# What a launcher (torchrun, accelerate launch) tells its processes: a pilot is a launch of its own, so none of it.
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                    "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def share_name(share: float) -> str:
+    return f"replay_{share:g}"
+
+
+def pilot_dir(recipe, share: float) -> Path:
+    return stage_dir(recipe, STAGE) / "pilots" / share_name(share)
+
+
+def check_every(mp) -> int:
+    """Steps between a pilot's held-out checks: eval_points of them, the last at pilot_steps."""
+    return max(1, mp.pilot_steps // mp.eval_points)
+
+
+def pilot_jobs(recipe, tokens_per_step: int) -> list[Job]:
+    """One job per replay share; its planned cost is its training tokens (all pilots alike: they run in list order)."""
+    mp = recipe.mixture_plan
+    return [Job(f"pilot/{share_name(s)}", "pilot", "general", share_name(s), None, float(mp.pilot_steps * tokens_per_step))
+            for s in mp.replay_shares]
+
+
+def share_of(job: Job) -> float:
+    return float(job.task.removeprefix("replay_"))
+
+
+def pilot_recipe(recipe, share: float) -> dict:
+    """The run's recipe as a pilot at `share` (a plain dict: written as the pilot's recipe.json, which is YAML)."""
+    mp, d = recipe.mixture_plan, recipe.to_dict()
+    d["name"] = f"{recipe.name}-pilot-{share_name(share)}"
+    d["out_dir"] = str(pilot_dir(recipe, share))
+    d["data"]["replay_share"] = share
+    d["train"].update(max_steps=mp.pilot_steps, eval_every=check_every(mp), save_every=0, keep_last=1,
+                      ppl_max_tokens=recipe.eval.ppl_max_tokens, max_general_ppl_rise=None, report_to=[])
+    d["compare"]["control"] = "none"
+    return d
+
+
+def pilot_env(worker: Worker) -> dict:
+    """This process's environment for a pilot: no launch variables, and this process's device only."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES and not k.startswith("TORCHELASTIC_")}
+    if worker.device.startswith("cuda"):
+        index = int(worker.device.split(":")[1]) if ":" in worker.device else 0
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[index] if visible else str(index)
+    elif worker.world > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // worker.world))
+    return env
+
+
+def run_pilot(recipe, job: Job, worker: Worker) -> dict:
+    """Prepare and pre-train one pilot (each a `domainpt` command of its own; finished stages are skipped), then its
+    held-out losses along the way."""
+    share = share_of(job)
+    folder = pilot_dir(recipe, share)
+    recipe_file, wanted = folder / "recipe.json", pilot_recipe(recipe, share)
+    if recipe_file.is_file() and json.loads(recipe_file.read_text()) != json.loads(json.dumps(wanted)):
+        shutil.rmtree(folder)  # a pilot of an earlier mixture_plan or recipe: its stages would refuse this one
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(recipe_file, wanted)
+    log = folder / "pilot.log"
+    for stage in ("prepare", "pretrain"):
+        # the main process's pilots draw on the terminal; the others' would tangle with them, so they go to pilot.log
+        with open(log, "a") if not worker.main else nullcontext() as sink:
+            done = subprocess.run([sys.executable, "-m", "domainpt", stage, str(recipe_file)], env=pilot_env(worker),
+                                  stdout=sink, stderr=subprocess.STDOUT if sink else None)
+        if done.returncode:
+            if not worker.main:
+                sys.stderr.write("".join(log.read_text().splitlines(keepends=True)[-5:]))
+            raise DomainptError(f"plan-mixture: the pilot at replay share {share:g} stopped in {stage} (exit "
+                                f"{done.returncode}; its own error is above); rerun the same command: finished pilots are kept")
+    result = read_pilot(folder, share)
+    for big in ("checkpoints", "model"):  # gigabytes per pilot that nothing reads again
+        shutil.rmtree(folder / "pretrain" / big, ignore_errors=True)
+    return result
+
+
+def read_pilot(folder: Path, share: float) -> dict:
+    """A finished pilot: its steps and tokens per step, and each held-out check's per-document losses."""
+    manifest = json.loads((folder / "pretrain" / "manifest.json").read_text())
+    checks = {}
+    for row in read_jsonl(folder / "pretrain" / "heldout.jsonl"):
+        checks[row["step"]] = row  # a resumed run wrote its checks again: the last one counts
+    missing = [k for k in KINDS if any(k not in c for c in checks.values())]
+    if not checks or missing:
+        raise DomainptError(f"{folder}/pretrain/heldout.jsonl has no held-out {missing[0] if missing else 'checks'} "
+                            "losses: plan-mixture needs domain and general held-out text (data.general)")
+    return {"replay_share": share, "steps": manifest["steps"], "tokens_per_step": manifest["tokens_per_step"],
+            "tokens": manifest["tokens"], "seconds": manifest["wall_s"],
+            "checks": [{"step": c["step"], "tokens": c["tokens_seen"], **{k: c[k] for k in KINDS}}
+                       for _, c in sorted(checks.items())]}

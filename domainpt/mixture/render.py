@@ -1,0 +1,113 @@
+"""plan-mixture's plan.md (the plan in words and tables) and plan.png (measured points, fitted curves, the held-out
+share, the recommendation)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+KINDS = ("domain", "general")
+
+
+def _iv(iv) -> str:
+    return f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else ""
+
+
+def _pct(x: float) -> str:
+    return f"{x:+.2%}"
+
+
+def plan_markdown(plan: dict) -> str:
+    v, rec, fits = plan["validation"], plan["recommendation"], plan["fits"]
+    conf = f"{plan['confidence']:.0%}"
+    lines = [f"# Mixture plan: {plan['recipe']}", "",
+             f"Pilots of {plan['model']} at {len(plan['pilots'])} replay shares; held-out loss is mean NLL per token "
+             f"(nats). Intervals: {conf} bootstrap over held-out documents ({plan['bootstrap_samples']} resamples, every "
+             "law refitted).", "", "## Recommendation", ""]
+    if rec["replay_share"] is None:
+        least = rec["least_general_loss"]
+        lines.append(f"**No share meets the bound**: at {rec['budget_tokens']:,.0f} tokens every piloted share's predicted "
+                     f"general loss exceeds the base model's {rec['base_general_loss']:.4f} x (1 + "
+                     f"{rec['max_general_increase']:g}) = {rec['general_bound']:.4f}; the lowest is "
+                     f"{least['predicted']:.4f} at replay share {least['replay_share']:g}. Replay more general text than "
+                     "was piloted, train fewer tokens, or allow more forgetting (mixture_plan.max_general_increase).")
+    else:
+        ivs = rec.get("interval", {})
+        sat = rec["saturation_tokens"]
+        lines += [f"**Replay share {rec['replay_share']:g}** at {rec['budget_tokens']:,.0f} tokens: predicted domain loss "
+                  f"{rec['predicted_domain_loss']:.4f}{_iv(ivs.get('domain_loss'))} (base model "
+                  f"{rec['base_domain_loss']:.4f}), general loss {rec['predicted_general_loss']:.4f}"
+                  f"{_iv(ivs.get('general_loss'))} within the bound {rec['general_bound']:.4f} (base "
+                  f"{rec['base_general_loss']:.4f} x (1 + {rec['max_general_increase']:g})).", "",
+                  f"Use it: `domainpt run RECIPE {rec['override']}`", "",
+                  "More tokens stop paying (doubling them lowers the predicted domain loss by less than "
+                  "mixture_plan.min_gain_per_doubling) " + (f"at ~{sat:,.0f} tokens." if sat else
+                                                           "nowhere up to 1,024 x the budget.")]
+    lines += ["", "## Validation (the law's own errors, as measured)", "",
+              "| check | loss | predicted | measured | relative error |", "|---|---|---|---|---|"]
+    for kind in KINDS:
+        x = v[kind]
+        lines.append(f"| held-out share {v['replay_share']:g} (interpolation) | {kind} | {x['predicted']:.4f}{_iv(x['interval'])} "
+                     f"| {x['measured']:.4f} | {_pct(x['relative_error'])} |")
+    for kind in KINDS:
+        x = v["extrapolation"][kind]
+        lines.append(f"| last check from the earlier ones (worst of {x['worst_of']} pilots: share {x['replay_share']:g}) "
+                     f"| {kind} | {x['predicted']:.4f}{_iv(x['interval'])} | {x['measured']:.4f} | {_pct(x['relative_error'])} |")
+    lines += ["", "## Fits", "", "| loss | form | parameters | R² | leave-one-share-out error per form |", "|---|---|---|---|---|"]
+    for kind in KINDS:
+        f = fits[kind]
+        params = ", ".join(f"{k}={p:.4g}" for k, p in f["params"].items())
+        loso = ", ".join(f"{k} {e:.2%}" if e is not None else f"{k}: too few points to fit without a share"
+                         for k, e in f["leave_one_share_out_error"].items())
+        lines.append(f"| {kind} (r = {f['share']}) | `{f['formula']}` | {params} | {f['r2']:.4f} | {loso} |")
+    lines += ["", f"D in units of {fits['domain']['d_unit_tokens']:,.0f} tokens (the longest pilot's). The form with "
+              "the lowest leave-one-share-out error (each fitted share's last check predicted from the other shares) is "
+              "chosen per loss; R² alone would favour the form with more parameters.", "", "## Pilots", "",
+              "| replay share | steps | tokens | domain loss (last) | general loss (last) | seconds |", "|---|---|---|---|---|---|"]
+    for p in plan["pilots"]:
+        lines.append(f"| {p['replay_share']:g} | {p['steps']} | {p['tokens']:,} | {p['domain_loss'][-1][1]:.4f} | "
+                     f"{p['general_loss'][-1][1]:.4f} | {p['seconds']:.0f} |")
+    lines += ["", f"Base model: domain loss {plan['base']['domain_loss']:.4f}, general loss {plan['base']['general_loss']:.4f}.",
+              "", "![plan](plan.png)", ""]
+    return "\n".join(lines)
+
+
+def plan_plot(plan: dict, path: Path) -> Path:
+    """Per loss: each pilot's measured checks, the fitted law per share, the held-out share starred, the budget and
+    (general) the bound."""
+    c, rec = plan["curves"], plan["recommendation"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    cmap = plt.get_cmap("viridis")
+    shares = c["replay_shares"]
+    for ax, kind in zip(axes, KINDS):
+        for i, r in enumerate(shares):
+            color = cmap(i / max(1, len(shares) - 1))
+            recommended = rec["replay_share"] is not None and r == rec["replay_share"]
+            ax.plot(c["tokens"], c[kind][i], color=color, lw=2.2 if recommended else 1,
+                    ls="-" if recommended else "--", label=f"replay {r:g}" + (" (recommended)" if recommended else ""))
+            pilot = next((p for p in plan["pilots"] if p["replay_share"] == r), None)
+            if pilot:
+                held = r == plan["validation"]["replay_share"]
+                xs, ys = zip(*pilot[f"{kind}_loss"])
+                ax.scatter(xs, ys, color=color, marker="*" if held else "o", s=80 if held else 25, zorder=3)
+        ax.axvline(rec["budget_tokens"], color="#555555", lw=0.8, ls=":")
+        if kind == "general":
+            ax.axhline(rec["general_bound"], color="#c0392b", lw=0.8, ls=":", label="forgetting bound")
+        if rec["replay_share"] is not None:
+            iv = rec["interval"][f"{kind}_loss"]
+            if iv:
+                ax.errorbar([rec["budget_tokens"]], [rec[f"predicted_{kind}_loss"]],
+                            yerr=[[rec[f"predicted_{kind}_loss"] - iv[0]], [iv[1] - rec[f"predicted_{kind}_loss"]]],
+                            fmt="s", color="black", capsize=3, zorder=4)
+        ax.set_xscale("log")
+        ax.set_xlabel("training tokens (dotted: the budget)")
+        ax.set_ylabel(f"held-out {kind} loss (nats/token)")
+        ax.set_title(f"{kind} loss: measured (star: held-out share) and fitted")
+    axes[1].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,121 @@
+"""`domainpt plan-mixture RECIPE`: how much general text to replay, and how many tokens are worth it, answered from
+pilot runs before the big one. Pilots at mixture_plan.replay_shares (jobs: shared over the processes of a launch and
+over --shard slices, each resumable), a law per held-out loss fitted to them (mixture/law.py, chosen by
+leave-one-share-out error), the law's own validation, and the recommended share at the budget (mixture/analysis.py).
+
+    domainpt plan-mixture recipes/demo/tiny.yaml
+    torchrun --nproc_per_node 2 -m domainpt plan-mixture recipes/demo/tiny.yaml     # pilots shared over 2 processes
+    domainpt plan-mixture recipes/medical.yaml --shard 2/5   # one of 5 slices; then: plan-mixture RECIPE --merge
+    domainpt plan-mixture recipes/medical.yaml --dry-run     # the pilots' cost beside the full run's; nothing runs
+
+Writes out_dir/plan_mixture/: plan.json (a public format: add keys, never rename), plan.md, plan.png, pilots/ (one
+small run per share) and manifest.json last (= finished).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from domainpt.errors import DomainptError
+from domainpt.jobs.runner import JobBook, job_records, merged_start, parallel_summary, run_share, this_worker
+from domainpt.manifest import atomic_write_json, atomic_write_text, stage_dir, write_manifest
+from domainpt.mixture.analysis import KINDS, Points, bootstrap, choose_forms, estimate, interval, mean_loss
+from domainpt.mixture.pilots import STAGE, pilot_jobs, run_pilot
+from domainpt.mixture.render import plan_markdown, plan_plot
+
+
+def tokens_per_step(recipe) -> int:
+    """A pilot's tokens per optimizer step: one process (train.global_batch_size, or train.batch_size) x grad_accum."""
+    tc = recipe.train
+    return tc.process_batch(1) * tc.grad_accum * recipe.data.seq_len
+
+
+def check_recipe(recipe) -> None:
+    if not recipe.data.general:
+        raise DomainptError("plan-mixture: data.general has no sources: pilots replay general text, and the bound on "
+                            "forgetting is its held-out loss")
+
+
+def run_plan_mixture(recipe, shard: str | None = None, merge: bool = False) -> dict | None:
+    """Every process (or --shard task) runs its share of the pilots; the main process then fits and writes the plan."""
+    started = time.time()
+    check_recipe(recipe)
+    jobs = pilot_jobs(recipe, tokens_per_step(recipe))
+    book = JobBook(recipe, STAGE, [])
+    worker = this_worker(shard)
+    if not merge:
+        run_share(jobs, lambda job: run_pilot(recipe, job, worker), book, worker)
+    if shard or not worker.main:
+        return None
+    markers = book.collect(jobs, "run `domainpt plan-mixture RECIPE` to do them here, or rerun the --shard tasks that hold them")
+    started, workers = merged_start(markers) if merge else (started, worker.count)
+    plan = make_plan(recipe, [markers[j.id]["result"] for j in jobs])
+    out = stage_dir(recipe, STAGE)
+    plan_plot(plan, out / "plan.png")
+    atomic_write_json(out / "plan.json", plan)
+    atomic_write_text(out / "plan.md", plan_markdown(plan))
+    return write_manifest(recipe, STAGE, started, recommendation=plan["recommendation"], jobs=job_records(markers),
+                          **parallel_summary(markers, started, time.time() - started, workers))
+
+
+def make_plan(recipe, pilots: list[dict]) -> dict:
+    """plan.json: the pilots as measured, the fits, the validation and the recommendation, with intervals."""
+    mp, conf = recipe.mixture_plan, recipe.report.confidence
+    tps = pilots[0]["tokens_per_step"]
+    budget = int(mp.budget_tokens or recipe.train.max_steps * tps)
+    pts = Points(pilots)
+    if len(np.unique(pts.tokens)) < 3:
+        raise DomainptError(f"plan-mixture: the pilots have {len(np.unique(pts.tokens))} held-out checks after step 0; "
+                            "a law in tokens needs at least 3 (raise mixture_plan.pilot_steps or eval_points)")
+    forms, loso = choose_forms(pts, mp.holdout_share)
+    point = estimate(pts, forms, mp.holdout_share, budget, mp)
+    boot = bootstrap(pilots, forms, point, mp.holdout_share, budget, mp, seed=recipe.train.seed)
+    rec = point["recommendation"]
+    validation = {"replay_share": mp.holdout_share, "extrapolation": {}}
+    for kind in KINDS:
+        validation[kind] = {**point["interpolation"][kind],
+                            "interval": interval([b["interpolation"][kind]["predicted"] for b in boot], conf)}
+        per_pilot = point["extrapolation"][kind]
+        worst = max(range(len(per_pilot)), key=lambda i: abs(per_pilot[i]["relative_error"]))
+        validation["extrapolation"][kind] = {
+            **per_pilot[worst], "interval": interval([b["extrapolation"][kind][worst]["predicted"] for b in boot], conf),
+            "worst_of": len(per_pilot), "per_pilot": per_pilot}
+    recommendation = {"replay_share": rec["replay_share"], "budget_tokens": budget,
+                      "predicted_domain_loss": rec.get("predicted_domain_loss"),
+                      "predicted_general_loss": rec.get("predicted_general_loss"),
+                      "override": None, "feasible": rec["feasible"], "general_bound": rec["general_bound"],
+                      "base_general_loss": pts.base["general"], "base_domain_loss": pts.base["domain"],
+                      "max_general_increase": mp.max_general_increase, "saturation_tokens": rec.get("saturation_tokens")}
+    if rec["replay_share"] is not None:
+        steps = math.ceil(budget / tps)
+        recommendation["override"] = f"data.replay_share={rec['replay_share']:g} train.max_steps={steps}"
+        recommendation["interval"] = {f"{k}_loss": interval([b["recommendation"][f"predicted_{k}_loss"] for b in boot], conf)
+                                      for k in KINDS}
+    else:
+        recommendation["least_general_loss"] = rec["least_general_loss"]
+    fits = {k: {**point["fits"][k]["all"].as_dict(), "share": "domain share (1 - replay share)" if k == "domain" else
+                "replay share", "leave_one_share_out_error": loso[k]} for k in KINDS}
+    return {"recipe": recipe.name, "model": recipe.model.base, "confidence": conf, "bootstrap_samples": mp.bootstrap_samples,
+            "tokens_per_step": tps, "base": {"domain_loss": pts.base["domain"], "general_loss": pts.base["general"]},
+            "pilots": [pilot_entry(p) for p in pilots], "fits": fits, "validation": validation,
+            "recommendation": recommendation, "curves": curves(point, pts, budget, rec["replay_share"])}
+
+
+def pilot_entry(p: dict) -> dict:
+    checks = [c for c in p["checks"] if c["tokens"] > 0]
+    return {"replay_share": p["replay_share"], "steps": p["steps"], "tokens": p["tokens"], "seconds": p["seconds"],
+            **{f"{k}_loss": [[c["tokens"], mean_loss(c[k])] for c in checks] for k in KINDS}}
+
+
+def curves(point: dict, pts: Points, budget: float, share: float | None) -> dict:
+    """The fitted laws (refitted on every pilot) drawn per piloted share from the first check to past the budget: what
+    plan.png plots, kept in plan.json so the figure can be redrawn."""
+    tokens = np.geomspace(pts.tokens.min(), max(budget, pts.tokens.max()) * 2, 40)
+    shares = sorted(set(pts.replay.tolist()) | ({share} if share is not None else set()))
+    out = {"tokens": tokens.tolist(), "replay_shares": shares}
+    for kind in KINDS:
+        f = point["fits"][kind]["all"]
+        out[kind] = [f.predict(tokens, 1 - r if kind == "domain" else r).tolist() for r in shares]
+    return out
