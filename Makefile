@@ -1,5 +1,5 @@
-# make demo   — set up .venv if needed, then run the medical demo end to end (offline, CPU, 25-30 min on 2 cores)
-# make test   — set up .venv (and chromium) if needed, then run the test suite (11–14 min on 2 cores)
+# make demo   — set up .venv if needed, then run the medical demo end to end (offline, CPU, 16 min on 2 AVX-512 cores)
+# make test   — set up .venv (and chromium) if needed, then run the test suite (~11 min on 2 cores)
 # make demo-powered — the medical demo sized to detect 5 points on both tasks (~1 h on 2 cores; BENCHMARKS.md)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 
 # The demo runs as one process per CPU core, at most 4 (`run --processes`: torchrun): fine-tuning and evaluation share
 # their jobs out over the processes, pre-training is data-parallel (the demos' train.global_batch_size keeps the run the
-# same). On 2 cores, 2 processes x 1 thread beat 1 x 2 threads on the medical demo (BENCHMARKS.md); DEMO_PROCS=1: one.
+# same). On 2 cores, 2 processes x 1 thread beat 1 x 2 threads on the medical demo by 1.18x (BENCHMARKS.md); DEMO_PROCS=1: one.
 DEMO_PROCS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 
 demo: $(STAMP)

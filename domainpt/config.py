@@ -520,12 +520,13 @@ class MixturePlanConfig:
                                     "at least 4: one is left out of the fit (holdout_share) and three are fitted.",
                                     nonempty=True, unique=True)
     holdout_share: float = _f(0.1, "The piloted share left out of the fit and predicted from the others: the law's "
-                                   "interpolation error. Must be one of replay_shares.", ge=0, lt=1)
+                                   "interpolation error. Must be one of replay_shares, neither the smallest nor the "
+                                   "largest.", ge=0, lt=1)
     pilot_steps: int = _f(40, "Optimizer steps of each pilot (the recipe's tokens per step, its learning rate; the "
-                              "schedule is stretched over the pilot).", gt=0)
-    eval_points: int = _f(5, "Held-out checks along each pilot (evenly spaced, the last at pilot_steps): the points the "
-                             "law is fitted to. The last one is also predicted from the earlier ones (extrapolation in "
-                             "tokens).", ge=3)
+                              "schedule and its warm-up are stretched over the pilot).", gt=0)
+    eval_points: int = _f(5, "Held-out checks along each pilot (every pilot_steps // eval_points steps, and at "
+                             "pilot_steps): the points the law is fitted to. The last one is also predicted from the "
+                             "earlier ones (extrapolation in tokens).", ge=3)
     budget_tokens: int | None = _f(None, "Training tokens the recommendation is for (None: train.max_steps x the "
                                          "pilots' tokens per step).", gt=0)
     max_general_increase: float = _f(0.02, "The bound on forgetting: the recommended share's predicted held-out general "
@@ -545,6 +546,9 @@ class MixturePlanConfig:
                              f"got {self.replay_shares}")
         if self.holdout_share not in self.replay_shares:
             raise ValueError(f"holdout_share: {self.holdout_share} is not one of replay_shares {self.replay_shares}")
+        if self.holdout_share in (min(self.replay_shares), max(self.replay_shares)):
+            raise ValueError(f"holdout_share: {self.holdout_share} is the smallest or largest of replay_shares "
+                             f"{self.replay_shares}; predicting it would test extrapolation, not interpolation")
         if self.pilot_steps < self.eval_points:
             raise ValueError(f"pilot_steps: {self.pilot_steps} steps cannot hold eval_points={self.eval_points} "
                              "checks: a pilot too short to fit")

@@ -26,8 +26,9 @@ def test_dcpt_fit_recovers_the_identifiable_parameters_and_predicts_beyond_its_p
     known = np.array([2.0, 0.6, 0.5, 0.3, 0.05, 0.4, 0.05])
     t, r = grid()
     f = fit("dcpt", t, r, FORMS["dcpt"].curve(known, t / 1e5, r))
-    # E, B, beta and eta set the curves' shape in tokens; C, gamma and eps trade off against each other over five shares
-    np.testing.assert_allclose(f.params[:4], known[:4], rtol=0.05)
+    # B, beta and eta set how the loss falls with tokens; E trades off against C, gamma and eps (a nearly constant term
+    # across five shares), so only their sum is pinned down: it shows in the predictions below
+    np.testing.assert_allclose(f.params[1:4], known[1:4], rtol=0.05)
     for tokens, share in ((4e5, 0.4), (1e6, 0.1), (2e5, 0.6)):  # 4-10x the pilots' tokens, shares between theirs
         assert f.predict(tokens, share) == pytest.approx(FORMS["dcpt"].curve(known, tokens / 1e5, share), rel=2e-3)
 

@@ -3,10 +3,12 @@ its validation from the pilots' own measured losses, a recommendation; finished 
 mixture_plan values end with one line."""
 import json
 
+import numpy as np
 import pytest
 
 from conftest import TINY, cli
 from domainpt.mixture.analysis import mean_loss
+from domainpt.mixture.render import plan_markdown
 
 PILOTS = ["mixture_plan.replay_shares=[0.0,0.1,0.3,0.5]", "mixture_plan.holdout_share=0.3", "mixture_plan.pilot_steps=6",
           "mixture_plan.eval_points=3", "mixture_plan.bootstrap_samples=20"]
@@ -57,13 +59,14 @@ def test_validation_numbers_are_the_pilots_own_measured_losses(planned):
         v = plan["validation"][kind]
         assert v["measured"] == pytest.approx(mean_loss(last[kind]), rel=1e-12)
         assert v["relative_error"] == pytest.approx(v["predicted"] / v["measured"] - 1)
-        lo, hi = v["interval"]
-        assert lo <= hi
         ex = plan["validation"]["extrapolation"][kind]
         pilot = next(p for p in plan["pilots"] if p["replay_share"] == ex["replay_share"])
         assert ex["measured"] == pytest.approx(pilot[f"{kind}_loss"][-1][1])
         assert ex["replay_share"] != 0.3 and ex["worst_of"] == 3  # the held-out share is in no fit
         assert abs(ex["relative_error"]) == max(abs(p["relative_error"]) for p in ex["per_pilot"])
+        assert v["interval"] is None  # tiny's checks (eval.ppl_max_tokens 2,048) hold 2 long general documents:
+    assert plan["heldout_documents"] == 2 and "no intervals: 2 held-out document(s)" in plan["interval_note"]
+    assert "No intervals: 2 held-out" in (out / "plan_mixture" / "plan.md").read_text()  # (test_plan_intervals: with)
 
 
 def test_every_pilot_starts_from_the_same_model_on_the_same_heldout_documents(planned):
@@ -75,6 +78,9 @@ def test_every_pilot_starts_from_the_same_model_on_the_same_heldout_documents(pl
         assert [r["step"] for r in rows] == [0, 2, 4, 6]
         firsts.append(rows[0])
         assert not (out / "plan_mixture" / "pilots" / f"replay_{share}" / "pretrain" / "model").exists()  # deleted
+        pilot = json.loads((out / "plan_mixture" / "pilots" / f"replay_{share}" / "recipe.json").read_text())
+        # the schedule stretched over the pilot: tiny warms up 2 of 12 steps, a 6-step pilot 1
+        assert pilot["train"]["max_steps"] == 6 and pilot["train"]["warmup_steps"] == 1
     for kind in ("domain", "general"):
         assert all(f[kind] == firsts[0][kind] for f in firsts)  # step 0: the base model, the same documents
 
@@ -102,6 +108,7 @@ def test_dry_run_prints_the_pilots_cost_against_the_full_run(tmp_path):
 @pytest.mark.parametrize("override, key", [
     ("mixture_plan.replay_shares=[0.1]", "mixture_plan.replay_shares: need at least 4 shares"),
     ("mixture_plan.holdout_share=0.2", "mixture_plan.holdout_share: 0.2 is not one of replay_shares"),
+    ("mixture_plan.holdout_share=0.5", "mixture_plan.holdout_share: 0.5 is the smallest or largest"),
     ("mixture_plan.pilot_steps=2", "mixture_plan.pilot_steps: 2 steps cannot hold eval_points=5"),
     ("mixture_plan.eval_points=2", "mixture_plan.eval_points: must be >= 3"),
     ("mixture_plan.replay_shares=[0.0,0.1,0.5,1.0]", "mixture_plan.replay_shares: each must be in [0, 1), got 1.0"),
@@ -113,3 +120,70 @@ def test_bad_mixture_plan_values_end_with_one_line(tmp_path, override, key):
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("domainpt: error:") and key in lines[0], r.stderr
     assert not (tmp_path / "run").exists()
+
+
+# --- the plan from pilots' losses, without training: synthetic pilots whose losses follow a known law ---------------
+
+def synthetic_pilots(shares, general_rise=0.0, steps=(0, 10, 20, 30, 40), docs=12, seed=0):
+    """Pilots as read_pilot returns them, 512 tokens per step: domain loss falls with tokens, faster at a higher domain
+    share; general loss falls with more replay and rises by `general_rise` per unit of tokens at no replay. Each
+    held-out document has its own difficulty (the bootstrap resamples them) and a little noise per check."""
+    rng = np.random.default_rng(seed)
+    hard = {k: np.exp(rng.normal(0, 0.05, docs)) for k in ("domain", "general")}
+    pilots = []
+    for r in shares:
+        checks = []
+        for step in steps:
+            d = step * 512 / (40 * 512)
+            loss = {"domain": 2.0 + (0.8 if d == 0 else (0.3 + 0.4 * r) / d ** 0.5 * 0.5),
+                    "general": 3.0 + (0 if d == 0 else 0.05 / d ** 0.5 - 0.1 * r + general_rise * (1 - r) * d)}
+            tok = [100] * docs
+            checks.append({"step": step, "tokens": step * 512, **{
+                k: {"nll": (np.array(tok) * loss[k] * hard[k] * np.exp(rng.normal(0, 0.001, docs))).tolist(), "tokens": tok}
+                for k in loss}})
+        pilots.append({"replay_share": r, "replay_share_actual": r, "steps": steps[-1], "tokens_per_step": 512,
+                       "tokens": steps[-1] * 512, "seconds": 1.0, "checks": checks})
+    return pilots
+
+
+def plan_of(pilots, *overrides):
+    from domainpt.config import load_recipe
+    from domainpt.mixture.stage import make_plan
+
+    recipe = load_recipe(TINY, ["mixture_plan.replay_shares=[0.0,0.1,0.3,0.5]", "mixture_plan.holdout_share=0.3",
+                                "mixture_plan.bootstrap_samples=40", "train.max_steps=80", *overrides])
+    return make_plan(recipe, pilots)
+
+
+def test_plan_intervals_cover_every_prediction_and_the_law_predicts_what_it_did_not_see():
+    plan = plan_of(synthetic_pilots([0.0, 0.1, 0.3, 0.5]))
+    assert plan["heldout_documents"] == 12 and plan["interval_note"] is None and plan["bootstrap_failed"] == 0
+    for kind in ("domain", "general"):
+        v = plan["validation"][kind]
+        assert abs(v["relative_error"]) < 0.01  # the held-out share, interpolated within 1%
+        lo, hi = v["interval"]
+        assert lo < v["predicted"] < hi and v["relative_error_interval"][0] < v["relative_error_interval"][1]
+        assert all(p["interval"] for p in plan["validation"]["extrapolation"][kind]["per_pilot"])
+    rec = plan["recommendation"]
+    assert rec["budget_tokens"] == 80 * 512 and rec["extrapolation_factor"] == 2.0
+    assert rec["replay_share"] is not None and rec["feasible"]
+    assert rec["predicted_general_loss"] <= rec["general_bound"] and 0 <= rec["p_general_over_bound"] <= 1
+    for k in ("domain_loss", "general_loss"):
+        assert rec["interval"][k][0] <= rec[f"predicted_{k}"] <= rec["interval"][k][1]
+    assert "budget is 2.0x" not in plan_markdown(plan)  # warned only past 2x
+
+
+def test_when_no_share_keeps_general_loss_within_the_bound_the_plan_says_so():
+    # general loss rises with tokens at every share; no increase allowed: nothing qualifies at twice the pilots' tokens
+    plan = plan_of(synthetic_pilots([0.0, 0.1, 0.3, 0.5], general_rise=0.5), "mixture_plan.max_general_increase=0")
+    rec = plan["recommendation"]
+    assert rec["replay_share"] is None and rec["override"] is None and not rec["feasible"]
+    assert rec["least_general_loss"]["predicted"] > rec["general_bound"]
+    assert "No share meets the bound" in plan_markdown(plan)
+
+
+def test_pilots_too_short_for_a_law_in_tokens_end_with_one_line():
+    from domainpt.errors import DomainptError
+
+    with pytest.raises(DomainptError, match="has 2 held-out checks after step 0"):
+        plan_of(synthetic_pilots([0.0, 0.1, 0.3, 0.5], steps=(0, 20, 40)))

@@ -2,11 +2,16 @@
 on the fitted shares; the two validations; the recommendation at the budget; bootstrap intervals on every prediction.
 
     interpolation   the law fitted without mixture_plan.holdout_share predicts that pilot's last check
-    extrapolation   the law fitted on every fitted pilot's checks but its last predicts each last check (in tokens);
-                    the worst pilot is reported, every pilot is listed
-    recommendation  the law refitted on every pilot: at the budget, the replay share (between the smallest and largest
-                    piloted, in steps of 0.01) with the lowest predicted domain loss whose predicted general loss stays
-                    within the base model's x (1 + max_general_increase); none when no share does
+    extrapolation   the law fitted on the other pilots' checks but their last predicts each of their last checks (in
+                    tokens; the held-out pilot is in neither); the worst pilot is reported, every pilot is listed
+    recommendation  the law refitted on every pilot, the held-out one included: at the budget, the replay share
+                    (between the smallest and largest piloted, in steps of 0.01) with the lowest predicted domain loss
+                    whose predicted general loss stays within the base model's x (1 + max_general_increase); none when
+                    no share does
+
+A pilot's share in the law is the share prepare measured in its training data (stats.json: replay_share_actual),
+which is the requested one unless the general text ran short; its name and the held-out share stay the requested.
+relative_error = predicted / measured - 1: positive when the law predicts a higher loss than was measured.
 
 Losses are mean NLL per token (nats) over the held-out documents. An interval is the bootstrap percentile interval over
 held-out documents (resampled with replacement, the same documents for every pilot and check, every law refitted),
@@ -18,7 +23,7 @@ import math
 
 import numpy as np
 
-from domainpt.mixture.law import Fit, choose_form, fit
+from domainpt.mixture.law import Fit, FitError, choose_form, fit
 
 KINDS = ("domain", "general")
 GRID_STEP = 0.01
@@ -35,8 +40,9 @@ class Points:
     default: a bootstrap passes a resample)."""
 
     def __init__(self, pilots: list[dict], docs: dict | None = None):
-        rows = [(p["replay_share"], c, c is p["checks"][-1]) for p in pilots for c in p["checks"] if c["tokens"] > 0]
-        self.replay = np.array([r for r, _, _ in rows])
+        rows = [(p, c, c is p["checks"][-1]) for p in pilots for c in p["checks"] if c["tokens"] > 0]
+        self.share = np.array([p["replay_share"] for p, _, _ in rows])  # as requested: names the pilot
+        self.replay = np.array([p.get("replay_share_actual", p["replay_share"]) for p, _, _ in rows])  # as trained
         self.tokens = np.array([c["tokens"] for _, c, _ in rows], float)
         self.last = np.array([last for _, _, last in rows])
         self.loss = {k: np.array([mean_loss(c[k], (docs or {}).get(k)) for _, c, _ in rows]) for k in KINDS}
@@ -57,7 +63,7 @@ def estimate(pts: Points, forms: dict, holdout: float, budget: float, mp, share:
              starts: dict | None = None) -> dict:
     """Every number of the plan from one set of losses. `share` fixes the recommended share (bootstrap resamples
     are read at the point estimate's); `starts` seeds each fit with the point estimate's parameters."""
-    hold = np.isclose(pts.replay, holdout)
+    hold = np.isclose(pts.share, holdout)
     d_unit = float(pts.tokens.max())
     out, fits = {"interpolation": {}, "extrapolation": {}}, {}
     for kind in KINDS:
@@ -73,7 +79,7 @@ def estimate(pts: Points, forms: dict, holdout: float, budget: float, mp, share:
         at = np.flatnonzero(hold & pts.last)[0]
         out["interpolation"][kind] = comparison(float(f_int.predict(pts.tokens[at], own[at])), float(y[at]))
         lasts = np.flatnonzero(~hold & pts.last)
-        out["extrapolation"][kind] = [{"replay_share": float(pts.replay[i]), "tokens": float(pts.tokens[i]),
+        out["extrapolation"][kind] = [{"replay_share": float(pts.share[i]), "tokens": float(pts.tokens[i]),
                                        **comparison(float(f_ext.predict(pts.tokens[i], own[i])), float(y[i]))} for i in lasts]
     out["fits"] = fits
     out["recommendation"] = recommend(fits["domain"]["all"], fits["general"]["all"], pts, budget, mp, share)
@@ -100,32 +106,38 @@ def recommend(f_dom: Fit, f_gen: Fit, pts: Points, budget: float, mp, share: flo
                 "least_general_loss": {"replay_share": float(grid[np.argmin(gen)]), "predicted": float(gen.min())}}
     i = ok[np.argmin(dom[ok])] if share is None else 0
     r = float(grid[i])
+    tokens, first = saturation(f_dom, 1 - r, budget, mp.min_gain_per_doubling)
     return {"replay_share": r, "predicted_domain_loss": float(dom[i]), "predicted_general_loss": float(gen[i]),
-            "general_bound": bound, "feasible": bool(gen[i] <= bound),
-            "saturation_tokens": saturation(f_dom, 1 - r, budget, mp.min_gain_per_doubling)}
+            "general_bound": bound, "feasible": bool(gen[i] <= bound), "saturation_tokens": tokens,
+            "saturation_at_or_below": first}
 
 
-def saturation(f_dom: Fit, domain_share: float, budget: float, min_gain: float) -> float | None:
-    """The fewest tokens (on a doubling grid from budget/64 to budget x 1024) past which doubling them lowers the
-    predicted domain loss by less than `min_gain` of it; None when every doubling on the grid still pays."""
-    for d in budget * 2.0 ** np.arange(-6, 11):
+SATURATION_GRID = 2.0 ** np.arange(-6, 11)  # budget/64 .. budget x 1024, doubling
+
+
+def saturation(f_dom: Fit, domain_share: float, budget: float, min_gain: float) -> tuple[float | None, bool]:
+    """(the fewest tokens on a doubling grid past which doubling them lowers the predicted domain loss by less than
+    `min_gain` of it, whether that is the grid's first point: then it is 'at or below'); None when every doubling on
+    the grid still pays."""
+    for k, d in enumerate(budget * SATURATION_GRID):
         now, doubled = float(f_dom.predict(d, domain_share)), float(f_dom.predict(2 * d, domain_share))
         if (now - doubled) / now < min_gain:
-            return float(d)
-    return None
+            return float(d), k == 0
+    return None, False
 
 
 def choose_forms(pts: Points, holdout: float) -> tuple[dict, dict]:
     """Per loss, the form with the lowest leave-one-share-out error on the fitted shares (the held-out share unseen)."""
-    hold = np.isclose(pts.replay, holdout)
+    hold = np.isclose(pts.share, holdout)
     forms, errors = {}, {}
     for kind in KINDS:
         forms[kind], errors[kind] = choose_form(pts.tokens[~hold], own_share(kind, pts.replay[~hold]), pts.loss[kind][~hold])
     return forms, errors
 
 
-def bootstrap(pilots: list[dict], forms: dict, point: dict, holdout: float, budget: float, mp, seed: int = 0) -> list[dict]:
-    """mp.bootstrap_samples estimates over resampled held-out documents (the recommended share and forms fixed)."""
+def bootstrap(pilots: list[dict], forms: dict, point: dict, holdout: float, budget: float, mp, seed: int = 0) -> list:
+    """mp.bootstrap_samples estimates over resampled held-out documents (the recommended share and forms fixed, each
+    refit started from the point estimate's parameters); None for a resample where a law would not fit."""
     n_docs = {k: len(pilots[0]["checks"][0][k]["nll"]) for k in KINDS}
     rng = np.random.default_rng(seed)
     starts = {(k, w): point["fits"][k][w].params for k in KINDS for w in ("interpolation", "extrapolation", "all")}
@@ -133,7 +145,10 @@ def bootstrap(pilots: list[dict], forms: dict, point: dict, holdout: float, budg
     out = []
     for _ in range(mp.bootstrap_samples):
         docs = {k: rng.integers(0, n, n) for k, n in n_docs.items()}
-        out.append(estimate(Points(pilots, docs), forms, holdout, budget, mp, share, starts))
+        try:
+            out.append(estimate(Points(pilots, docs), forms, holdout, budget, mp, share, starts))
+        except FitError:
+            out.append(None)
     return out
 
 

@@ -2,8 +2,10 @@
 of the mixture that is the loss's own kind of text (the domain share for domain loss, the replay share for general
 loss: each loss falls with more of its own text, as D-CPT's figures draw them).
 
-    dcpt  Que et al. 2024 (D-CPT Law, arXiv 2406.01375), its preferred form with N fixed (A/N^alpha folds into E):
-              L = E + B r^eta / D^beta + C / (r + eps)^gamma
+    dcpt  Que et al. 2024 (D-CPT Law, arXiv 2406.01375), its preferred form with N fixed (A/N^alpha folds into E),
+          eps also in the token term: with r^eta a share of 0 (no replay) would have no token dependence left, and
+          that is where general loss moves most (forgetting):
+              L = E + B (r + eps)^eta / D^beta + C / (r + eps)^gamma
     cmr   Gu et al. 2024 (CMR law, arXiv 2407.17467): per mixture, a power law in tokens; its coefficients here vary
           linearly with r, so that one fit covers every share (and can be asked about a share it was not fitted on):
               L = (E0 + E1 r) + (A0 + A1 r) / D^alpha
@@ -35,7 +37,7 @@ class Form:
 
 def _dcpt(p, d, r):
     e, b, beta, eta, c, gamma, eps = p
-    return e + b * r ** eta / d ** beta + c / (r + eps) ** gamma
+    return e + b * (r + eps) ** eta / d ** beta + c / (r + eps) ** gamma
 
 
 def _dcpt_starts(y):
@@ -65,11 +67,15 @@ def _cmr_bounds(y):
 
 
 FORMS = {
-    "dcpt": Form("dcpt", "L = E + B*r^eta/D^beta + C/(r+eps)^gamma", ("E", "B", "beta", "eta", "C", "gamma", "eps"),
+    "dcpt": Form("dcpt", "L = E + B*(r+eps)^eta/D^beta + C/(r+eps)^gamma", ("E", "B", "beta", "eta", "C", "gamma", "eps"),
                  _dcpt, _dcpt_starts, _dcpt_bounds),
     "cmr": Form("cmr", "L = (E0 + E1*r) + (A0 + A1*r)/D^alpha", ("E0", "E1", "A0", "A1", "alpha"),
                 _cmr, _cmr_starts, _cmr_bounds),
 }
+
+
+class FitError(ValueError):
+    """No parameters of the form give a curve through the points (every start failed)."""
 
 
 @dataclass
@@ -86,7 +92,8 @@ class Fit:
 
     def as_dict(self) -> dict:
         return {"form": self.form.name, "formula": self.form.formula, "d_unit_tokens": self.d_unit,
-                "params": {k: round(float(v), 6) for k, v in zip(self.form.params, self.params)}, "r2": round(self.r2, 6)}
+                "params": {k: round(float(v), 6) for k, v in zip(self.form.params, self.params)},
+                "r2": round(self.r2, 6) if np.isfinite(self.r2) else None}
 
 
 def huber(x: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
@@ -117,17 +124,22 @@ def fit(form: Form | str, tokens, share, loss, d_unit: float | None = None, star
         res = minimize(f, p0, method="L-BFGS-B", bounds=form.bounds(y), options={"maxiter": 2000})
         if best is None or res.fun < best.fun:
             best = res
+    if best is None or best.fun >= 1e6 or not np.all(np.isfinite(best.x)):
+        raise FitError(f"{form.name}: no curve of this form fits the {len(y)} points (every start failed)")
     pred = form.curve(best.x, d, r)
     ss_res, ss_tot = float(np.sum((y - pred) ** 2)), float(np.sum((y - y.mean()) ** 2))
     return Fit(form, best.x, d_unit, 1 - ss_res / ss_tot if ss_tot > 0 else float("nan"), float(best.fun))
 
 
 def leave_one_share_out(form: Form | str, tokens, share, loss) -> float:
-    """Mean relative error of each share's last point (most tokens) predicted by a fit on the other shares: how well
-    the form interpolates to a share it has not seen, which is what a recommendation asks of it."""
+    """Mean relative error of each interior share's last point (most tokens) predicted by a fit on the other shares:
+    how well the form interpolates to a share it has not seen, which is what a recommendation between the piloted
+    shares asks of it (leaving out the smallest or largest share would test extrapolation in the share instead)."""
     tokens, share, loss = (np.asarray(a, float) for a in (tokens, share, loss))
+    if len(np.unique(share)) < 3:
+        raise FitError(f"leaving a share out needs 3 shares or more, got {len(np.unique(share))}")
     errors = []
-    for s in np.unique(share):
+    for s in np.unique(share)[1:-1]:
         out = share == s
         f = fit(form, tokens[~out], share[~out], loss[~out], d_unit=float(tokens.max()))
         last = np.flatnonzero(out)[np.argmax(tokens[out])]
@@ -137,12 +149,15 @@ def leave_one_share_out(form: Form | str, tokens, share, loss) -> float:
 
 def choose_form(tokens, share, loss, forms=tuple(FORMS)) -> tuple[str, dict[str, float]]:
     """The form with the lowest leave-one-share-out error (not the highest R^2: a form with more parameters always fits
-    its own points better), and every form's error."""
+    its own points better), and every form's error (None: too few points, or no fit, once a share is left out)."""
     errors = {}
     for name in forms:  # None: too few points for the form once a share is left out
         fits = len(loss) - np.max(np.unique(share, return_counts=True)[1]) >= len(FORMS[name].params)
-        errors[name] = leave_one_share_out(name, tokens, share, loss) if fits else None
+        try:
+            errors[name] = leave_one_share_out(name, tokens, share, loss) if fits else None
+        except FitError:
+            errors[name] = None
     known = {k: e for k, e in errors.items() if e is not None}
     if not known:
-        raise ValueError("too few points for any form once a share is left out")
+        raise FitError("no form fits the pilots once a share is left out (too few points, or none that fits)")
     return min(known, key=known.get), errors

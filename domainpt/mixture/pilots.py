@@ -4,7 +4,7 @@ out_dir/plan_mixture/pilots/replay_<share>/. Each runs as a process of its own, 
 run whichever launch started it, on the device of the process that runs it (its GPU, or its share of the CPU cores).
 
 A pilot's recipe is the run's with: out_dir, data.replay_share, train.max_steps = mixture_plan.pilot_steps (the
-schedule stretched over it), train.eval_every (eval_points held-out checks along it), train.ppl_max_tokens =
+schedule stretched over it, the warm-up too: warmup_steps x pilot_steps / max_steps), train.eval_every (eval_points held-out checks along it), train.ppl_max_tokens =
 eval.ppl_max_tokens (the final evaluation's held-out size), compare.control 'none', no trackers. Held-out documents are
 chosen by content, not by share (data/merge.py: choose_heldout), so every pilot is checked on the same documents.
 Pilots of the launch's main process print on the terminal, the others' go to their folder's pilot.log.
@@ -62,7 +62,9 @@ def pilot_recipe(recipe, share: float) -> dict:
     d["name"] = f"{recipe.name}-pilot-{share_name(share)}"
     d["out_dir"] = str(pilot_dir(recipe, share))
     d["data"]["replay_share"] = share
+    warmup = recipe.train.warmup_steps
     d["train"].update(max_steps=mp.pilot_steps, eval_every=check_every(mp), save_every=0, keep_last=1,
+                      warmup_steps=max(1, round(warmup * mp.pilot_steps / recipe.train.max_steps)) if warmup else 0,
                       ppl_max_tokens=recipe.eval.ppl_max_tokens, max_general_ppl_rise=None, report_to=[])
     d["compare"]["control"] = "none"
     return d
@@ -117,7 +119,9 @@ def read_pilot(folder: Path, share: float) -> dict:
     if not checks or missing:
         raise DomainptError(f"{folder}/pretrain/heldout.jsonl has no held-out {missing[0] if missing else 'checks'} "
                             "losses: plan-mixture needs domain and general held-out text (data.general)")
-    return {"replay_share": share, "steps": manifest["steps"], "tokens_per_step": manifest["tokens_per_step"],
+    stats = json.loads((folder / "prepare" / "stats.json").read_text())
+    return {"replay_share": share, "replay_share_actual": stats["replay_share_actual"],
+            "steps": manifest["steps"], "tokens_per_step": manifest["tokens_per_step"],
             "tokens": manifest["tokens"], "seconds": manifest["wall_s"],
             "checks": [{"step": c["step"], "tokens": c["tokens_seen"], **{k: c[k] for k in KINDS}}
                        for _, c in sorted(checks.items())]}

@@ -20,13 +20,20 @@ def _pct(x: float) -> str:
     return f"{x:+.2%}"
 
 
+def _ivp(iv) -> str:
+    return f" [{iv[0]:+.2%}, {iv[1]:+.2%}]" if iv else ""
+
+
 def plan_markdown(plan: dict) -> str:
     v, rec, fits = plan["validation"], plan["recommendation"], plan["fits"]
     conf = f"{plan['confidence']:.0%}"
+    boot = (f"Intervals: {conf} bootstrap over the {plan['heldout_documents']} held-out documents per kind "
+            f"({plan['bootstrap_samples']} resamples, every law refitted, {plan['bootstrap_failed']} that would not fit "
+            "left out); they hold the chosen forms and the recommended share fixed and do not include run-to-run "
+            "(seed) variation of the pilots.") if not plan["interval_note"] else plan["interval_note"].capitalize() + "."
     lines = [f"# Mixture plan: {plan['recipe']}", "",
              f"Pilots of {plan['model']} at {len(plan['pilots'])} replay shares; held-out loss is mean NLL per token "
-             f"(nats). Intervals: {conf} bootstrap over held-out documents ({plan['bootstrap_samples']} resamples, every "
-             "law refitted).", "", "## Recommendation", ""]
+             f"(nats). {boot}", "", "## Recommendation", ""]
     if rec["replay_share"] is None:
         least = rec["least_general_loss"]
         lines.append(f"**No share meets the bound**: at {rec['budget_tokens']:,.0f} tokens every piloted share's predicted "
@@ -42,20 +49,33 @@ def plan_markdown(plan: dict) -> str:
                   f"{rec['base_domain_loss']:.4f}), general loss {rec['predicted_general_loss']:.4f}"
                   f"{_iv(ivs.get('general_loss'))} within the bound {rec['general_bound']:.4f} (base "
                   f"{rec['base_general_loss']:.4f} x (1 + {rec['max_general_increase']:g})).", "",
-                  f"Use it: `domainpt run RECIPE {rec['override']}`", "",
+                  f"Use it: `domainpt run RECIPE {rec['override']}` (steps of {rec['tokens_per_step']:,} tokens: "
+                  "train.global_batch_size, or train.batch_size x grad_accum of one process; on P processes without "
+                  "train.global_batch_size a step is P times as many tokens).", "",
                   "More tokens stop paying (doubling them lowers the predicted domain loss by less than "
-                  "mixture_plan.min_gain_per_doubling) " + (f"at ~{sat:,.0f} tokens." if sat else
-                                                           "nowhere up to 1,024 x the budget.")]
+                  "mixture_plan.min_gain_per_doubling) " + (
+                      (f"at or below ~{sat:,.0f} tokens (the smallest checked)." if rec["saturation_at_or_below"]
+                       else f"at ~{sat:,.0f} tokens.") if sat else "nowhere up to 1,024 x the budget.")]
+        if rec.get("p_general_over_bound") is not None:
+            lines += ["", f"The share was chosen on the point predictions, so it sits near the bound: in "
+                          f"{rec['p_general_over_bound']:.0%} of the resamples its predicted general loss is over it."]
+    if rec["extrapolation_factor"] > 2:
+        lines += ["", f"**The budget is {rec['extrapolation_factor']:.1f}x the longest pilot's tokens**: the "
+                      "recommendation extrapolates that far in tokens, further than the validation below checks "
+                      "(each pilot's last check from its earlier ones). Checks along a pilot also fall at different "
+                      "points of its learning-rate schedule, which the law reads as an effect of tokens."]
     lines += ["", "## Validation (the law's own errors, as measured)", "",
-              "| check | loss | predicted | measured | relative error |", "|---|---|---|---|---|"]
+              "Relative error = predicted / measured - 1 (positive: the law predicts a higher loss than was measured).",
+              "", "| check | loss | predicted | measured | relative error |", "|---|---|---|---|---|"]
     for kind in KINDS:
         x = v[kind]
         lines.append(f"| held-out share {v['replay_share']:g} (interpolation) | {kind} | {x['predicted']:.4f}{_iv(x['interval'])} "
-                     f"| {x['measured']:.4f} | {_pct(x['relative_error'])} |")
+                     f"| {x['measured']:.4f} | {_pct(x['relative_error'])}{_ivp(x['relative_error_interval'])} |")
     for kind in KINDS:
         x = v["extrapolation"][kind]
         lines.append(f"| last check from the earlier ones (worst of {x['worst_of']} pilots: share {x['replay_share']:g}) "
-                     f"| {kind} | {x['predicted']:.4f}{_iv(x['interval'])} | {x['measured']:.4f} | {_pct(x['relative_error'])} |")
+                     f"| {kind} | {x['predicted']:.4f}{_iv(x['interval'])} | {x['measured']:.4f} | "
+                     f"{_pct(x['relative_error'])}{_ivp(x['relative_error_interval'])} |")
     lines += ["", "## Fits", "", "| loss | form | parameters | R² | leave-one-share-out error per form |", "|---|---|---|---|---|"]
     for kind in KINDS:
         f = fits[kind]
@@ -97,7 +117,7 @@ def plan_plot(plan: dict, path: Path) -> Path:
         if kind == "general":
             ax.axhline(rec["general_bound"], color="#c0392b", lw=0.8, ls=":", label="forgetting bound")
         if rec["replay_share"] is not None:
-            iv = rec["interval"][f"{kind}_loss"]
+            iv = (rec.get("interval") or {}).get(f"{kind}_loss")
             if iv:
                 ax.errorbar([rec["budget_tokens"]], [rec[f"predicted_{kind}_loss"]],
                             yerr=[[rec[f"predicted_{kind}_loss"] - iv[0]], [iv[1] - rec[f"predicted_{kind}_loss"]]],
@@ -105,7 +125,7 @@ def plan_plot(plan: dict, path: Path) -> Path:
         ax.set_xscale("log")
         ax.set_xlabel("training tokens (dotted: the budget)")
         ax.set_ylabel(f"held-out {kind} loss (nats/token)")
-        ax.set_title(f"{kind} loss: measured (star: held-out share) and fitted")
+        ax.set_title(f"{kind} loss: measured and fitted (star: held-out share, its curve fitted without it)", fontsize=9)
     axes[1].legend(fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

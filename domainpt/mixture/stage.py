@@ -22,6 +22,7 @@ from domainpt.errors import DomainptError
 from domainpt.jobs.runner import JobBook, job_records, merged_start, parallel_summary, run_share, this_worker
 from domainpt.manifest import atomic_write_json, atomic_write_text, stage_dir, write_manifest
 from domainpt.mixture.analysis import KINDS, Points, bootstrap, choose_forms, estimate, interval, mean_loss
+from domainpt.mixture.law import FitError
 from domainpt.mixture.pilots import STAGE, pilot_jobs, run_pilot
 from domainpt.mixture.render import plan_markdown, plan_plot
 
@@ -60,62 +61,96 @@ def run_plan_mixture(recipe, shard: str | None = None, merge: bool = False) -> d
                           **parallel_summary(markers, started, time.time() - started, workers))
 
 
+MIN_DOCUMENTS = 5  # held-out documents per kind below which a bootstrap over documents gives no usable interval
+
+
+def check_pilots(pilots: list[dict]) -> None:
+    """Each pilot has its step-0 check (the base model) and at least 3 after it: a law in tokens needs them."""
+    for p in pilots:
+        after = [c for c in p["checks"] if c["tokens"] > 0]
+        if p["checks"][0]["tokens"] != 0 or len(after) < 3:
+            raise DomainptError(f"plan-mixture: the pilot at replay share {p['replay_share']:g} has {len(after)} held-out "
+                                "checks after step 0 (a law in tokens needs 3) or none before it; raise "
+                                "mixture_plan.pilot_steps or eval_points")
+
+
 def make_plan(recipe, pilots: list[dict]) -> dict:
     """plan.json: the pilots as measured, the fits, the validation and the recommendation, with intervals."""
     mp, conf = recipe.mixture_plan, recipe.report.confidence
+    check_pilots(pilots)
     tps = pilots[0]["tokens_per_step"]
     budget = int(mp.budget_tokens or recipe.train.max_steps * tps)
     pts = Points(pilots)
-    if len(np.unique(pts.tokens)) < 3:
-        raise DomainptError(f"plan-mixture: the pilots have {len(np.unique(pts.tokens))} held-out checks after step 0; "
-                            "a law in tokens needs at least 3 (raise mixture_plan.pilot_steps or eval_points)")
-    forms, loso = choose_forms(pts, mp.holdout_share)
-    point = estimate(pts, forms, mp.holdout_share, budget, mp)
-    boot = bootstrap(pilots, forms, point, mp.holdout_share, budget, mp, seed=recipe.train.seed)
+    try:
+        forms, loso = choose_forms(pts, mp.holdout_share)
+        point = estimate(pts, forms, mp.holdout_share, budget, mp)
+    except FitError as e:
+        raise DomainptError(f"plan-mixture: {e}; pilot more shares or longer (mixture_plan), or see the pilots' "
+                            "losses in plan_mixture/pilots/*/pretrain/heldout.jsonl") from None
+    n_docs = min(len(pilots[0]["checks"][0][k]["nll"]) for k in KINDS)
+    boot = bootstrap(pilots, forms, point, mp.holdout_share, budget, mp, seed=recipe.train.seed) if n_docs >= MIN_DOCUMENTS else []
+    ok = [b for b in boot if b is not None]
+
+    def iv(get):  # an interval over the resamples that fitted; None without a bootstrap
+        return interval([get(b) for b in ok], conf) if ok else None
+
     rec = point["recommendation"]
     validation = {"replay_share": mp.holdout_share, "extrapolation": {}}
     for kind in KINDS:
-        validation[kind] = {**point["interpolation"][kind],
-                            "interval": interval([b["interpolation"][kind]["predicted"] for b in boot], conf)}
-        per_pilot = point["extrapolation"][kind]
+        validation[kind] = {**point["interpolation"][kind], "interval": iv(lambda b: b["interpolation"][kind]["predicted"]),
+                            "relative_error_interval": iv(lambda b: b["interpolation"][kind]["relative_error"])}
+        per_pilot = [{**x, "interval": iv(lambda b, i=i: b["extrapolation"][kind][i]["predicted"])}
+                     for i, x in enumerate(point["extrapolation"][kind])]
         worst = max(range(len(per_pilot)), key=lambda i: abs(per_pilot[i]["relative_error"]))
         validation["extrapolation"][kind] = {
-            **per_pilot[worst], "interval": interval([b["extrapolation"][kind][worst]["predicted"] for b in boot], conf),
+            **per_pilot[worst], "relative_error_interval": iv(lambda b: b["extrapolation"][kind][worst]["relative_error"]),
             "worst_of": len(per_pilot), "per_pilot": per_pilot}
+    longest = max(p["tokens"] for p in pilots)
     recommendation = {"replay_share": rec["replay_share"], "budget_tokens": budget,
                       "predicted_domain_loss": rec.get("predicted_domain_loss"),
                       "predicted_general_loss": rec.get("predicted_general_loss"),
                       "override": None, "feasible": rec["feasible"], "general_bound": rec["general_bound"],
                       "base_general_loss": pts.base["general"], "base_domain_loss": pts.base["domain"],
-                      "max_general_increase": mp.max_general_increase, "saturation_tokens": rec.get("saturation_tokens")}
+                      "max_general_increase": mp.max_general_increase, "saturation_tokens": rec.get("saturation_tokens"),
+                      "saturation_at_or_below": rec.get("saturation_at_or_below", False),
+                      "extrapolation_factor": budget / longest, "tokens_per_step": tps}
     if rec["replay_share"] is not None:
         steps = math.ceil(budget / tps)
         recommendation["override"] = f"data.replay_share={rec['replay_share']:g} train.max_steps={steps}"
-        recommendation["interval"] = {f"{k}_loss": interval([b["recommendation"][f"predicted_{k}_loss"] for b in boot], conf)
-                                      for k in KINDS}
+        recommendation["interval"] = {f"{k}_loss": iv(lambda b, k=k: b["recommendation"][f"predicted_{k}_loss"]) for k in KINDS}
+        # the share was chosen on the point estimate, so it sits near the bound: how often a resample puts it over
+        over = [b["recommendation"]["predicted_general_loss"] > b["recommendation"]["general_bound"] for b in ok]
+        recommendation["p_general_over_bound"] = sum(over) / len(over) if over else None
     else:
         recommendation["least_general_loss"] = rec["least_general_loss"]
     fits = {k: {**point["fits"][k]["all"].as_dict(), "share": "domain share (1 - replay share)" if k == "domain" else
                 "replay share", "leave_one_share_out_error": loso[k]} for k in KINDS}
-    return {"recipe": recipe.name, "model": recipe.model.base, "confidence": conf, "bootstrap_samples": mp.bootstrap_samples,
+    return {"recipe": recipe.name, "model": recipe.model.base, "confidence": conf, "bootstrap_samples": len(boot),
+            "bootstrap_failed": len(boot) - len(ok), "heldout_documents": n_docs,
+            "interval_note": None if boot else f"no intervals: {n_docs} held-out document(s) per kind, fewer than "
+                                               f"{MIN_DOCUMENTS} (data.heldout_docs, eval.ppl_max_tokens)",
             "tokens_per_step": tps, "base": {"domain_loss": pts.base["domain"], "general_loss": pts.base["general"]},
             "pilots": [pilot_entry(p) for p in pilots], "fits": fits, "validation": validation,
-            "recommendation": recommendation, "curves": curves(point, pts, budget, rec["replay_share"])}
+            "recommendation": recommendation, "curves": curves(point, pts, budget, rec["replay_share"], mp.holdout_share)}
 
 
 def pilot_entry(p: dict) -> dict:
     checks = [c for c in p["checks"] if c["tokens"] > 0]
-    return {"replay_share": p["replay_share"], "steps": p["steps"], "tokens": p["tokens"], "seconds": p["seconds"],
+    return {"replay_share": p["replay_share"], "replay_share_actual": p.get("replay_share_actual"), "steps": p["steps"],
+            "tokens": p["tokens"], "seconds": p["seconds"],
             **{f"{k}_loss": [[c["tokens"], mean_loss(c[k])] for c in checks] for k in KINDS}}
 
 
-def curves(point: dict, pts: Points, budget: float, share: float | None) -> dict:
-    """The fitted laws (refitted on every pilot) drawn per piloted share from the first check to past the budget: what
-    plan.png plots, kept in plan.json so the figure can be redrawn."""
+def curves(point: dict, pts: Points, budget: float, share: float | None, holdout: float) -> dict:
+    """The fitted laws drawn per piloted share (as trained) from the first check to past the budget: what plan.png
+    plots, kept in plan.json so the figure can be redrawn. The held-out share's curve is the fit that did not see it;
+    the others' the fit on every pilot (the recommendation's)."""
     tokens = np.geomspace(pts.tokens.min(), max(budget, pts.tokens.max()) * 2, 40)
-    shares = sorted(set(pts.replay.tolist()) | ({share} if share is not None else set()))
+    trained = dict(zip(pts.share.tolist(), pts.replay.tolist()))
+    shares = sorted(set(trained) | ({share} if share is not None else set()))
     out = {"tokens": tokens.tolist(), "replay_shares": shares}
     for kind in KINDS:
-        f = point["fits"][kind]["all"]
-        out[kind] = [f.predict(tokens, 1 - r if kind == "domain" else r).tolist() for r in shares]
+        fits = point["fits"][kind]
+        out[kind] = [(fits["interpolation"] if np.isclose(r, holdout) else fits["all"]).predict(
+            tokens, 1 - trained.get(r, r) if kind == "domain" else trained.get(r, r)).tolist() for r in shares]
     return out
