@@ -64,9 +64,12 @@ def test_validation_numbers_are_the_pilots_own_measured_losses(planned):
         assert ex["measured"] == pytest.approx(pilot[f"{kind}_loss"][-1][1])
         assert ex["replay_share"] != 0.3 and ex["worst_of"] == 3  # the held-out share is in no fit
         assert abs(ex["relative_error"]) == max(abs(p["relative_error"]) for p in ex["per_pilot"])
-        assert v["interval"] is None  # tiny's checks (eval.ppl_max_tokens 2,048) hold 2 long general documents:
-    assert plan["heldout_documents"] == 2 and "no intervals: 2 held-out document(s)" in plan["interval_note"]
-    assert "No intervals: 2 held-out" in (out / "plan_mixture" / "plan.md").read_text()  # (test_plan_intervals: with)
+        assert v["interval"] is None
+    # tiny's checks (eval.ppl_max_tokens 2,048) hold 3 domain and 2 general documents: too few to resample, and the plan
+    # says so (the intervals themselves: test_plan_intervals_cover_every_prediction_..., on synthetic pilots)
+    assert plan["heldout_documents"] == {"domain": 3, "general": 2} and plan["resampled_kinds"] == []
+    assert plan["interval_note"].startswith("no intervals: the held-out domain (3 document(s)) and general (2")
+    assert "No intervals: the held-out domain" in (out / "plan_mixture" / "plan.md").read_text()
 
 
 def test_every_pilot_starts_from_the_same_model_on_the_same_heldout_documents(planned):
@@ -157,7 +160,8 @@ def plan_of(pilots, *overrides):
 
 def test_plan_intervals_cover_every_prediction_and_the_law_predicts_what_it_did_not_see():
     plan = plan_of(synthetic_pilots([0.0, 0.1, 0.3, 0.5]))
-    assert plan["heldout_documents"] == 12 and plan["interval_note"] is None and plan["bootstrap_failed"] == 0
+    assert plan["heldout_documents"] == {"domain": 12, "general": 12} and plan["interval_note"] is None
+    assert plan["bootstrap_failed"] == 0 and plan["resampled_kinds"] == ["domain", "general"]
     for kind in ("domain", "general"):
         v = plan["validation"][kind]
         assert abs(v["relative_error"]) < 0.01  # the held-out share, interpolated within 1%
@@ -187,3 +191,13 @@ def test_pilots_too_short_for_a_law_in_tokens_end_with_one_line():
 
     with pytest.raises(DomainptError, match="has 2 held-out checks after step 0"):
         plan_of(synthetic_pilots([0.0, 0.1, 0.3, 0.5], steps=(0, 20, 40)))
+
+
+def test_a_kind_with_too_few_documents_is_kept_as_measured_and_named():
+    pilots = synthetic_pilots([0.0, 0.1, 0.3, 0.5])
+    for p in pilots:  # the general text's checks hold 3 documents
+        for c in p["checks"]:
+            c["general"] = {k: v[:3] for k, v in c["general"].items()}
+    plan = plan_of(pilots)
+    assert plan["resampled_kinds"] == ["domain"] and plan["validation"]["general"]["interval"] is not None
+    assert plan["interval_note"].startswith("intervals over domain documents only: the held-out general (3 document(s))")

@@ -135,10 +135,12 @@ def choose_forms(pts: Points, holdout: float) -> tuple[dict, dict]:
     return forms, errors
 
 
-def bootstrap(pilots: list[dict], forms: dict, point: dict, holdout: float, budget: float, mp, seed: int = 0) -> list:
-    """mp.bootstrap_samples estimates over resampled held-out documents (the recommended share and forms fixed, each
-    refit started from the point estimate's parameters); None for a resample where a law would not fit."""
-    n_docs = {k: len(pilots[0]["checks"][0][k]["nll"]) for k in KINDS}
+def bootstrap(pilots: list[dict], forms: dict, point: dict, holdout: float, budget: float, mp, kinds=KINDS,
+              seed: int = 0) -> list:
+    """mp.bootstrap_samples estimates over resampled held-out documents of `kinds` (the others kept as they are; the
+    recommended share and forms fixed, each refit started from the point estimate's parameters); None for a resample
+    where a law would not fit."""
+    n_docs = {k: len(pilots[0]["checks"][0][k]["nll"]) for k in kinds}
     rng = np.random.default_rng(seed)
     starts = {(k, w): point["fits"][k][w].params for k in KINDS for w in ("interpolation", "extrapolation", "all")}
     share = point["recommendation"]["replay_share"]

@@ -27,10 +27,13 @@ def _ivp(iv) -> str:
 def plan_markdown(plan: dict) -> str:
     v, rec, fits = plan["validation"], plan["recommendation"], plan["fits"]
     conf = f"{plan['confidence']:.0%}"
-    boot = (f"Intervals: {conf} bootstrap over the {plan['heldout_documents']} held-out documents per kind "
-            f"({plan['bootstrap_samples']} resamples, every law refitted, {plan['bootstrap_failed']} that would not fit "
-            "left out); they hold the chosen forms and the recommended share fixed and do not include run-to-run "
-            "(seed) variation of the pilots.") if not plan["interval_note"] else plan["interval_note"].capitalize() + "."
+    docs = " and ".join(f"{plan['heldout_documents'][k]} {k}" for k in plan["resampled_kinds"])
+    boot = (f"Intervals: {conf} bootstrap over the held-out documents ({docs}; {plan['bootstrap_samples']} resamples, "
+            f"every law refitted, {plan['bootstrap_failed']} that would not fit left out); they hold the chosen forms and "
+            "the recommended share fixed and do not include run-to-run (seed) variation of the pilots."
+            ) if plan["bootstrap_samples"] else ""
+    if plan["interval_note"]:
+        boot += f" {plan['interval_note'][0].upper()}{plan['interval_note'][1:]}."
     lines = [f"# Mixture plan: {plan['recipe']}", "",
              f"Pilots of {plan['model']} at {len(plan['pilots'])} replay shares; held-out loss is mean NLL per token "
              f"(nats). {boot}", "", "## Recommendation", ""]

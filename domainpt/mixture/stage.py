@@ -87,9 +87,11 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
     except FitError as e:
         raise DomainptError(f"plan-mixture: {e}; pilot more shares or longer (mixture_plan), or see the pilots' "
                             "losses in plan_mixture/pilots/*/pretrain/heldout.jsonl") from None
-    n_docs = min(len(pilots[0]["checks"][0][k]["nll"]) for k in KINDS)
-    boot = bootstrap(pilots, forms, point, mp.holdout_share, budget, mp, seed=recipe.train.seed) if n_docs >= MIN_DOCUMENTS else []
+    n_docs = {k: len(pilots[0]["checks"][0][k]["nll"]) for k in KINDS}
+    resampled = [k for k in KINDS if n_docs[k] >= MIN_DOCUMENTS]  # too few documents: kept as they are
+    boot = bootstrap(pilots, forms, point, mp.holdout_share, budget, mp, resampled, recipe.train.seed) if resampled else []
     ok = [b for b in boot if b is not None]
+    fixed = [f"{k} ({n_docs[k]} document(s))" for k in KINDS if k not in resampled]
 
     def iv(get):  # an interval over the resamples that fitted; None without a bootstrap
         return interval([get(b) for b in ok], conf) if ok else None
@@ -126,9 +128,11 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
     fits = {k: {**point["fits"][k]["all"].as_dict(), "share": "domain share (1 - replay share)" if k == "domain" else
                 "replay share", "leave_one_share_out_error": loso[k]} for k in KINDS}
     return {"recipe": recipe.name, "model": recipe.model.base, "confidence": conf, "bootstrap_samples": len(boot),
-            "bootstrap_failed": len(boot) - len(ok), "heldout_documents": n_docs,
-            "interval_note": None if boot else f"no intervals: {n_docs} held-out document(s) per kind, fewer than "
-                                               f"{MIN_DOCUMENTS} (data.heldout_docs, eval.ppl_max_tokens)",
+            "bootstrap_failed": len(boot) - len(ok), "heldout_documents": n_docs, "resampled_kinds": resampled,
+            "interval_note": None if not fixed else
+            f"{'no intervals' if not boot else 'intervals over ' + resampled[0] + ' documents only'}: the held-out "
+            f"{' and '.join(fixed)} {'is' if len(fixed) == 1 else 'are'} fewer than {MIN_DOCUMENTS} documents, not "
+            "resampled (raise data.heldout_docs or eval.ppl_max_tokens)",
             "tokens_per_step": tps, "base": {"domain_loss": pts.base["domain"], "general_loss": pts.base["general"]},
             "pilots": [pilot_entry(p) for p in pilots], "fits": fits, "validation": validation,
             "recommendation": recommendation, "curves": curves(point, pts, budget, rec["replay_share"], mp.holdout_share)}
