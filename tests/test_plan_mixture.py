@@ -199,5 +199,7 @@ def test_a_kind_with_too_few_documents_is_kept_as_measured_and_named():
         for c in p["checks"]:
             c["general"] = {k: v[:3] for k, v in c["general"].items()}
     plan = plan_of(pilots)
-    assert plan["resampled_kinds"] == ["domain"] and plan["validation"]["general"]["interval"] is not None
+    assert plan["resampled_kinds"] == ["domain"] and plan["validation"]["domain"]["interval"] is not None
+    assert plan["validation"]["general"]["interval"] is None  # kept as measured: no interval, not a zero-width one
+    assert plan["recommendation"]["interval"]["general_loss"] is None
     assert plan["interval_note"].startswith("intervals over domain documents only: the held-out general (3 document(s))")

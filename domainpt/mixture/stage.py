@@ -93,19 +93,20 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
     ok = [b for b in boot if b is not None]
     fixed = [f"{k} ({n_docs[k]} document(s))" for k in KINDS if k not in resampled]
 
-    def iv(get):  # an interval over the resamples that fitted; None without a bootstrap
-        return interval([get(b) for b in ok], conf) if ok else None
+    def iv(kind, get):  # an interval over the resamples that fitted; None for a kind whose documents were kept
+        return interval([get(b) for b in ok], conf) if ok and kind in resampled else None
 
     rec = point["recommendation"]
     validation = {"replay_share": mp.holdout_share, "extrapolation": {}}
     for kind in KINDS:
-        validation[kind] = {**point["interpolation"][kind], "interval": iv(lambda b: b["interpolation"][kind]["predicted"]),
-                            "relative_error_interval": iv(lambda b: b["interpolation"][kind]["relative_error"])}
-        per_pilot = [{**x, "interval": iv(lambda b, i=i: b["extrapolation"][kind][i]["predicted"])}
+        validation[kind] = {**point["interpolation"][kind],
+                            "interval": iv(kind, lambda b: b["interpolation"][kind]["predicted"]),
+                            "relative_error_interval": iv(kind, lambda b: b["interpolation"][kind]["relative_error"])}
+        per_pilot = [{**x, "interval": iv(kind, lambda b, i=i: b["extrapolation"][kind][i]["predicted"])}
                      for i, x in enumerate(point["extrapolation"][kind])]
         worst = max(range(len(per_pilot)), key=lambda i: abs(per_pilot[i]["relative_error"]))
         validation["extrapolation"][kind] = {
-            **per_pilot[worst], "relative_error_interval": iv(lambda b: b["extrapolation"][kind][worst]["relative_error"]),
+            **per_pilot[worst], "relative_error_interval": iv(kind, lambda b: b["extrapolation"][kind][worst]["relative_error"]),
             "worst_of": len(per_pilot), "per_pilot": per_pilot}
     longest = max(p["tokens"] for p in pilots)
     recommendation = {"replay_share": rec["replay_share"], "budget_tokens": budget,
@@ -119,10 +120,10 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
     if rec["replay_share"] is not None:
         steps = math.ceil(budget / tps)
         recommendation["override"] = f"data.replay_share={rec['replay_share']:g} train.max_steps={steps}"
-        recommendation["interval"] = {f"{k}_loss": iv(lambda b, k=k: b["recommendation"][f"predicted_{k}_loss"]) for k in KINDS}
+        recommendation["interval"] = {f"{k}_loss": iv(k, lambda b, k=k: b["recommendation"][f"predicted_{k}_loss"]) for k in KINDS}
         # the share was chosen on the point estimate, so it sits near the bound: how often a resample puts it over
         over = [b["recommendation"]["predicted_general_loss"] > b["recommendation"]["general_bound"] for b in ok]
-        recommendation["p_general_over_bound"] = sum(over) / len(over) if over else None
+        recommendation["p_general_over_bound"] = sum(over) / len(over) if over and "general" in resampled else None
     else:
         recommendation["least_general_loss"] = rec["least_general_loss"]
     fits = {k: {**point["fits"][k]["all"].as_dict(), "share": "domain share (1 - replay share)" if k == "domain" else
