@@ -27,8 +27,8 @@ from pathlib import Path
 
 from domainpt.config import field_docs, load_recipe
 from domainpt.errors import DomainptError
-from domainpt.manifest import (ALL_STAGES, CONTROL_STAGE, has_control, invalidate, is_done, run_lock, run_stages,
-                               stage_dir)
+from domainpt.manifest import (ALL_STAGES, CONTROL_STAGE, has_control, invalidate, is_done, read_manifest, run_lock,
+                               run_stages, stage_dir, stage_fingerprint)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Progress bars of several processes would overwrite each other's line: only the first process of a launch draws
@@ -313,6 +313,8 @@ def _plan_mixture(args, recipe) -> None:
     with lock:
         if args.force and _rank() == 0:
             invalidate_plan(recipe, keep_pilots=bool(args.shard or args.merge))
+        elif _rank() == 0:
+            drop_stale_plan(recipe)
         if _world() > 1:
             _barrier()
         if is_done(recipe, STAGE):
@@ -328,6 +330,18 @@ def _plan_mixture(args, recipe) -> None:
             print("[domainpt] no piloted replay share keeps the predicted general loss within the bound (plan.md)", flush=True)
         else:
             print(f"[domainpt] recommended: {rec['override']}", flush=True)
+
+
+def drop_stale_plan(recipe) -> None:
+    """A plan made under another recipe is refitted, not refused: it takes seconds, and the pilots whose own settings
+    are unchanged are kept (their job markers), so a new bound or token axis costs no pilot."""
+    from domainpt.mixture.pilots import STAGE
+
+    manifest = read_manifest(recipe, STAGE)
+    if manifest and manifest.get("fingerprint") != stage_fingerprint(recipe, STAGE):
+        print("[domainpt] plan-mixture: the recipe changed since the plan was made; refitting it (pilots whose own "
+              "settings are unchanged are kept)", flush=True)
+        (stage_dir(recipe, STAGE) / "manifest.json").unlink(missing_ok=True)
 
 
 def invalidate_plan(recipe, keep_pilots: bool) -> None:

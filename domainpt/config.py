@@ -535,6 +535,12 @@ class MixturePlanConfig:
                                              "loss by less than this share of it.", gt=0, lt=1)
     bootstrap_samples: int = _f(200, "Resamples of the held-out documents for the intervals on every prediction (each "
                                      "refits the law).", ge=20)
+    token_axis: Literal["lr_area", "tokens"] = _f(
+        "lr_area", "What the law's D counts. 'lr_area': tokens weighted by the learning rate over its peak (a step at "
+        "half the peak LR counts half), so that the checks along a pilot's decaying schedule and the end of the full "
+        "run's longer one sit on one axis (Tissue et al. 2024, arXiv 2408.11029). 'tokens': the plain token count, as "
+        "D-CPT and CMR fit it (right when every point is the end of a run of its own). On the medical demo 'tokens' "
+        "predicted a 4x longer run's final domain loss 11-12% too high, 'lr_area' 2-4% too low (BENCHMARKS.md).")
 
     def __post_init__(self):
         check_fields(self)
@@ -586,17 +592,21 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def fingerprint(self, sections: tuple[str, ...]) -> str:
+    def fingerprint(self, sections: tuple[str, ...], ignore: tuple[tuple[str, str | None], ...] = ()) -> str:
         """Stable hash of some sections, counting only values that differ from the defaults: a finished
-        stage stays valid when a newer domainpt adds keys with defaults."""
+        stage stays valid when a newer domainpt adds keys with defaults. `ignore`: (section, key) pairs left out, a
+        key of None for the whole section (hashed as at its defaults)."""
         d = {k: _non_default(getattr(self, k)) for k in sections}
         d = {k: v for k, v in d.items() if not (k in _LATER_SECTIONS and v == {})}
         for (section, old), new in RENAMED_KEYS.items():
             if new in d.get(section, {}):
                 d[section][old] = d[section].pop(new)
-        for section, key in _NOT_FINGERPRINTED:
+        for section, key in (*_NOT_FINGERPRINTED, *ignore):
             if isinstance(d.get(section), dict):
-                d[section].pop(key, None)
+                if key is None:
+                    d[section] = {}
+                else:
+                    d[section].pop(key, None)
         if "lora" not in sections:  # a task's own LoRA budget matters from fine-tuning on, not to prepare or pretrain
             for task in d.get("tasks", []):
                 for key in TASK_LORA_KEYS:

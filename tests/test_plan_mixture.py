@@ -74,6 +74,8 @@ def test_validation_numbers_are_the_pilots_own_measured_losses(planned):
 
 def test_every_pilot_starts_from_the_same_model_on_the_same_heldout_documents(planned):
     out, _ = planned
+    plan = json.loads((out / "plan_mixture" / "plan.json").read_text())
+    assert plan["token_axis"]["kind"] == "lr_area"
     firsts = []
     for share in ("0", "0.1", "0.3", "0.5"):
         rows = [json.loads(l) for l in (out / "plan_mixture" / "pilots" / f"replay_{share}" / "pretrain" /
@@ -84,6 +86,12 @@ def test_every_pilot_starts_from_the_same_model_on_the_same_heldout_documents(pl
         pilot = json.loads((out / "plan_mixture" / "pilots" / f"replay_{share}" / "recipe.json").read_text())
         # the schedule stretched over the pilot: tiny warms up 2 of 12 steps, a 6-step pilot 1
         assert pilot["train"]["max_steps"] == 6 and pilot["train"]["warmup_steps"] == 1
+        # the law's D at each check (token_axis lr_area): the LRs the pilot trained with, over the peak, x its tokens
+        lrs = {m["step"]: m["lr"] for m in map(json.loads, (out / "plan_mixture" / "pilots" / f"replay_{share}" /
+                                                            "pretrain" / "metrics.jsonl").read_text().splitlines()) if "lr" in m}
+        entry = next(p for p in plan["pilots"] if f"{p['replay_share']:g}" == share)
+        trained = [sum(lrs[s] for s in range(1, step + 1)) / pilot["train"]["lr"] * 512 for step in (2, 4, 6)]
+        assert entry["axis_values"] == pytest.approx(trained, rel=1e-6) and trained[-1] < 6 * 512
     for kind in ("domain", "general"):
         assert all(f[kind] == firsts[0][kind] for f in firsts)  # step 0: the base model, the same documents
 
@@ -127,18 +135,24 @@ def test_bad_mixture_plan_values_end_with_one_line(tmp_path, override, key):
 
 # --- the plan from pilots' losses, without training: synthetic pilots whose losses follow a known law ---------------
 
-def synthetic_pilots(shares, general_rise=0.0, steps=(0, 10, 20, 30, 40), docs=12, seed=0):
+def domain_law(d, r):
+    """The synthetic pilots' domain loss after d (units of the longest pilot) at replay share r."""
+    return 2.0 + (0.8 if d == 0 else (0.3 + 0.4 * r) / d ** 0.5 * 0.5)
+
+
+def synthetic_pilots(shares, general_rise=0.0, steps=(0, 10, 20, 30, 40), docs=12, seed=0, d_of_step=None):
     """Pilots as read_pilot returns them, 512 tokens per step: domain loss falls with tokens, faster at a higher domain
     share; general loss falls with more replay and rises by `general_rise` per unit of tokens at no replay. Each
-    held-out document has its own difficulty (the bootstrap resamples them) and a little noise per check."""
+    held-out document has its own difficulty (the bootstrap resamples them) and a little noise per check. The losses
+    follow the law in d = tokens / the longest pilot's, or in `d_of_step(step)` where given."""
     rng = np.random.default_rng(seed)
     hard = {k: np.exp(rng.normal(0, 0.05, docs)) for k in ("domain", "general")}
     pilots = []
     for r in shares:
         checks = []
         for step in steps:
-            d = step * 512 / (40 * 512)
-            loss = {"domain": 2.0 + (0.8 if d == 0 else (0.3 + 0.4 * r) / d ** 0.5 * 0.5),
+            d = d_of_step(step) if d_of_step else step * 512 / (40 * 512)
+            loss = {"domain": domain_law(d, r),
                     "general": 3.0 + (0 if d == 0 else 0.05 / d ** 0.5 - 0.1 * r + general_rise * (1 - r) * d)}
             tok = [100] * docs
             checks.append({"step": step, "tokens": step * 512, **{
@@ -203,3 +217,54 @@ def test_a_kind_with_too_few_documents_is_kept_as_measured_and_named():
     assert plan["validation"]["general"]["interval"] is None  # kept as measured: no interval, not a zero-width one
     assert plan["recommendation"]["interval"]["general_loss"] is None
     assert plan["interval_note"].startswith("intervals over domain documents only: the held-out general (3 document(s))")
+
+
+def test_a_law_in_learning_rate_area_predicts_a_longer_run_where_one_in_tokens_cannot():
+    """Pilots whose losses follow a law in LR area (the checks along a cosine pilot): the default axis recovers the law
+    and predicts a run 4x as long (its own, longer cosine) at its end; the plain-token axis reads the pilot's decay as
+    saturation and predicts it too high, as it did on the medical demo (BENCHMARKS.md)."""
+    from domainpt.config import load_recipe
+    from domainpt.mixture.stage import token_axis
+
+    overrides = ["mixture_plan.replay_shares=[0.0,0.1,0.3,0.5]", "mixture_plan.holdout_share=0.3", "train.max_steps=160"]
+    axis = token_axis(load_recipe(TINY, overrides), 512)  # tiny: cosine to 0.1 of the peak; pilots of 40 steps
+    unit = axis.pilot_check(40)
+    pilots = synthetic_pilots([0.0, 0.1, 0.3, 0.5], d_of_step=lambda step: axis.pilot_check(step) / unit)
+    errors = {}
+    for name in ("lr_area", "tokens"):
+        plan = plan_of(pilots, *overrides, f"mixture_plan.token_axis={name}")
+        rec = plan["recommendation"]
+        assert plan["token_axis"]["kind"] == name and plan["fits"]["domain"]["axis"] == name
+        r = rec["replay_share"]
+        # the documents' difficulty cancels in a ratio to the pilot's own last check
+        last = next(p for p in plan["pilots"] if p["replay_share"] == r)["domain_loss"][-1][1]
+        truth = domain_law(axis.run_end(160 * 512) / unit, r) / domain_law(1.0, r)
+        errors[name] = rec["predicted_domain_loss"] / last / truth - 1
+    assert abs(errors["lr_area"]) < 0.005 and errors["tokens"] > 0.02, errors  # measured: +0.1% and +3.0%
+
+
+def test_changing_what_the_plan_reads_refits_it_and_keeps_every_pilot(planned, tmp_path):
+    import shutil
+
+    out, _ = planned
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    markers = {p: p.stat().st_mtime_ns for p in (copy / "plan_mixture" / "jobs").rglob("*.json")}
+    r = cli("plan-mixture", TINY, f"out_dir={copy}", *PILOTS, "mixture_plan.max_general_increase=0.5",
+            "mixture_plan.token_axis=tokens", "report.confidence=0.9")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "the recipe changed since the plan was made; refitting it" in r.stdout
+    assert "4 job(s) finished earlier, kept" in r.stdout and "prepare: starting" not in r.stdout
+    assert {p: p.stat().st_mtime_ns for p in markers} == markers
+    plan = json.loads((copy / "plan_mixture" / "plan.json").read_text())
+    assert plan["token_axis"]["kind"] == "tokens" and plan["confidence"] == 0.9
+    assert plan["recommendation"]["max_general_increase"] == 0.5
+    # a pilot's own settings are another matter: another length, data or schedule reruns the pilots
+    from domainpt.config import load_recipe
+    from domainpt.mixture.pilots import pilot_fingerprint
+
+    fp = lambda *o: pilot_fingerprint(load_recipe(TINY, [*PILOTS, *o]))  # noqa: E731
+    assert fp() == fp("mixture_plan.max_general_increase=0.5", "mixture_plan.token_axis=tokens", "report.confidence=0.9",
+                      "mixture_plan.bootstrap_samples=50", "mixture_plan.budget_tokens=999")
+    for changed in ("mixture_plan.pilot_steps=4", "mixture_plan.eval_points=4", "train.lr=0.001", "data.seq_len=64"):
+        assert fp(changed) != fp(), changed

@@ -4,7 +4,7 @@ import pytest
 
 from domainpt.eval.metrics import compute
 from domainpt.flops import flops_per_token
-from domainpt.training.schedules import lr_multiplier
+from domainpt.training.schedules import lr_area, lr_multiplier
 
 
 def test_cosine_schedule_values():
@@ -28,6 +28,24 @@ def test_rewarm_from_the_checkpoints_final_lr_or_not_at_all():
     assert f(0) == pytest.approx(0.19) and f(4) == pytest.approx(0.55) and f(9) == pytest.approx(1.0)
     # No warm-up: the first step is already at the peak.
     assert lr_multiplier(0, 100, 0, "cosine") == pytest.approx(1.0)
+
+
+def test_lr_area_in_closed_form_is_the_sum_of_the_schedule_step_by_step():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        total = rng.randint(1, 200)
+        warmup, steps = rng.randint(0, min(total + 3, 30)), rng.randint(0, total)
+        args = (rng.choice(["cosine", "wsd", "constant"]), rng.random(), rng.random(), rng.choice([0.0, rng.random()]))
+        summed = sum(lr_multiplier(s, total, warmup, *args) for s in range(steps))
+        assert lr_area(steps, total, warmup, *args) == pytest.approx(summed, rel=1e-9, abs=1e-9), (total, warmup, steps, args)
+    assert lr_area(40, 40, 0, "constant") == 40
+    # a cosine to 0 without warm-up has half its steps' worth of learning at its end, more than half mid-way
+    assert lr_area(1001, 1001, 0, "cosine", 0.0) == pytest.approx(500.5)
+    assert lr_area(500, 1001, 0, "cosine", 0.0) > 0.6 * 500
+    with pytest.raises(ValueError, match="steps must be in"):
+        lr_area(11, 10, 0, "cosine")
 
 
 def test_shipped_metrics_match_hand_values():

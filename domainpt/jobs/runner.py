@@ -101,10 +101,11 @@ def this_worker(shard: str | None = None) -> Worker:
 class JobBook:
     """The markers of one stage's jobs: which are finished, committing one, reading them all back."""
 
-    def __init__(self, recipe, stage: str, inputs: list[str]):
+    def __init__(self, recipe, stage: str, inputs: list[str], fingerprint: str | None = None):
         self.stage = stage
         self.root = stage_dir(recipe, stage) / "jobs"
-        self.fingerprint = stage_fingerprint(recipe, stage)
+        # what a job's result depends on: the stage's sections, or less where the caller knows (plan-mixture's pilots)
+        self.fingerprint = fingerprint or stage_fingerprint(recipe, stage)
         # the manifests of the stages this one reads: a job done over another domain model is not finished
         self.inputs = {s: file_sha256(stage_dir(recipe, s) / "manifest.json") for s in inputs}
 

@@ -9,6 +9,9 @@ on the fitted shares; the two validations; the recommendation at the budget; boo
                     whose predicted general loss stays within the base model's x (1 + max_general_increase); none when
                     no share does
 
+The law's D is mixture_plan.token_axis (mixture/axis.py): by default the tokens weighted by the learning rate, each
+pilot check at its step of the pilot's schedule and the budget at the end of the full run's.
+
 A pilot's share in the law is the share prepare measured in its training data (stats.json: replay_share_actual),
 which is the requested one unless the general text ran short; its name and the held-out share stay the requested.
 relative_error = predicted / measured - 1: positive when the law predicts a higher loss than was measured.
@@ -23,6 +26,7 @@ import math
 
 import numpy as np
 
+from domainpt.mixture.axis import TokenAxis
 from domainpt.mixture.law import Fit, FitError, choose_form, fit
 
 KINDS = ("domain", "general")
@@ -39,11 +43,13 @@ class Points:
     """The pilots' checks after step 0 as flat arrays, with each kind's loss over the documents `docs` (all of them by
     default: a bootstrap passes a resample)."""
 
-    def __init__(self, pilots: list[dict], docs: dict | None = None):
+    def __init__(self, pilots: list[dict], axis: TokenAxis, docs: dict | None = None):
         rows = [(p, c, c is p["checks"][-1]) for p in pilots for c in p["checks"] if c["tokens"] > 0]
+        self.axis = axis
         self.share = np.array([p["replay_share"] for p, _, _ in rows])  # as requested: names the pilot
         self.replay = np.array([p.get("replay_share_actual", p["replay_share"]) for p, _, _ in rows])  # as trained
         self.tokens = np.array([c["tokens"] for _, c, _ in rows], float)
+        self.x = np.array([axis.pilot_check(c["step"]) for _, c, _ in rows])  # the law's D (mixture/axis.py)
         self.last = np.array([last for _, _, last in rows])
         self.loss = {k: np.array([mean_loss(c[k], (docs or {}).get(k)) for _, c, _ in rows]) for k in KINDS}
         # the base model: every pilot's step-0 check scores it on the same documents
@@ -64,23 +70,23 @@ def estimate(pts: Points, forms: dict, holdout: float, budget: float, mp, share:
     """Every number of the plan from one set of losses. `share` fixes the recommended share (bootstrap resamples
     are read at the point estimate's); `starts` seeds each fit with the point estimate's parameters."""
     hold = np.isclose(pts.share, holdout)
-    d_unit = float(pts.tokens.max())
+    d_unit = float(pts.x.max())
     out, fits = {"interpolation": {}, "extrapolation": {}}, {}
     for kind in KINDS:
         own, y = own_share(kind, pts.replay), pts.loss[kind]
 
         def fitted(mask, which):
             s = [starts[(kind, which)]] if starts else None
-            return fit(forms[kind], pts.tokens[mask], own[mask], y[mask], d_unit, s)
+            return fit(forms[kind], pts.x[mask], own[mask], y[mask], d_unit, s)
 
         f_int, f_ext, f_all = fitted(~hold, "interpolation"), fitted(~hold & ~pts.last, "extrapolation"), fitted(
             np.ones_like(hold), "all")
         fits[kind] = {"interpolation": f_int, "extrapolation": f_ext, "all": f_all}
         at = np.flatnonzero(hold & pts.last)[0]
-        out["interpolation"][kind] = comparison(float(f_int.predict(pts.tokens[at], own[at])), float(y[at]))
+        out["interpolation"][kind] = comparison(float(f_int.predict(pts.x[at], own[at])), float(y[at]))
         lasts = np.flatnonzero(~hold & pts.last)
         out["extrapolation"][kind] = [{"replay_share": float(pts.share[i]), "tokens": float(pts.tokens[i]),
-                                       **comparison(float(f_ext.predict(pts.tokens[i], own[i])), float(y[i]))} for i in lasts]
+                                       **comparison(float(f_ext.predict(pts.x[i], own[i])), float(y[i]))} for i in lasts]
     out["fits"] = fits
     out["recommendation"] = recommend(fits["domain"]["all"], fits["general"]["all"], pts, budget, mp, share)
     return out
@@ -99,14 +105,15 @@ def share_grid(pts: Points) -> np.ndarray:
 def recommend(f_dom: Fit, f_gen: Fit, pts: Points, budget: float, mp, share: float | None) -> dict:
     bound = pts.base["general"] * (1 + mp.max_general_increase)
     grid = share_grid(pts) if share is None else np.array([share])
-    dom, gen = f_dom.predict(budget, 1 - grid), f_gen.predict(budget, grid)
+    at = pts.axis.run_end(budget)
+    dom, gen = f_dom.predict(at, 1 - grid), f_gen.predict(at, grid)
     ok = np.flatnonzero(gen <= bound)
     if share is None and not len(ok):
         return {"replay_share": None, "general_bound": bound, "feasible": False,
                 "least_general_loss": {"replay_share": float(grid[np.argmin(gen)]), "predicted": float(gen.min())}}
     i = ok[np.argmin(dom[ok])] if share is None else 0
     r = float(grid[i])
-    tokens, first = saturation(f_dom, 1 - r, budget, mp.min_gain_per_doubling)
+    tokens, first = saturation(f_dom, 1 - r, budget, mp.min_gain_per_doubling, pts.axis)
     return {"replay_share": r, "predicted_domain_loss": float(dom[i]), "predicted_general_loss": float(gen[i]),
             "general_bound": bound, "feasible": bool(gen[i] <= bound), "saturation_tokens": tokens,
             "saturation_at_or_below": first}
@@ -115,12 +122,12 @@ def recommend(f_dom: Fit, f_gen: Fit, pts: Points, budget: float, mp, share: flo
 SATURATION_GRID = 2.0 ** np.arange(-6, 11)  # budget/64 .. budget x 1024, doubling
 
 
-def saturation(f_dom: Fit, domain_share: float, budget: float, min_gain: float) -> tuple[float | None, bool]:
+def saturation(f_dom: Fit, domain_share: float, budget: float, min_gain: float, axis: TokenAxis) -> tuple[float | None, bool]:
     """(the fewest tokens on a doubling grid past which doubling them lowers the predicted domain loss by less than
     `min_gain` of it, whether that is the grid's first point: then it is 'at or below'); None when every doubling on
-    the grid still pays."""
+    the grid still pays. Each is the end of a full run of that many tokens."""
     for k, d in enumerate(budget * SATURATION_GRID):
-        now, doubled = float(f_dom.predict(d, domain_share)), float(f_dom.predict(2 * d, domain_share))
+        now, doubled = (float(f_dom.predict(axis.run_end(t), domain_share)) for t in (d, 2 * d))
         if (now - doubled) / now < min_gain:
             return float(d), k == 0
     return None, False
@@ -131,12 +138,12 @@ def choose_forms(pts: Points, holdout: float) -> tuple[dict, dict]:
     hold = np.isclose(pts.share, holdout)
     forms, errors = {}, {}
     for kind in KINDS:
-        forms[kind], errors[kind] = choose_form(pts.tokens[~hold], own_share(kind, pts.replay[~hold]), pts.loss[kind][~hold])
+        forms[kind], errors[kind] = choose_form(pts.x[~hold], own_share(kind, pts.replay[~hold]), pts.loss[kind][~hold])
     return forms, errors
 
 
-def bootstrap(pilots: list[dict], forms: dict, point: dict, holdout: float, budget: float, mp, kinds=KINDS,
-              seed: int = 0) -> list:
+def bootstrap(pilots: list[dict], axis: TokenAxis, forms: dict, point: dict, holdout: float, budget: float, mp,
+              kinds=KINDS, seed: int = 0) -> list:
     """mp.bootstrap_samples estimates over resampled held-out documents of `kinds` (the others kept as they are; the
     recommended share and forms fixed, each refit started from the point estimate's parameters); None for a resample
     where a law would not fit."""
@@ -148,7 +155,7 @@ def bootstrap(pilots: list[dict], forms: dict, point: dict, holdout: float, budg
     for _ in range(mp.bootstrap_samples):
         docs = {k: rng.integers(0, n, n) for k, n in n_docs.items()}
         try:
-            out.append(estimate(Points(pilots, docs), forms, holdout, budget, mp, share, starts))
+            out.append(estimate(Points(pilots, axis, docs), forms, holdout, budget, mp, share, starts))
         except FitError:
             out.append(None)
     return out

@@ -23,13 +23,35 @@ from pathlib import Path
 
 from domainpt.errors import DomainptError
 from domainpt.jobs.runner import Job, Worker
-from domainpt.manifest import atomic_write_json, read_jsonl, stage_dir
+from domainpt.manifest import STAGE_SECTIONS, atomic_write_json, read_jsonl, stage_dir
 
 STAGE = "plan_mixture"
 KINDS = ("domain", "general")
 # What a launcher (torchrun, accelerate launch) tells its processes: a pilot is a launch of its own, so none of it.
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                     "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+# What the plan reads from the pilots rather than what a pilot is: changing one refits the plan and keeps every pilot.
+ANALYSIS_KEYS = ("holdout_share", "budget_tokens", "max_general_increase", "min_gain_per_doubling", "bootstrap_samples",
+                 "token_axis")
+
+
+def pilot_fingerprint(recipe) -> str:
+    """The pilots' job markers hold while this holds: the plan stage's sections without the analysis's own keys (and
+    report, which only the plan reads), so a new bound or confidence does not rerun hours of pilots."""
+    return recipe.fingerprint(STAGE_SECTIONS[STAGE], ignore=(("report", None), *(("mixture_plan", k) for k in ANALYSIS_KEYS)))
+
+
+def same_pilot(a: dict, b: dict) -> bool:
+    """Two pilot recipes (recipe.json) that run the same pilot: equal but for the plan's analysis keys and report."""
+    def runs(d: dict) -> dict:
+        d = json.loads(json.dumps(d))
+        d.pop("report", None)
+        for k in ANALYSIS_KEYS:
+            d.get("mixture_plan", {}).pop(k, None)
+        return d
+    return runs(a) == runs(b)
 
 
 def share_name(share: float) -> str:
@@ -56,16 +78,21 @@ def share_of(job: Job) -> float:
     return float(job.task.removeprefix("replay_"))
 
 
+def pilot_warmup(recipe) -> int:
+    """The recipe's warm-up stretched over a pilot (at least a step where the recipe warms up at all)."""
+    warmup, mp = recipe.train.warmup_steps, recipe.mixture_plan
+    return max(1, round(warmup * mp.pilot_steps / recipe.train.max_steps)) if warmup else 0
+
+
 def pilot_recipe(recipe, share: float) -> dict:
     """The run's recipe as a pilot at `share` (a plain dict: written as the pilot's recipe.json, which is YAML)."""
     mp, d = recipe.mixture_plan, recipe.to_dict()
     d["name"] = f"{recipe.name}-pilot-{share_name(share)}"
     d["out_dir"] = str(pilot_dir(recipe, share))
     d["data"]["replay_share"] = share
-    warmup = recipe.train.warmup_steps
     d["train"].update(max_steps=mp.pilot_steps, eval_every=check_every(mp), save_every=0, keep_last=1,
-                      warmup_steps=max(1, round(warmup * mp.pilot_steps / recipe.train.max_steps)) if warmup else 0,
-                      ppl_max_tokens=recipe.eval.ppl_max_tokens, max_general_ppl_rise=None, report_to=[])
+                      warmup_steps=pilot_warmup(recipe), ppl_max_tokens=recipe.eval.ppl_max_tokens,
+                      max_general_ppl_rise=None, report_to=[])
     d["compare"]["control"] = "none"
     return d
 
@@ -88,7 +115,7 @@ def run_pilot(recipe, job: Job, worker: Worker) -> dict:
     share = share_of(job)
     folder = pilot_dir(recipe, share)
     recipe_file, wanted = folder / "recipe.json", pilot_recipe(recipe, share)
-    if recipe_file.is_file() and json.loads(recipe_file.read_text()) != json.loads(json.dumps(wanted)):
+    if recipe_file.is_file() and not same_pilot(json.loads(recipe_file.read_text()), wanted):
         shutil.rmtree(folder)  # a pilot of an earlier mixture_plan or recipe: its stages would refuse this one
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(recipe_file, wanted)

@@ -65,8 +65,12 @@ def plan_markdown(plan: dict) -> str:
     if rec["extrapolation_factor"] > 2:
         lines += ["", f"**The budget is {rec['extrapolation_factor']:.1f}x the longest pilot's tokens**: the "
                       "recommendation extrapolates that far in tokens, further than the validation below checks "
-                      "(each pilot's last check from its earlier ones). Checks along a pilot also fall at different "
-                      "points of its learning-rate schedule, which the law reads as an effect of tokens."]
+                      "(each pilot's last check from its earlier ones). " + (
+                          "Checks along a pilot fall at different points of its learning-rate schedule, which the law "
+                          "in plain tokens (mixture_plan.token_axis) reads as an effect of tokens."
+                          if plan["token_axis"]["kind"] == "tokens" else
+                          "The law places the pilots' checks and the full run's end by the learning rate each has "
+                          "taken (mixture_plan.token_axis: lr_area), not by their tokens alone.")]
     lines += ["", "## Validation (the law's own errors, as measured)", "",
               "Relative error = predicted / measured - 1 (positive: the law predicts a higher loss than was measured).",
               "", "| check | loss | predicted | measured | relative error |", "|---|---|---|---|---|"]
@@ -86,7 +90,9 @@ def plan_markdown(plan: dict) -> str:
         loso = ", ".join(f"{k} {e:.2%}" if e is not None else f"{k}: too few points to fit without a share"
                          for k, e in f["leave_one_share_out_error"].items())
         lines.append(f"| {kind} (r = {f['share']}) | `{f['formula']}` | {params} | {f['r2']:.4f} | {loso} |")
-    lines += ["", f"D in units of {fits['domain']['d_unit_tokens']:,.0f} tokens (the longest pilot's). The form with "
+    lines += ["", f"D: {plan['token_axis']['means']}, in units of {fits['domain']['d_unit_tokens']:,.0f} (the "
+              "longest pilot's end); a pilot's checks at their steps of its schedule, the budget at the end of the full "
+              "run's. The form with "
               "the lowest leave-one-share-out error (each fitted share's last check predicted from the other shares) is "
               "chosen per loss; R² alone would favour the form with more parameters.", "", "## Pilots", "",
               "| replay share | steps | tokens | domain loss (last) | general loss (last) | seconds |", "|---|---|---|---|---|---|"]
@@ -112,6 +118,10 @@ def plan_plot(plan: dict, path: Path) -> Path:
             ax.plot(c["tokens"], c[kind][i], color=color, lw=2.2 if recommended else 1,
                     ls="-" if recommended else "--", label=f"replay {r:g}" + (" (recommended)" if recommended else ""))
             pilot = next((p for p in plan["pilots"] if p["replay_share"] == r), None)
+            along = c.get("along_pilots")
+            if pilot and along:  # the law along the pilot's own schedule, through its checks
+                j = along["replay_shares"].index(r)
+                ax.plot(along["tokens"], along[kind][j], color=color, lw=0.8, alpha=0.7)
             if pilot:
                 held = r == plan["validation"]["replay_share"]
                 xs, ys = zip(*pilot[f"{kind}_loss"])
@@ -126,9 +136,9 @@ def plan_plot(plan: dict, path: Path) -> Path:
                             yerr=[[rec[f"predicted_{kind}_loss"] - iv[0]], [iv[1] - rec[f"predicted_{kind}_loss"]]],
                             fmt="s", color="black", capsize=3, zorder=4)
         ax.set_xscale("log")
-        ax.set_xlabel("training tokens (dotted: the budget)")
+        ax.set_xlabel("training tokens (dashed: a full run's end; thin: along a pilot; dotted: the budget)", fontsize=8)
         ax.set_ylabel(f"held-out {kind} loss (nats/token)")
-        ax.set_title(f"{kind} loss: measured and fitted (star: held-out share, its curve fitted without it)", fontsize=9)
+        ax.set_title(f"{kind} loss: measured and fitted (star: the held-out share, fitted without it)", fontsize=8)
     axes[1].legend(fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

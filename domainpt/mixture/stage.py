@@ -22,8 +22,9 @@ from domainpt.errors import DomainptError
 from domainpt.jobs.runner import JobBook, job_records, merged_start, parallel_summary, run_share, this_worker
 from domainpt.manifest import atomic_write_json, atomic_write_text, stage_dir, write_manifest
 from domainpt.mixture.analysis import KINDS, Points, bootstrap, choose_forms, estimate, interval, mean_loss
+from domainpt.mixture.axis import Schedule, TokenAxis
 from domainpt.mixture.law import FitError
-from domainpt.mixture.pilots import STAGE, pilot_jobs, run_pilot
+from domainpt.mixture.pilots import STAGE, pilot_fingerprint, pilot_jobs, pilot_warmup, run_pilot
 from domainpt.mixture.render import plan_markdown, plan_plot
 
 
@@ -31,6 +32,16 @@ def tokens_per_step(recipe) -> int:
     """A pilot's tokens per optimizer step: one process (train.global_batch_size, or train.batch_size) x grad_accum."""
     tc = recipe.train
     return tc.process_batch(1) * tc.grad_accum * recipe.data.seq_len
+
+
+def token_axis(recipe, tokens_per_step: int) -> TokenAxis:
+    """The law's D for this recipe: its pilots' schedule (the warm-up stretched) and its full run's."""
+    tc = recipe.train
+
+    def schedule(warmup: int) -> Schedule:
+        return Schedule(warmup, tc.schedule, tc.min_lr_ratio, tc.decay_share, tc.warmup_start_lr / tc.lr)
+    return TokenAxis(recipe.mixture_plan.token_axis, tokens_per_step, recipe.mixture_plan.pilot_steps,
+                     schedule(pilot_warmup(recipe)), schedule(tc.warmup_steps))
 
 
 def check_recipe(recipe) -> None:
@@ -44,7 +55,7 @@ def run_plan_mixture(recipe, shard: str | None = None, merge: bool = False) -> d
     started = time.time()
     check_recipe(recipe)
     jobs = pilot_jobs(recipe, tokens_per_step(recipe))
-    book = JobBook(recipe, STAGE, [])
+    book = JobBook(recipe, STAGE, [], fingerprint=pilot_fingerprint(recipe))
     worker = this_worker(shard)
     if not merge:
         run_share(jobs, lambda job: run_pilot(recipe, job, worker), book, worker)
@@ -80,7 +91,8 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
     check_pilots(pilots)
     tps = pilots[0]["tokens_per_step"]
     budget = int(mp.budget_tokens or recipe.train.max_steps * tps)
-    pts = Points(pilots)
+    axis = token_axis(recipe, tps)
+    pts = Points(pilots, axis)
     try:
         forms, loso = choose_forms(pts, mp.holdout_share)
         point = estimate(pts, forms, mp.holdout_share, budget, mp)
@@ -89,7 +101,7 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
                             "losses in plan_mixture/pilots/*/pretrain/heldout.jsonl") from None
     n_docs = {k: len(pilots[0]["checks"][0][k]["nll"]) for k in KINDS}
     resampled = [k for k in KINDS if n_docs[k] >= MIN_DOCUMENTS]  # too few documents: kept as they are
-    boot = bootstrap(pilots, forms, point, mp.holdout_share, budget, mp, resampled, recipe.train.seed) if resampled else []
+    boot = bootstrap(pilots, axis, forms, point, mp.holdout_share, budget, mp, resampled, recipe.train.seed) if resampled else []
     ok = [b for b in boot if b is not None]
     fixed = [f"{k} ({n_docs[k]} document(s))" for k in KINDS if k not in resampled]
 
@@ -116,7 +128,8 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
                       "base_general_loss": pts.base["general"], "base_domain_loss": pts.base["domain"],
                       "max_general_increase": mp.max_general_increase, "saturation_tokens": rec.get("saturation_tokens"),
                       "saturation_at_or_below": rec.get("saturation_at_or_below", False),
-                      "extrapolation_factor": budget / longest, "tokens_per_step": tps}
+                      "extrapolation_factor": budget / longest, "tokens_per_step": tps,
+                      "budget_axis_value": axis.run_end(budget)}
     if rec["replay_share"] is not None:
         steps = math.ceil(budget / tps)
         recommendation["override"] = f"data.replay_share={rec['replay_share']:g} train.max_steps={steps}"
@@ -127,35 +140,47 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
     else:
         recommendation["least_general_loss"] = rec["least_general_loss"]
     fits = {k: {**point["fits"][k]["all"].as_dict(), "share": "domain share (1 - replay share)" if k == "domain" else
-                "replay share", "leave_one_share_out_error": loso[k]} for k in KINDS}
+                "replay share", "leave_one_share_out_error": loso[k], "axis": mp.token_axis} for k in KINDS}
     return {"recipe": recipe.name, "model": recipe.model.base, "confidence": conf, "bootstrap_samples": len(boot),
             "bootstrap_failed": len(boot) - len(ok), "heldout_documents": n_docs, "resampled_kinds": resampled,
             "interval_note": None if not fixed else
             f"{'no intervals' if not boot else 'intervals over ' + resampled[0] + ' documents only'}: the held-out "
             f"{' and '.join(fixed)} {'is' if len(fixed) == 1 else 'are'} fewer than {MIN_DOCUMENTS} documents, not "
             "resampled (raise data.heldout_docs or eval.ppl_max_tokens)",
-            "tokens_per_step": tps, "base": {"domain_loss": pts.base["domain"], "general_loss": pts.base["general"]},
-            "pilots": [pilot_entry(p) for p in pilots], "fits": fits, "validation": validation,
+            "tokens_per_step": tps, "token_axis": {"kind": mp.token_axis, "means": axis.describe()}, "base": {"domain_loss": pts.base["domain"], "general_loss": pts.base["general"]},
+            "pilots": [pilot_entry(p, axis) for p in pilots], "fits": fits, "validation": validation,
             "recommendation": recommendation, "curves": curves(point, pts, budget, rec["replay_share"], mp.holdout_share)}
 
 
-def pilot_entry(p: dict) -> dict:
+def pilot_entry(p: dict, axis: TokenAxis) -> dict:
     checks = [c for c in p["checks"] if c["tokens"] > 0]
     return {"replay_share": p["replay_share"], "replay_share_actual": p.get("replay_share_actual"), "steps": p["steps"],
             "tokens": p["tokens"], "seconds": p["seconds"],
-            **{f"{k}_loss": [[c["tokens"], mean_loss(c[k])] for c in checks] for k in KINDS}}
+            **{f"{k}_loss": [[c["tokens"], mean_loss(c[k])] for c in checks] for k in KINDS},
+            "axis_values": [axis.pilot_check(c["step"]) for c in checks]}
 
 
 def curves(point: dict, pts: Points, budget: float, share: float | None, holdout: float) -> dict:
-    """The fitted laws drawn per piloted share (as trained) from the first check to past the budget: what plan.png
-    plots, kept in plan.json so the figure can be redrawn. The held-out share's curve is the fit that did not see it;
-    the others' the fit on every pilot (the recommendation's)."""
+    """The fitted laws drawn per piloted share (as trained): what plan.png plots, kept in plan.json so the figure can
+    be redrawn. `tokens` and each kind's lists: the loss at the end of a full run of that many tokens, from the first
+    check to past the budget; `along_pilots`: the law along a pilot's own schedule, step by step (the same curve when
+    token_axis is 'tokens'). The held-out share's curves are the fit that did not see it; the others' the fit on every
+    pilot (the recommendation's)."""
+    axis = pts.axis
     tokens = np.geomspace(pts.tokens.min(), max(budget, pts.tokens.max()) * 2, 40)
+    ends = np.array([axis.run_end(t) for t in tokens])
+    steps = np.arange(1, axis.pilot_steps + 1)
+    along = np.array([axis.pilot_check(int(s)) for s in steps])
     trained = dict(zip(pts.share.tolist(), pts.replay.tolist()))
     shares = sorted(set(trained) | ({share} if share is not None else set()))
-    out = {"tokens": tokens.tolist(), "replay_shares": shares}
+    out = {"tokens": tokens.tolist(), "replay_shares": shares,
+           "along_pilots": {"tokens": (steps * axis.tokens_per_step).tolist(), "replay_shares": sorted(trained)}}
     for kind in KINDS:
         fits = point["fits"][kind]
-        out[kind] = [(fits["interpolation"] if np.isclose(r, holdout) else fits["all"]).predict(
-            tokens, 1 - trained.get(r, r) if kind == "domain" else trained.get(r, r)).tolist() for r in shares]
+
+        def law(r, d):
+            f = fits["interpolation"] if np.isclose(r, holdout) else fits["all"]
+            return f.predict(d, 1 - trained.get(r, r) if kind == "domain" else trained.get(r, r)).tolist()
+        out[kind] = [law(r, ends) for r in shares]
+        out["along_pilots"][kind] = [law(r, along) for r in sorted(trained)]
     return out
