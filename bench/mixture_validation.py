@@ -47,7 +47,7 @@ def predicted(plan: dict, axis, kind: str, step: int, total: int, replay: float)
     f = plan["fits"][kind]
     share = 1 - replay if kind == "domain" else replay
     x = axis.at(step, total, axis.run)
-    return float(FORMS[f["form"]].curve(list(f["params"].values()), x / f["d_unit_tokens"], share))
+    return float(FORMS[f["form"]].curve(list(f["params"].values()), x / f["d_unit"], share))
 
 
 def make_plans(a, recipe, out: Path) -> dict:

@@ -313,7 +313,7 @@ def _plan_mixture(args, recipe) -> None:
     with lock:
         if args.force and _rank() == 0:
             invalidate_plan(recipe, keep_pilots=bool(args.shard or args.merge))
-        elif _rank() == 0:
+        elif _rank() == 0 and not args.shard:  # a slice only runs pilots: the plan is --merge's
             drop_stale_plan(recipe)
         if _world() > 1:
             _barrier()
@@ -333,15 +333,43 @@ def _plan_mixture(args, recipe) -> None:
 
 
 def drop_stale_plan(recipe) -> None:
-    """A plan made under another recipe is refitted, not refused: it takes seconds, and the pilots whose own settings
-    are unchanged are kept (their job markers), so a new bound or token axis costs no pilot."""
-    from domainpt.mixture.pilots import STAGE
+    """A finished plan whose pilots still hold (only what the plan reads changed: the bound, the token axis, ...) is
+    refitted, not refused: that takes seconds and keeps every pilot. A change to the pilots themselves is still refused
+    by is_done (pass --force to redo them). A plan from before token_axis existed is refitted too."""
+    import json
+
+    from domainpt.mixture.pilots import STAGE, pilot_fingerprint
 
     manifest = read_manifest(recipe, STAGE)
-    if manifest and manifest.get("fingerprint") != stage_fingerprint(recipe, STAGE):
-        print("[domainpt] plan-mixture: the recipe changed since the plan was made; refitting it (pilots whose own "
-              "settings are unchanged are kept)", flush=True)
-        (stage_dir(recipe, STAGE) / "manifest.json").unlink(missing_ok=True)
+    if not manifest:
+        return
+    try:
+        axis = json.loads((stage_dir(recipe, STAGE) / "plan.json").read_text()).get("token_axis", {}).get("kind")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        axis = None
+    if manifest.get("fingerprint") == stage_fingerprint(recipe, STAGE) and axis == recipe.mixture_plan.token_axis:
+        return
+    if pilots_made_under(recipe, manifest) != pilot_fingerprint(recipe):
+        return
+    print("[domainpt] plan-mixture: what the plan reads changed since it was made; refitting it (every pilot kept)",
+          flush=True)
+    (stage_dir(recipe, STAGE) / "manifest.json").unlink(missing_ok=True)
+
+
+def pilots_made_under(recipe, manifest: dict) -> str | None:
+    """The pilot fingerprint a finished plan's pilots were made under: in its manifest, or (older plans) a job marker's."""
+    import json
+
+    from domainpt.mixture.pilots import STAGE
+
+    if manifest.get("pilot_fingerprint"):
+        return manifest["pilot_fingerprint"]
+    for marker in sorted((stage_dir(recipe, STAGE) / "jobs").rglob("*.json")):
+        try:
+            return json.loads(marker.read_text()).get("fingerprint")
+        except (OSError, json.JSONDecodeError):
+            continue
+    return None
 
 
 def invalidate_plan(recipe, keep_pilots: bool) -> None:

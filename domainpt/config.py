@@ -540,7 +540,8 @@ class MixturePlanConfig:
         "half the peak LR counts half), so that the checks along a pilot's decaying schedule and the end of the full "
         "run's longer one sit on one axis (Tissue et al. 2024, arXiv 2408.11029). 'tokens': the plain token count, as "
         "D-CPT and CMR fit it (right when every point is the end of a run of its own). On the medical demo 'tokens' "
-        "predicted a 4x longer run's final domain loss 11-12% too high, 'lr_area' 2-4% too low (BENCHMARKS.md).")
+        "predicted a 4x longer run's final domain loss 11-12% too high, 'lr_area' 2-4% too low (one dataset, a cosine "
+        "schedule: BENCHMARKS.md).")
 
     def __post_init__(self):
         check_fields(self)
@@ -597,7 +598,6 @@ class Recipe:
         stage stays valid when a newer domainpt adds keys with defaults. `ignore`: (section, key) pairs left out, a
         key of None for the whole section (hashed as at its defaults)."""
         d = {k: _non_default(getattr(self, k)) for k in sections}
-        d = {k: v for k, v in d.items() if not (k in _LATER_SECTIONS and v == {})}
         for (section, old), new in RENAMED_KEYS.items():
             if new in d.get(section, {}):
                 d[section][old] = d[section].pop(new)
@@ -607,6 +607,8 @@ class Recipe:
                     d[section] = {}
                 else:
                     d[section].pop(key, None)
+        # after the keys left out: a later section left with nothing counts as absent, as at its defaults
+        d = {k: v for k, v in d.items() if not (k in _LATER_SECTIONS and v == {})}
         if "lora" not in sections:  # a task's own LoRA budget matters from fine-tuning on, not to prepare or pretrain
             for task in d.get("tasks", []):
                 for key in TASK_LORA_KEYS:

@@ -167,8 +167,10 @@ def plan_of(pilots, *overrides):
     from domainpt.config import load_recipe
     from domainpt.mixture.stage import make_plan
 
+    # the synthetic losses follow a law in plain tokens unless a test says otherwise
     recipe = load_recipe(TINY, ["mixture_plan.replay_shares=[0.0,0.1,0.3,0.5]", "mixture_plan.holdout_share=0.3",
-                                "mixture_plan.bootstrap_samples=40", "train.max_steps=80", *overrides])
+                                "mixture_plan.bootstrap_samples=40", "train.max_steps=80", "mixture_plan.token_axis=tokens",
+                                *overrides])
     return make_plan(recipe, pilots)
 
 
@@ -224,21 +226,27 @@ def test_a_law_in_learning_rate_area_predicts_a_longer_run_where_one_in_tokens_c
     and predicts a run 4x as long (its own, longer cosine) at its end; the plain-token axis reads the pilot's decay as
     saturation and predicts it too high, as it did on the medical demo (BENCHMARKS.md)."""
     from domainpt.config import load_recipe
-    from domainpt.mixture.stage import token_axis
+    from domainpt.training.schedules import lr_multiplier
 
     overrides = ["mixture_plan.replay_shares=[0.0,0.1,0.3,0.5]", "mixture_plan.holdout_share=0.3", "train.max_steps=160"]
-    axis = token_axis(load_recipe(TINY, overrides), 512)  # tiny: cosine to 0.1 of the peak; pilots of 40 steps
-    unit = axis.pilot_check(40)
-    pilots = synthetic_pilots([0.0, 0.1, 0.3, 0.5], d_of_step=lambda step: axis.pilot_check(step) / unit)
+    tc = load_recipe(TINY, overrides).train  # tiny: cosine to 0.1 of the peak, 2 warm-up steps; pilots of 40 steps
+
+    def area(steps, total, warmup):  # step by step, not the plan's closed form
+        return sum(lr_multiplier(s, total, warmup, tc.schedule, tc.min_lr_ratio) for s in range(steps)) * 512
+    pilot_warmup = 1  # 2 of 160 steps, stretched over 40: rounds to 0.5, at least 1
+    unit = area(40, 40, pilot_warmup)
+    pilots = synthetic_pilots([0.0, 0.1, 0.3, 0.5], d_of_step=lambda step: area(step, 40, pilot_warmup) / unit)
+    budget_area = area(160, 160, tc.warmup_steps)
     errors = {}
     for name in ("lr_area", "tokens"):
         plan = plan_of(pilots, *overrides, f"mixture_plan.token_axis={name}")
         rec = plan["recommendation"]
         assert plan["token_axis"]["kind"] == name and plan["fits"]["domain"]["axis"] == name
+        assert rec["budget_axis_value"] == pytest.approx(budget_area if name == "lr_area" else 160 * 512)
         r = rec["replay_share"]
         # the documents' difficulty cancels in a ratio to the pilot's own last check
         last = next(p for p in plan["pilots"] if p["replay_share"] == r)["domain_loss"][-1][1]
-        truth = domain_law(axis.run_end(160 * 512) / unit, r) / domain_law(1.0, r)
+        truth = domain_law(budget_area / unit, r) / domain_law(1.0, r)
         errors[name] = rec["predicted_domain_loss"] / last / truth - 1
     assert abs(errors["lr_area"]) < 0.005 and errors["tokens"] > 0.02, errors  # measured: +0.1% and +3.0%
 
@@ -253,12 +261,19 @@ def test_changing_what_the_plan_reads_refits_it_and_keeps_every_pilot(planned, t
     r = cli("plan-mixture", TINY, f"out_dir={copy}", *PILOTS, "mixture_plan.max_general_increase=0.5",
             "mixture_plan.token_axis=tokens", "report.confidence=0.9")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "the recipe changed since the plan was made; refitting it" in r.stdout
+    assert "what the plan reads changed since it was made; refitting it (every pilot kept)" in r.stdout
     assert "4 job(s) finished earlier, kept" in r.stdout and "prepare: starting" not in r.stdout
     assert {p: p.stat().st_mtime_ns for p in markers} == markers
     plan = json.loads((copy / "plan_mixture" / "plan.json").read_text())
     assert plan["token_axis"]["kind"] == "tokens" and plan["confidence"] == 0.9
     assert plan["recommendation"]["max_general_increase"] == 0.5
+    # the same under --merge (the plan of N array tasks), and a change to the pilots themselves is still refused
+    r = cli("plan-mixture", TINY, f"out_dir={copy}", *PILOTS, "mixture_plan.max_general_increase=0.1", "--merge")
+    assert r.returncode == 0 and "refitting it (every pilot kept)" in r.stdout, r.stderr[-2000:]
+    assert json.loads((copy / "plan_mixture" / "plan.json").read_text())["recommendation"]["max_general_increase"] == 0.1
+    assert {p: p.stat().st_mtime_ns for p in markers} == markers
+    r = cli("plan-mixture", TINY, f"out_dir={copy}", *PILOTS, "train.lr=0.001")
+    assert r.returncode == 2 and "was finished with a different recipe" in r.stderr and "--force" in r.stderr
     # a pilot's own settings are another matter: another length, data or schedule reruns the pilots
     from domainpt.config import load_recipe
     from domainpt.mixture.pilots import pilot_fingerprint
@@ -268,3 +283,6 @@ def test_changing_what_the_plan_reads_refits_it_and_keeps_every_pilot(planned, t
                       "mixture_plan.bootstrap_samples=50", "mixture_plan.budget_tokens=999")
     for changed in ("mixture_plan.pilot_steps=4", "mixture_plan.eval_points=4", "train.lr=0.001", "data.seq_len=64"):
         assert fp(changed) != fp(), changed
+    # a recipe whose mixture_plan is otherwise at its defaults: an analysis key alone leaves the pilots' hash as it was
+    bare = lambda *o: pilot_fingerprint(load_recipe(TINY, list(o)))  # noqa: E731
+    assert bare() == bare("mixture_plan.max_general_increase=0.5") == bare("mixture_plan.token_axis=tokens")

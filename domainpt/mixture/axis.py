@@ -35,7 +35,7 @@ class TokenAxis:
     pilot_steps: int
     pilot: Schedule          # the pilots' schedule (the recipe's, its warm-up stretched)
     run: Schedule            # the full run's (the recipe's own)
-    _ends: dict = field(default_factory=dict, repr=False)
+    _ends: dict = field(default_factory=dict, init=False, compare=False, repr=False)  # run_end's, per step count
 
     def at(self, step: int, total: int, schedule: Schedule) -> float:
         """D at optimizer step `step` of a `total`-step run on `schedule`."""

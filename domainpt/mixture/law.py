@@ -91,7 +91,7 @@ class Fit:
         return self.form.curve(self.params, d, np.asarray(share, float))
 
     def as_dict(self) -> dict:
-        return {"form": self.form.name, "formula": self.form.formula, "d_unit_tokens": self.d_unit,
+        return {"form": self.form.name, "formula": self.form.formula, "d_unit": self.d_unit,
                 "params": {k: round(float(v), 6) for k, v in zip(self.form.params, self.params)},
                 "r2": round(self.r2, 6) if np.isfinite(self.r2) else None}
 

@@ -63,7 +63,8 @@ def plan_markdown(plan: dict) -> str:
             lines += ["", f"The share was chosen on the point predictions, so it sits near the bound: in "
                           f"{rec['p_general_over_bound']:.0%} of the resamples its predicted general loss is over it."]
     if rec["extrapolation_factor"] > 2:
-        lines += ["", f"**The budget is {rec['extrapolation_factor']:.1f}x the longest pilot's tokens**: the "
+        lines += ["", f"**The budget is {rec['extrapolation_factor']:.1f}x the longest pilot's tokens** "
+                      f"({rec['extrapolation_factor_axis']:.1f}x on the law's axis): the "
                       "recommendation extrapolates that far in tokens, further than the validation below checks "
                       "(each pilot's last check from its earlier ones). " + (
                           "Checks along a pilot fall at different points of its learning-rate schedule, which the law "
@@ -90,7 +91,7 @@ def plan_markdown(plan: dict) -> str:
         loso = ", ".join(f"{k} {e:.2%}" if e is not None else f"{k}: too few points to fit without a share"
                          for k, e in f["leave_one_share_out_error"].items())
         lines.append(f"| {kind} (r = {f['share']}) | `{f['formula']}` | {params} | {f['r2']:.4f} | {loso} |")
-    lines += ["", f"D: {plan['token_axis']['means']}, in units of {fits['domain']['d_unit_tokens']:,.0f} (the "
+    lines += ["", f"D: {plan['token_axis']['means']}, in units of {fits['domain']['d_unit']:,.0f} (the "
               "longest pilot's end); a pilot's checks at their steps of its schedule, the budget at the end of the full "
               "run's. The form with "
               "the lowest leave-one-share-out error (each fitted share's last check predicted from the other shares) is "
@@ -136,7 +137,7 @@ def plan_plot(plan: dict, path: Path) -> Path:
                             yerr=[[rec[f"predicted_{kind}_loss"] - iv[0]], [iv[1] - rec[f"predicted_{kind}_loss"]]],
                             fmt="s", color="black", capsize=3, zorder=4)
         ax.set_xscale("log")
-        ax.set_xlabel("training tokens (dashed: a full run's end; thin: along a pilot; dotted: the budget)", fontsize=8)
+        ax.set_xlabel("training tokens (dashed, thick: a full run's end; thin: along a pilot; dotted: the budget)", fontsize=8)
         ax.set_ylabel(f"held-out {kind} loss (nats/token)")
         ax.set_title(f"{kind} loss: measured and fitted (star: the held-out share, fitted without it)", fontsize=8)
     axes[1].legend(fontsize=7, frameon=False)

@@ -69,6 +69,7 @@ def run_plan_mixture(recipe, shard: str | None = None, merge: bool = False) -> d
     atomic_write_json(out / "plan.json", plan)
     atomic_write_text(out / "plan.md", plan_markdown(plan))
     return write_manifest(recipe, STAGE, started, recommendation=plan["recommendation"], jobs=job_records(markers),
+                          pilot_fingerprint=book.fingerprint,
                           **parallel_summary(markers, started, time.time() - started, workers))
 
 
@@ -129,7 +130,8 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
                       "max_general_increase": mp.max_general_increase, "saturation_tokens": rec.get("saturation_tokens"),
                       "saturation_at_or_below": rec.get("saturation_at_or_below", False),
                       "extrapolation_factor": budget / longest, "tokens_per_step": tps,
-                      "budget_axis_value": axis.run_end(budget)}
+                      "budget_axis_value": axis.run_end(budget),
+                      "extrapolation_factor_axis": axis.run_end(budget) / float(pts.x.max())}
     if rec["replay_share"] is not None:
         steps = math.ceil(budget / tps)
         recommendation["override"] = f"data.replay_share={rec['replay_share']:g} train.max_steps={steps}"
@@ -140,7 +142,8 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
     else:
         recommendation["least_general_loss"] = rec["least_general_loss"]
     fits = {k: {**point["fits"][k]["all"].as_dict(), "share": "domain share (1 - replay share)" if k == "domain" else
-                "replay share", "leave_one_share_out_error": loso[k], "axis": mp.token_axis} for k in KINDS}
+                "replay share", "leave_one_share_out_error": loso[k], "axis": mp.token_axis,
+                "d_unit_tokens": float(pts.tokens[np.argmax(pts.x)])} for k in KINDS}
     return {"recipe": recipe.name, "model": recipe.model.base, "confidence": conf, "bootstrap_samples": len(boot),
             "bootstrap_failed": len(boot) - len(ok), "heldout_documents": n_docs, "resampled_kinds": resampled,
             "interval_note": None if not fixed else
