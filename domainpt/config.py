@@ -535,6 +535,11 @@ class MixturePlanConfig:
                                              "loss by less than this share of it.", gt=0, lt=1)
     bootstrap_samples: int = _f(200, "Resamples of the held-out documents for the intervals on every prediction (each "
                                      "refits the law).", ge=20)
+    length_check: bool = _f(
+        True, "One more pilot, twice pilot_steps long (its schedule and warm-up stretched alike, its checks as far "
+        "apart), at the fitted share nearest data.replay_share: the law fitted on the other pilots predicts it, under "
+        "both token axes. It checks what a recommendation relies on, extrapolation to a longer schedule, which the "
+        "other validations cannot; it costs two pilots' tokens.")
     token_axis: Literal["lr_area", "tokens"] = _f(
         "lr_area", "What the law's D counts. 'lr_area': tokens weighted by the learning rate over its peak (a step at "
         "half the peak LR counts half), so that the checks along a pilot's decaying schedule and the end of the full "

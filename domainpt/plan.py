@@ -228,7 +228,7 @@ def format_plan(p: dict) -> str:
 def mixture_plan(recipe, processes: int = 1, gpu: str | None = None) -> dict:
     """`plan-mixture --dry-run`: the pilots' tokens, FLOPs and GPU-hours (each pilot one process), their share out over
     the processes, and their ratio to the full run the plan is for (its budget in tokens)."""
-    from domainpt.mixture.pilots import pilot_jobs
+    from domainpt.mixture.pilots import LENGTH_FACTOR, length_share, pilot_jobs
     from domainpt.mixture.stage import tokens_per_step
 
     full = build_plan(recipe, processes, gpu)
@@ -244,6 +244,8 @@ def mixture_plan(recipe, processes: int = 1, gpu: str | None = None) -> dict:
             "pilot_steps": mp.pilot_steps, "eval_points": mp.eval_points, "tokens": tokens, "flops": tokens * per_token,
             "gpu_hours": tokens * hours_per_token, "full_tokens": budget, "full_gpu_hours": budget * hours_per_token,
             "ratio": tokens / budget,
+            "length_check": {"replay_share": length_share(recipe), "steps": LENGTH_FACTOR * mp.pilot_steps}
+            if mp.length_check else None,
             **job_plan(jobs, processes, hours_per_token)}
 
 
@@ -252,7 +254,9 @@ def format_mixture_plan(p: dict) -> str:
     return "\n".join([
         f"[domainpt] dry run of plan-mixture for '{p['recipe']}'; nothing downloaded or computed",
         f"  pilots    {len(p['shares'])} of {p['model']['base']} at replay shares {shares} (held out of the fit: "
-        f"{p['holdout_share']:g}), {p['pilot_steps']} steps each, {p['eval_points']} held-out checks along each",
+        f"{p['holdout_share']:g}), {p['pilot_steps']} steps each, {p['eval_points']} held-out checks along each"
+        + (f"; and one of {p['length_check']['steps']} steps at {p['length_check']['replay_share']:g} (the length check)"
+           if p["length_check"] else ""),
         f"  cost      {_n(p['tokens'])} tokens, {p['flops']:.3g} FLOPs = {p['gpu_hours']:.3g} {p['gpu']}-hours at "
         f"{p['assumed_mfu']:.0%} MFU (each pilot also runs prepare)",
         f"  vs run    the budget planned for: {_n(p['full_tokens'])} tokens, {p['full_gpu_hours']:.3g} {p['gpu']}-hours; "

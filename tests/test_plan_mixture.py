@@ -46,6 +46,16 @@ def test_plan_mixture_writes_the_three_outputs_with_every_key(planned):
         assert f"recommended: {rec['override']}" in r.stdout
     md = (root / "plan.md").read_text()
     assert "## Validation" in md and "![plan](plan.png)" in md
+    # the length check: a pilot twice as long at the fitted share nearest the recipe's 0.1 (0.1 itself: 0.3 is held out)
+    long = plan["length_pilot"]
+    assert long["replay_share"] == 0.1 and long["steps"] == 12
+    assert [t for t, _ in long["domain_loss"]] == [s * 4 * 128 for s in (2, 4, 6, 8, 10, 12)]
+    length = plan["validation"]["length"]
+    assert length["axis"] == "lr_area" and length["other_axis"]["axis"] == "tokens" and length["steps"] == 12
+    for kind in ("domain", "general"):
+        assert {"predicted", "measured", "relative_error", "interval", "per_check"} <= set(length[kind])
+        assert len(length[kind]["per_check"]) == 6 and "relative_error" in length["other_axis"][kind]
+    assert "a pilot 12 steps long (share 0.1), its end from the other pilots" in md
 
 
 def test_validation_numbers_are_the_pilots_own_measured_losses(planned):
@@ -65,6 +75,12 @@ def test_validation_numbers_are_the_pilots_own_measured_losses(planned):
         assert ex["replay_share"] != 0.3 and ex["worst_of"] == 3  # the held-out share is in no fit
         assert abs(ex["relative_error"]) == max(abs(p["relative_error"]) for p in ex["per_pilot"])
         assert v["interval"] is None
+        # the length check's measured numbers are the long pilot's own last check
+        long = [json.loads(l) for l in (root / "pilots" / "replay_0.1_x2" / "pretrain" / "heldout.jsonl").read_text().splitlines()]
+        x = plan["validation"]["length"][kind]
+        assert long[-1]["step"] == 12 and x["measured"] == pytest.approx(mean_loss(long[-1][kind]), rel=1e-12)
+        assert x["relative_error"] == pytest.approx(x["predicted"] / x["measured"] - 1)
+        assert plan["validation"]["length"]["other_axis"][kind]["relative_error"] != pytest.approx(x["relative_error"])
     # tiny's checks (eval.ppl_max_tokens 2,048) hold 3 domain and 2 general documents: too few to resample, and the plan
     # says so (the intervals themselves: test_plan_intervals_cover_every_prediction_..., on synthetic pilots)
     assert plan["heldout_documents"] == {"domain": 3, "general": 2} and plan["resampled_kinds"] == []
@@ -77,21 +93,23 @@ def test_every_pilot_starts_from_the_same_model_on_the_same_heldout_documents(pl
     plan = json.loads((out / "plan_mixture" / "plan.json").read_text())
     assert plan["token_axis"]["kind"] == "lr_area"
     firsts = []
-    for share in ("0", "0.1", "0.3", "0.5"):
+    for share in ("0", "0.1", "0.3", "0.5", "0.1_x2"):
         rows = [json.loads(l) for l in (out / "plan_mixture" / "pilots" / f"replay_{share}" / "pretrain" /
                                         "heldout.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in rows] == [0, 2, 4, 6]
+        assert [r["step"] for r in rows] == ([0, 2, 4, 6] if "_x" not in share else [0, 2, 4, 6, 8, 10, 12])
         firsts.append(rows[0])
         assert not (out / "plan_mixture" / "pilots" / f"replay_{share}" / "pretrain" / "model").exists()  # deleted
         pilot = json.loads((out / "plan_mixture" / "pilots" / f"replay_{share}" / "recipe.json").read_text())
         # the schedule stretched over the pilot: tiny warms up 2 of 12 steps, a 6-step pilot 1
-        assert pilot["train"]["max_steps"] == 6 and pilot["train"]["warmup_steps"] == 1
+        # (the length check's 12 steps: 2, as the run's)
+        assert (pilot["train"]["max_steps"], pilot["train"]["warmup_steps"]) == ((6, 1) if "_x" not in share else (12, 2))
         # the law's D at each check (token_axis lr_area): the LRs the pilot trained with, over the peak, x its tokens
         lrs = {m["step"]: m["lr"] for m in map(json.loads, (out / "plan_mixture" / "pilots" / f"replay_{share}" /
                                                             "pretrain" / "metrics.jsonl").read_text().splitlines()) if "lr" in m}
-        entry = next(p for p in plan["pilots"] if f"{p['replay_share']:g}" == share)
-        trained = [sum(lrs[s] for s in range(1, step + 1)) / pilot["train"]["lr"] * 512 for step in (2, 4, 6)]
-        assert entry["axis_values"] == pytest.approx(trained, rel=1e-6) and trained[-1] < 6 * 512
+        entry = plan["length_pilot"] if "_x" in share else next(p for p in plan["pilots"] if f"{p['replay_share']:g}" == share)
+        steps = range(2, pilot["train"]["max_steps"] + 1, 2)
+        trained = [sum(lrs[s] for s in range(1, step + 1)) / pilot["train"]["lr"] * 512 for step in steps]
+        assert entry["axis_values"] == pytest.approx(trained, rel=1e-6) and trained[-1] < steps[-1] * 512
     for kind in ("domain", "general"):
         assert all(f[kind] == firsts[0][kind] for f in firsts)  # step 0: the base model, the same documents
 
@@ -99,20 +117,24 @@ def test_every_pilot_starts_from_the_same_model_on_the_same_heldout_documents(pl
 def test_pilots_were_shared_over_both_processes_and_a_rerun_keeps_them(planned, tmp_path):
     out, _ = planned
     manifest = json.loads((out / "plan_mixture" / "manifest.json").read_text())
-    assert sorted(j["process"] for j in manifest["jobs"]) == [0, 0, 1, 1]
+    assert len(manifest["jobs"]) == 5 and {j["process"] for j in manifest["jobs"]} == {0, 1}
+    assert next(j for j in manifest["jobs"] if j["task"] == "replay_0.1_x2")["process"] == 0  # the longest job first
     before = json.loads((out / "plan_mixture" / "plan.json").read_text())
     (out / "plan_mixture" / "manifest.json").unlink()  # the plan not finished: its pilots are
     r = cli("plan-mixture", TINY, f"out_dir={out}", *PILOTS)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "4 job(s) finished earlier, kept" in r.stdout and "prepare: starting" not in r.stdout
+    assert "5 job(s) finished earlier, kept" in r.stdout and "prepare: starting" not in r.stdout
     assert json.loads((out / "plan_mixture" / "plan.json").read_text())["recommendation"] == before["recommendation"]
 
 
 def test_dry_run_prints_the_pilots_cost_against_the_full_run(tmp_path):
     r = cli("plan-mixture", TINY, f"out_dir={tmp_path / 'run'}", *PILOTS, "--dry-run", "--processes", "2")
     assert r.returncode == 0, r.stderr
-    # 4 pilots x 6 steps against the run's 12 steps, 512 tokens per step each
-    assert "the pilots cost 2.00x its tokens" in r.stdout and "process 1: 2 job(s)" in r.stdout
+    # 4 pilots x 6 steps and the length check's 12 against the run's 12 steps, 512 tokens per step each
+    assert "the pilots cost 3.00x its tokens" in r.stdout and "process 1: 3 job(s)" in r.stdout
+    assert "and one of 12 steps at 0.1 (the length check)" in r.stdout
+    r = cli("plan-mixture", TINY, f"out_dir={tmp_path / 'run'}", *PILOTS, "mixture_plan.length_check=false", "--dry-run")
+    assert "the pilots cost 2.00x its tokens" in r.stdout and "length check" not in r.stdout
     assert not (tmp_path / "run").exists()
 
 
@@ -262,7 +284,7 @@ def test_changing_what_the_plan_reads_refits_it_and_keeps_every_pilot(planned, t
             "mixture_plan.token_axis=tokens", "report.confidence=0.9")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "what the plan reads changed since it was made; refitting it (every pilot kept)" in r.stdout
-    assert "4 job(s) finished earlier, kept" in r.stdout and "prepare: starting" not in r.stdout
+    assert "5 job(s) finished earlier, kept" in r.stdout and "prepare: starting" not in r.stdout
     assert {p: p.stat().st_mtime_ns for p in markers} == markers
     plan = json.loads((copy / "plan_mixture" / "plan.json").read_text())
     assert plan["token_axis"]["kind"] == "tokens" and plan["confidence"] == 0.9
@@ -286,3 +308,31 @@ def test_changing_what_the_plan_reads_refits_it_and_keeps_every_pilot(planned, t
     # a recipe whose mixture_plan is otherwise at its defaults: an analysis key alone leaves the pilots' hash as it was
     bare = lambda *o: pilot_fingerprint(load_recipe(TINY, list(o)))  # noqa: E731
     assert bare() == bare("mixture_plan.max_general_increase=0.5") == bare("mixture_plan.token_axis=tokens")
+
+
+def test_the_length_check_predicts_a_longer_pilot_and_says_which_axis_carries_better():
+    """Pilots in LR area and a pilot twice as long at one share (its own stretched schedule): the law fitted on the
+    others predicts the long one's checks; the plan sets its error beside the other token axis's."""
+    from domainpt.config import load_recipe
+    from domainpt.training.schedules import lr_multiplier
+
+    overrides = ["mixture_plan.replay_shares=[0.0,0.1,0.3,0.5]", "mixture_plan.holdout_share=0.3", "train.max_steps=160",
+                 "mixture_plan.token_axis=lr_area"]
+    tc = load_recipe(TINY, overrides).train
+
+    def d_of_step(total, warmup):  # tiny's 2 warm-up steps of 160, stretched over 40 or 80 steps: 1
+        area = lambda steps, n: sum(lr_multiplier(s, n, warmup, tc.schedule, tc.min_lr_ratio) for s in range(steps))  # noqa: E731
+        return lambda step: area(step, total) / area(40, 40)
+    pilots = synthetic_pilots([0.0, 0.1, 0.3, 0.5], d_of_step=d_of_step(40, 1))
+    long = synthetic_pilots([0.1], steps=tuple(range(0, 81, 10)), d_of_step=d_of_step(80, 1))[0]
+    long["length_factor"] = 2
+    plan = plan_of(pilots + [long], *overrides)
+    x = plan["validation"]["length"]
+    assert x["replay_share"] == 0.1 and x["steps"] == 80 and len(x["domain"]["per_check"]) == 8
+    assert abs(x["domain"]["relative_error"]) < 0.005 < abs(x["other_axis"]["domain"]["relative_error"]), x
+    lo, hi = x["domain"]["interval"]
+    assert lo < x["domain"]["predicted"] < hi
+    assert plan["length_pilot"]["steps"] == 80 and [p["steps"] for p in plan["pilots"]] == [40] * 4
+    # the long pilot stays out of the recommendation's fit (the check validates that very fit): 160 / 40 steps
+    assert plan["recommendation"]["extrapolation_factor"] == 4.0
+    assert "(`lr_area`) and under `tokens`" in plan_markdown(plan)

@@ -4,7 +4,11 @@ on the fitted shares; the two validations; the recommendation at the budget; boo
     interpolation   the law fitted without mixture_plan.holdout_share predicts that pilot's last check
     extrapolation   the law fitted on the other pilots' checks but their last predicts each of their last checks (in
                     tokens; the held-out pilot is in neither); the worst pilot is reported, every pilot is listed
-    recommendation  the law refitted on every pilot, the held-out one included: at the budget, the replay share
+    length          (mixture_plan.length_check) the law fitted on every ordinary pilot predicts the checks of a pilot
+                    twice as long, on its own stretched schedule: extrapolation across schedule lengths, which the
+                    recommendation relies on and the two checks above cannot see
+    recommendation  the law refitted on every ordinary pilot, the held-out one included (not the long one, so that the
+                    length check validates this very fit): at the budget, the share
                     (between the smallest and largest piloted, in steps of 0.01) with the lowest predicted domain loss
                     whose predicted general loss stays within the base model's x (1 + max_general_increase); none when
                     no share does
@@ -49,8 +53,10 @@ class Points:
         self.share = np.array([p["replay_share"] for p, _, _ in rows])  # as requested: names the pilot
         self.replay = np.array([p.get("replay_share_actual", p["replay_share"]) for p, _, _ in rows])  # as trained
         self.tokens = np.array([c["tokens"] for _, c, _ in rows], float)
-        self.x = np.array([axis.pilot_check(c["step"]) for _, c, _ in rows])  # the law's D (mixture/axis.py)
+        self.x = np.array([axis.pilot_check(c["step"], p["steps"]) for p, c, _ in rows])  # the law's D (mixture/axis.py)
         self.last = np.array([last for _, _, last in rows])
+        self.length = np.array([p.get("length_factor", 1) > 1 for p, _, _ in rows])  # the length check's pilot
+        self.steps = np.array([c["step"] for _, c, _ in rows])
         self.loss = {k: np.array([mean_loss(c[k], (docs or {}).get(k)) for _, c, _ in rows]) for k in KINDS}
         # the base model: every pilot's step-0 check scores it on the same documents
         firsts = [p["checks"][0] for p in pilots if p["checks"][0]["tokens"] == 0]
@@ -68,10 +74,15 @@ def mean_loss(check: dict, docs: np.ndarray | None = None) -> float:
 def estimate(pts: Points, forms: dict, holdout: float, budget: float, mp, share: float | None = None,
              starts: dict | None = None) -> dict:
     """Every number of the plan from one set of losses. `share` fixes the recommended share (bootstrap resamples
-    are read at the point estimate's); `starts` seeds each fit with the point estimate's parameters."""
-    hold = np.isclose(pts.share, holdout)
-    d_unit = float(pts.x.max())
-    out, fits = {"interpolation": {}, "extrapolation": {}}, {}
+    are read at the point estimate's); `starts` seeds each fit with the point estimate's parameters.
+
+    Fits: interpolation and extrapolation (see the module's text), and `all` on every ordinary pilot: the
+    recommendation's, which also predicts the length check's pilot. That pilot stays out of every fit, so the check
+    validates the very fit the recommendation extrapolates with."""
+    regular = ~pts.length
+    hold = np.isclose(pts.share, holdout) & regular
+    d_unit = float(pts.x[regular].max())
+    out, fits = {"interpolation": {}, "extrapolation": {}, "length": {}}, {}
     for kind in KINDS:
         own, y = own_share(kind, pts.replay), pts.loss[kind]
 
@@ -79,14 +90,21 @@ def estimate(pts: Points, forms: dict, holdout: float, budget: float, mp, share:
             s = [starts[(kind, which)]] if starts else None
             return fit(forms[kind], pts.x[mask], own[mask], y[mask], d_unit, s)
 
-        f_int, f_ext, f_all = fitted(~hold, "interpolation"), fitted(~hold & ~pts.last, "extrapolation"), fitted(
-            np.ones_like(hold), "all")
-        fits[kind] = {"interpolation": f_int, "extrapolation": f_ext, "all": f_all}
+        fits[kind] = {"interpolation": fitted(regular & ~hold, "interpolation"),
+                      "extrapolation": fitted(regular & ~hold & ~pts.last, "extrapolation"),
+                      "all": fitted(regular, "all")}
+        f = fits[kind]
         at = np.flatnonzero(hold & pts.last)[0]
-        out["interpolation"][kind] = comparison(float(f_int.predict(pts.x[at], own[at])), float(y[at]))
-        lasts = np.flatnonzero(~hold & pts.last)
+        out["interpolation"][kind] = comparison(float(f["interpolation"].predict(pts.x[at], own[at])), float(y[at]))
+        lasts = np.flatnonzero(regular & ~hold & pts.last)
         out["extrapolation"][kind] = [{"replay_share": float(pts.share[i]), "tokens": float(pts.tokens[i]),
-                                       **comparison(float(f_ext.predict(pts.x[i], own[i])), float(y[i]))} for i in lasts]
+                                       **comparison(float(f["extrapolation"].predict(pts.x[i], own[i])), float(y[i]))}
+                                      for i in lasts]
+        if pts.length.any():
+            rows = np.flatnonzero(pts.length)
+            checks = [{"step": int(pts.steps[i]), "tokens": float(pts.tokens[i]),
+                       **comparison(float(f["all"].predict(pts.x[i], own[i])), float(y[i]))} for i in rows]
+            out["length"][kind] = {**checks[-1], "per_check": checks}
     out["fits"] = fits
     out["recommendation"] = recommend(fits["domain"]["all"], fits["general"]["all"], pts, budget, mp, share)
     return out
@@ -134,11 +152,12 @@ def saturation(f_dom: Fit, domain_share: float, budget: float, min_gain: float, 
 
 
 def choose_forms(pts: Points, holdout: float) -> tuple[dict, dict]:
-    """Per loss, the form with the lowest leave-one-share-out error on the fitted shares (the held-out share unseen)."""
-    hold = np.isclose(pts.share, holdout)
+    """Per loss, the form with the lowest leave-one-share-out error on the fitted shares (the held-out share and the
+    length check's pilot unseen)."""
+    use = ~np.isclose(pts.share, holdout) & ~pts.length
     forms, errors = {}, {}
     for kind in KINDS:
-        forms[kind], errors[kind] = choose_form(pts.x[~hold], own_share(kind, pts.replay[~hold]), pts.loss[kind][~hold])
+        forms[kind], errors[kind] = choose_form(pts.x[use], own_share(kind, pts.replay[use]), pts.loss[kind][use])
     return forms, errors
 
 
@@ -149,7 +168,7 @@ def bootstrap(pilots: list[dict], axis: TokenAxis, forms: dict, point: dict, hol
     where a law would not fit."""
     n_docs = {k: len(pilots[0]["checks"][0][k]["nll"]) for k in kinds}
     rng = np.random.default_rng(seed)
-    starts = {(k, w): point["fits"][k][w].params for k in KINDS for w in ("interpolation", "extrapolation", "all")}
+    starts = {(k, w): f.params for k in KINDS for w, f in point["fits"][k].items()}
     share = point["recommendation"]["replay_share"]
     out = []
     for _ in range(mp.bootstrap_samples):

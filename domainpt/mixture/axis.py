@@ -13,9 +13,14 @@ cosine and the end of a longer run are compared by how much learning each has ta
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from domainpt.training.schedules import lr_area
+
+
+def stretched_warmup(warmup: int, steps: int, run_steps: int) -> int:
+    """A run's warm-up stretched over a pilot of `steps` (at least a step where the run warms up at all)."""
+    return max(1, round(warmup * steps / run_steps)) if warmup else 0
 
 
 @dataclass(frozen=True)
@@ -32,9 +37,9 @@ class Schedule:
 class TokenAxis:
     kind: str                # "lr_area" or "tokens"
     tokens_per_step: int
-    pilot_steps: int
-    pilot: Schedule          # the pilots' schedule (the recipe's, its warm-up stretched)
-    run: Schedule            # the full run's (the recipe's own)
+    pilot_steps: int         # an ordinary pilot's length (the length check's is longer)
+    run: Schedule            # the full run's schedule (the recipe's own); a pilot's is the same, its warm-up stretched
+    run_steps: int           # the full run's length (train.max_steps), what a pilot's warm-up is stretched from
     _ends: dict = field(default_factory=dict, init=False, compare=False, repr=False)  # run_end's, per step count
 
     def at(self, step: int, total: int, schedule: Schedule) -> float:
@@ -44,9 +49,13 @@ class TokenAxis:
         s = schedule
         return lr_area(step, total, s.warmup, s.schedule, s.min_ratio, s.decay_share, s.start_ratio) * self.tokens_per_step
 
-    def pilot_check(self, step: int) -> float:
-        """D at a pilot's held-out check after `step` steps."""
-        return self.at(step, self.pilot_steps, self.pilot)
+    def pilot_schedule(self, steps: int) -> Schedule:
+        return replace(self.run, warmup=stretched_warmup(self.run.warmup, steps, self.run_steps))
+
+    def pilot_check(self, step: int, steps: int | None = None) -> float:
+        """D at the held-out check after `step` steps of a pilot `steps` long (an ordinary pilot's by default)."""
+        steps = steps or self.pilot_steps
+        return self.at(step, steps, self.pilot_schedule(steps))
 
     def run_end(self, tokens: float) -> float:
         """D at the end of a full run of `tokens` tokens (its schedule over all of them): what a budget is asked at.

@@ -24,6 +24,7 @@ from pathlib import Path
 from domainpt.errors import DomainptError
 from domainpt.jobs.runner import Job, Worker
 from domainpt.manifest import STAGE_SECTIONS, atomic_write_json, read_jsonl, stage_dir
+from domainpt.mixture.axis import stretched_warmup
 
 STAGE = "plan_mixture"
 KINDS = ("domain", "general")
@@ -34,7 +35,8 @@ LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GRO
 
 # What the plan reads from the pilots rather than what a pilot is: changing one refits the plan and keeps every pilot.
 ANALYSIS_KEYS = ("holdout_share", "budget_tokens", "max_general_increase", "min_gain_per_doubling", "bootstrap_samples",
-                 "token_axis")
+                 "token_axis", "length_check")
+LENGTH_FACTOR = 2  # the length check's pilot is this many times mixture_plan.pilot_steps
 
 
 def pilot_fingerprint(recipe) -> str:
@@ -54,12 +56,20 @@ def same_pilot(a: dict, b: dict) -> bool:
     return runs(a) == runs(b)
 
 
-def share_name(share: float) -> str:
-    return f"replay_{share:g}"
+def share_name(share: float, factor: int = 1) -> str:
+    return f"replay_{share:g}" + (f"_x{factor}" if factor > 1 else "")
 
 
-def pilot_dir(recipe, share: float) -> Path:
-    return stage_dir(recipe, STAGE) / "pilots" / share_name(share)
+def pilot_dir(recipe, share: float, factor: int = 1) -> Path:
+    return stage_dir(recipe, STAGE) / "pilots" / share_name(share, factor)
+
+
+def length_share(recipe) -> float:
+    """The length check's share: the fitted share nearest the recipe's own data.replay_share (the held-out share is
+    predicted already; the check is of length alone)."""
+    mp = recipe.mixture_plan
+    fitted = [s for s in mp.replay_shares if s != mp.holdout_share]
+    return min(fitted, key=lambda s: (abs(s - recipe.data.replay_share), s))
 
 
 def check_every(mp) -> int:
@@ -68,30 +78,39 @@ def check_every(mp) -> int:
 
 
 def pilot_jobs(recipe, tokens_per_step: int) -> list[Job]:
-    """One job per replay share; its planned cost is its training tokens (all pilots alike: they run in list order)."""
+    """One job per replay share, and with mixture_plan.length_check one LENGTH_FACTOR times as long (last); the planned
+    cost is a pilot's training tokens (the long one runs first, the others in list order)."""
     mp = recipe.mixture_plan
-    return [Job(f"pilot/{share_name(s)}", "pilot", "general", share_name(s), None, float(mp.pilot_steps * tokens_per_step))
-            for s in mp.replay_shares]
+
+    def job(share: float, factor: int = 1) -> Job:
+        name = share_name(share, factor)
+        return Job(f"pilot/{name}", "pilot", "general", name, None, float(factor * mp.pilot_steps * tokens_per_step))
+    return [job(s) for s in mp.replay_shares] + ([job(length_share(recipe), LENGTH_FACTOR)] if mp.length_check else [])
 
 
 def share_of(job: Job) -> float:
-    return float(job.task.removeprefix("replay_"))
+    return float(job.task.removeprefix("replay_").split("_x")[0])
 
 
-def pilot_warmup(recipe) -> int:
-    """The recipe's warm-up stretched over a pilot (at least a step where the recipe warms up at all)."""
-    warmup, mp = recipe.train.warmup_steps, recipe.mixture_plan
-    return max(1, round(warmup * mp.pilot_steps / recipe.train.max_steps)) if warmup else 0
+def factor_of(job: Job) -> int:
+    return int(job.task.split("_x")[1]) if "_x" in job.task else 1
 
 
-def pilot_recipe(recipe, share: float) -> dict:
-    """The run's recipe as a pilot at `share` (a plain dict: written as the pilot's recipe.json, which is YAML)."""
+def pilot_warmup(recipe, steps: int | None = None) -> int:
+    """The recipe's warm-up stretched over a pilot of `steps` (mixture_plan.pilot_steps by default)."""
+    return stretched_warmup(recipe.train.warmup_steps, steps or recipe.mixture_plan.pilot_steps, recipe.train.max_steps)
+
+
+def pilot_recipe(recipe, share: float, factor: int = 1) -> dict:
+    """The run's recipe as a pilot at `share`, `factor` x pilot_steps long with its checks as far apart (a plain dict:
+    written as the pilot's recipe.json, which is YAML)."""
     mp, d = recipe.mixture_plan, recipe.to_dict()
-    d["name"] = f"{recipe.name}-pilot-{share_name(share)}"
-    d["out_dir"] = str(pilot_dir(recipe, share))
+    steps = factor * mp.pilot_steps
+    d["name"] = f"{recipe.name}-pilot-{share_name(share, factor)}"
+    d["out_dir"] = str(pilot_dir(recipe, share, factor))
     d["data"]["replay_share"] = share
-    d["train"].update(max_steps=mp.pilot_steps, eval_every=check_every(mp), save_every=0, keep_last=1,
-                      warmup_steps=pilot_warmup(recipe), ppl_max_tokens=recipe.eval.ppl_max_tokens,
+    d["train"].update(max_steps=steps, eval_every=check_every(mp), save_every=0, keep_last=1,
+                      warmup_steps=pilot_warmup(recipe, steps), ppl_max_tokens=recipe.eval.ppl_max_tokens,
                       max_general_ppl_rise=None, report_to=[])
     d["compare"]["control"] = "none"
     return d
@@ -112,9 +131,9 @@ def pilot_env(worker: Worker) -> dict:
 def run_pilot(recipe, job: Job, worker: Worker) -> dict:
     """Prepare and pre-train one pilot (each a `domainpt` command of its own; finished stages are skipped), then its
     held-out losses along the way."""
-    share = share_of(job)
-    folder = pilot_dir(recipe, share)
-    recipe_file, wanted = folder / "recipe.json", pilot_recipe(recipe, share)
+    share, factor = share_of(job), factor_of(job)
+    folder = pilot_dir(recipe, share, factor)
+    recipe_file, wanted = folder / "recipe.json", pilot_recipe(recipe, share, factor)
     if recipe_file.is_file() and not same_pilot(json.loads(recipe_file.read_text()), wanted):
         shutil.rmtree(folder)  # a pilot of an earlier mixture_plan or recipe: its stages would refuse this one
     folder.mkdir(parents=True, exist_ok=True)
@@ -128,16 +147,17 @@ def run_pilot(recipe, job: Job, worker: Worker) -> dict:
         if done.returncode:
             if not worker.main:
                 sys.stderr.write("".join(log.read_text().splitlines(keepends=True)[-5:]))
-            raise DomainptError(f"plan-mixture: the pilot at replay share {share:g} stopped in {stage} (exit "
+            raise DomainptError(f"plan-mixture: the pilot {share_name(share, factor)} stopped in {stage} (exit "
                                 f"{done.returncode}; its own error is above); rerun the same command: finished pilots are kept")
-    result = read_pilot(folder, share)
+    result = read_pilot(folder, share, factor)
     for big in ("checkpoints", "model"):  # gigabytes per pilot that nothing reads again
         shutil.rmtree(folder / "pretrain" / big, ignore_errors=True)
     return result
 
 
-def read_pilot(folder: Path, share: float) -> dict:
-    """A finished pilot: its steps and tokens per step, and each held-out check's per-document losses."""
+def read_pilot(folder: Path, share: float, factor: int = 1) -> dict:
+    """A finished pilot: its steps and tokens per step, and each held-out check's per-document losses; length_factor > 1
+    for the length check's."""
     manifest = json.loads((folder / "pretrain" / "manifest.json").read_text())
     checks = {}
     for row in read_jsonl(folder / "pretrain" / "heldout.jsonl"):
@@ -147,7 +167,7 @@ def read_pilot(folder: Path, share: float) -> dict:
         raise DomainptError(f"{folder}/pretrain/heldout.jsonl has no held-out {missing[0] if missing else 'checks'} "
                             "losses: plan-mixture needs domain and general held-out text (data.general)")
     stats = json.loads((folder / "prepare" / "stats.json").read_text())
-    return {"replay_share": share, "replay_share_actual": stats["replay_share_actual"],
+    return {"replay_share": share, "replay_share_actual": stats["replay_share_actual"], "length_factor": factor,
             "steps": manifest["steps"], "tokens_per_step": manifest["tokens_per_step"],
             "tokens": manifest["tokens"], "seconds": manifest["wall_s"],
             "checks": [{"step": c["step"], "tokens": c["tokens_seen"], **{k: c[k] for k in KINDS}}

@@ -84,6 +84,7 @@ def plan_markdown(plan: dict) -> str:
         lines.append(f"| last check from the earlier ones (worst of {x['worst_of']} pilots: share {x['replay_share']:g}) "
                      f"| {kind} | {x['predicted']:.4f}{_iv(x['interval'])} | {x['measured']:.4f} | "
                      f"{_pct(x['relative_error'])}{_ivp(x['relative_error_interval'])} |")
+    lines += length_rows(plan)
     lines += ["", "## Fits", "", "| loss | form | parameters | R² | leave-one-share-out error per form |", "|---|---|---|---|---|"]
     for kind in KINDS:
         f = fits[kind]
@@ -97,12 +98,31 @@ def plan_markdown(plan: dict) -> str:
               "the lowest leave-one-share-out error (each fitted share's last check predicted from the other shares) is "
               "chosen per loss; R² alone would favour the form with more parameters.", "", "## Pilots", "",
               "| replay share | steps | tokens | domain loss (last) | general loss (last) | seconds |", "|---|---|---|---|---|---|"]
-    for p in plan["pilots"]:
-        lines.append(f"| {p['replay_share']:g} | {p['steps']} | {p['tokens']:,} | {p['domain_loss'][-1][1]:.4f} | "
-                     f"{p['general_loss'][-1][1]:.4f} | {p['seconds']:.0f} |")
+    for p in plan["pilots"] + [x for x in [plan.get("length_pilot")] if x]:
+        lines.append(f"| {p['replay_share']:g}{' (length check)' if p is plan.get('length_pilot') else ''} | {p['steps']} "
+                     f"| {p['tokens']:,} | {p['domain_loss'][-1][1]:.4f} | {p['general_loss'][-1][1]:.4f} | {p['seconds']:.0f} |")
     lines += ["", f"Base model: domain loss {plan['base']['domain_loss']:.4f}, general loss {plan['base']['general_loss']:.4f}.",
               "", "![plan](plan.png)", ""]
     return "\n".join(lines)
+
+
+def length_rows(plan: dict) -> list[str]:
+    """The length check's rows of the validation table, and the two token axes on it."""
+    x = plan["validation"].get("length")
+    if not x:
+        return []
+    rows = [f"| a pilot {x['steps']} steps long (share {x['replay_share']:g}), its end from the other pilots | {kind} | "
+            f"{x[kind]['predicted']:.4f}{_iv(x[kind]['interval'])} | {x[kind]['measured']:.4f} | "
+            f"{_pct(x[kind]['relative_error'])}{_ivp(x[kind]['relative_error_interval'])} |" for kind in KINDS]
+    other = x.get("other_axis")
+    if other:
+        errs = " and ".join(f"{kind} {_pct(x[kind]['relative_error'])} against {_pct(other[kind]['relative_error'])}"
+                            for kind in KINDS)
+        rows += ["", f"The length check under this plan's token axis (`{x['axis']}`) and under `{other['axis']}` "
+                     f"(mixture_plan.token_axis): {errs}. It is the only check here of how the law carries to a longer "
+                     "schedule, which the recommendation relies on; where the other axis does clearly better, refit "
+                     "with it (the pilots are kept)."]
+    return rows
 
 
 def plan_plot(plan: dict, path: Path) -> Path:
@@ -127,6 +147,12 @@ def plan_plot(plan: dict, path: Path) -> Path:
                 held = r == plan["validation"]["replay_share"]
                 xs, ys = zip(*pilot[f"{kind}_loss"])
                 ax.scatter(xs, ys, color=color, marker="*" if held else "o", s=80 if held else 25, zorder=3)
+        long, along = plan.get("length_pilot"), c.get("length_pilot")
+        if long and along:  # the length check: its checks, and the law fitted without it along its schedule
+            ax.plot(along["tokens"], along[kind], color="#c0392b", lw=0.8)
+            xs, ys = zip(*long[f"{kind}_loss"])
+            ax.scatter(xs, ys, color="#c0392b", marker="D", s=22, zorder=3,
+                       label=f"{long['steps']}-step pilot (length check)" if kind == "general" else None)
         ax.axvline(rec["budget_tokens"], color="#555555", lw=0.8, ls=":")
         if kind == "general":
             ax.axhline(rec["general_bound"], color="#c0392b", lw=0.8, ls=":", label="forgetting bound")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -38,10 +39,8 @@ def token_axis(recipe, tokens_per_step: int) -> TokenAxis:
     """The law's D for this recipe: its pilots' schedule (the warm-up stretched) and its full run's."""
     tc = recipe.train
 
-    def schedule(warmup: int) -> Schedule:
-        return Schedule(warmup, tc.schedule, tc.min_lr_ratio, tc.decay_share, tc.warmup_start_lr / tc.lr)
-    return TokenAxis(recipe.mixture_plan.token_axis, tokens_per_step, recipe.mixture_plan.pilot_steps,
-                     schedule(pilot_warmup(recipe)), schedule(tc.warmup_steps))
+    run = Schedule(tc.warmup_steps, tc.schedule, tc.min_lr_ratio, tc.decay_share, tc.warmup_start_lr / tc.lr)
+    return TokenAxis(recipe.mixture_plan.token_axis, tokens_per_step, recipe.mixture_plan.pilot_steps, run, tc.max_steps)
 
 
 def check_recipe(recipe) -> None:
@@ -110,18 +109,9 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
         return interval([get(b) for b in ok], conf) if ok and kind in resampled else None
 
     rec = point["recommendation"]
-    validation = {"replay_share": mp.holdout_share, "extrapolation": {}}
-    for kind in KINDS:
-        validation[kind] = {**point["interpolation"][kind],
-                            "interval": iv(kind, lambda b: b["interpolation"][kind]["predicted"]),
-                            "relative_error_interval": iv(kind, lambda b: b["interpolation"][kind]["relative_error"])}
-        per_pilot = [{**x, "interval": iv(kind, lambda b, i=i: b["extrapolation"][kind][i]["predicted"])}
-                     for i, x in enumerate(point["extrapolation"][kind])]
-        worst = max(range(len(per_pilot)), key=lambda i: abs(per_pilot[i]["relative_error"]))
-        validation["extrapolation"][kind] = {
-            **per_pilot[worst], "relative_error_interval": iv(kind, lambda b: b["extrapolation"][kind][worst]["relative_error"]),
-            "worst_of": len(per_pilot), "per_pilot": per_pilot}
-    longest = max(p["tokens"] for p in pilots)
+    validation = validation_of(point, iv, mp.holdout_share)
+    validation["length"] = length_check(recipe, pilots, point, iv, axis, budget)
+    longest = max(p["tokens"] for p in pilots if not is_long(p))
     recommendation = {"replay_share": rec["replay_share"], "budget_tokens": budget,
                       "predicted_domain_loss": rec.get("predicted_domain_loss"),
                       "predicted_general_loss": rec.get("predicted_general_loss"),
@@ -131,7 +121,7 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
                       "saturation_at_or_below": rec.get("saturation_at_or_below", False),
                       "extrapolation_factor": budget / longest, "tokens_per_step": tps,
                       "budget_axis_value": axis.run_end(budget),
-                      "extrapolation_factor_axis": axis.run_end(budget) / float(pts.x.max())}
+                      "extrapolation_factor_axis": axis.run_end(budget) / float(pts.x[~pts.length].max())}
     if rec["replay_share"] is not None:
         steps = math.ceil(budget / tps)
         recommendation["override"] = f"data.replay_share={rec['replay_share']:g} train.max_steps={steps}"
@@ -143,7 +133,7 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
         recommendation["least_general_loss"] = rec["least_general_loss"]
     fits = {k: {**point["fits"][k]["all"].as_dict(), "share": "domain share (1 - replay share)" if k == "domain" else
                 "replay share", "leave_one_share_out_error": loso[k], "axis": mp.token_axis,
-                "d_unit_tokens": float(pts.tokens[np.argmax(pts.x)])} for k in KINDS}
+                "d_unit_tokens": float(pts.tokens[~pts.length][np.argmax(pts.x[~pts.length])])} for k in KINDS}
     return {"recipe": recipe.name, "model": recipe.model.base, "confidence": conf, "bootstrap_samples": len(boot),
             "bootstrap_failed": len(boot) - len(ok), "heldout_documents": n_docs, "resampled_kinds": resampled,
             "interval_note": None if not fixed else
@@ -151,8 +141,53 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
             f"{' and '.join(fixed)} {'is' if len(fixed) == 1 else 'are'} fewer than {MIN_DOCUMENTS} documents, not "
             "resampled (raise data.heldout_docs or eval.ppl_max_tokens)",
             "tokens_per_step": tps, "token_axis": {"kind": mp.token_axis, "means": axis.describe()}, "base": {"domain_loss": pts.base["domain"], "general_loss": pts.base["general"]},
-            "pilots": [pilot_entry(p, axis) for p in pilots], "fits": fits, "validation": validation,
+            "pilots": [pilot_entry(p, axis) for p in pilots if not is_long(p)],
+            "length_pilot": next((pilot_entry(p, axis) for p in pilots if is_long(p)), None), "fits": fits, "validation": validation,
             "recommendation": recommendation, "curves": curves(point, pts, budget, rec["replay_share"], mp.holdout_share)}
+
+
+def validation_of(point: dict, iv, holdout: float) -> dict:
+    """plan.json's validation: the held-out share's last check, and each pilot's last from its earlier ones (the worst
+    first), with intervals (`iv(kind, get)` over the bootstrap resamples)."""
+    validation = {"replay_share": holdout, "extrapolation": {}}
+    for kind in KINDS:
+        validation[kind] = {**point["interpolation"][kind],
+                            "interval": iv(kind, lambda b: b["interpolation"][kind]["predicted"]),
+                            "relative_error_interval": iv(kind, lambda b: b["interpolation"][kind]["relative_error"])}
+        per_pilot = [{**x, "interval": iv(kind, lambda b, i=i: b["extrapolation"][kind][i]["predicted"])}
+                     for i, x in enumerate(point["extrapolation"][kind])]
+        worst = max(range(len(per_pilot)), key=lambda i: abs(per_pilot[i]["relative_error"]))
+        validation["extrapolation"][kind] = {
+            **per_pilot[worst], "relative_error_interval": iv(kind, lambda b: b["extrapolation"][kind][worst]["relative_error"]),
+            "worst_of": len(per_pilot), "per_pilot": per_pilot}
+    return validation
+
+
+def is_long(pilot: dict) -> bool:
+    return pilot.get("length_factor", 1) > 1
+
+
+def length_check(recipe, pilots: list[dict], point: dict, iv, axis: TokenAxis, budget: float) -> dict | None:
+    """The long pilot's checks predicted by the law fitted on the others, with intervals; and the same under the other
+    token axis (its own forms and fits, no intervals): the one check of the axis choice that each plan makes."""
+    long = next((p for p in pilots if is_long(p)), None)
+    if long is None:
+        return None
+    mp = recipe.mixture_plan
+    out = {"replay_share": long["replay_share"], "steps": long["steps"], "tokens": long["tokens"], "axis": axis.kind}
+    for kind in KINDS:
+        out[kind] = {**point["length"][kind], "interval": iv(kind, lambda b: b["length"][kind]["predicted"]),
+                     "relative_error_interval": iv(kind, lambda b: b["length"][kind]["relative_error"])}
+    other = replace(axis, kind="tokens" if axis.kind == "lr_area" else "lr_area")
+    try:
+        pts = Points(pilots, other)
+        forms, _ = choose_forms(pts, mp.holdout_share)
+        theirs = estimate(pts, forms, mp.holdout_share, budget, mp)["length"]
+        out["other_axis"] = {"axis": other.kind, **{k: {key: theirs[k][key] for key in ("predicted", "relative_error")}
+                                                    for k in KINDS}, "forms": forms}
+    except FitError:
+        out["other_axis"] = None
+    return out
 
 
 def pilot_entry(p: dict, axis: TokenAxis) -> dict:
@@ -160,15 +195,16 @@ def pilot_entry(p: dict, axis: TokenAxis) -> dict:
     return {"replay_share": p["replay_share"], "replay_share_actual": p.get("replay_share_actual"), "steps": p["steps"],
             "tokens": p["tokens"], "seconds": p["seconds"],
             **{f"{k}_loss": [[c["tokens"], mean_loss(c[k])] for c in checks] for k in KINDS},
-            "axis_values": [axis.pilot_check(c["step"]) for c in checks]}
+            "axis_values": [axis.pilot_check(c["step"], p["steps"]) for c in checks]}
 
 
 def curves(point: dict, pts: Points, budget: float, share: float | None, holdout: float) -> dict:
     """The fitted laws drawn per piloted share (as trained): what plan.png plots, kept in plan.json so the figure can
     be redrawn. `tokens` and each kind's lists: the loss at the end of a full run of that many tokens, from the first
     check to past the budget; `along_pilots`: the law along a pilot's own schedule, step by step (the same curve when
-    token_axis is 'tokens'). The held-out share's curves are the fit that did not see it; the others' the fit on every
-    pilot (the recommendation's)."""
+    token_axis is 'tokens'); `length_pilot`: the law along the length check's pilot. The held-out share's curves are
+    the fit that did not see it, the others' and the long pilot's the fit on every ordinary pilot (the
+    recommendation's)."""
     axis = pts.axis
     tokens = np.geomspace(pts.tokens.min(), max(budget, pts.tokens.max()) * 2, 40)
     ends = np.array([axis.run_end(t) for t in tokens])
@@ -186,4 +222,11 @@ def curves(point: dict, pts: Points, budget: float, share: float | None, holdout
             return f.predict(d, 1 - trained.get(r, r) if kind == "domain" else trained.get(r, r)).tolist()
         out[kind] = [law(r, ends) for r in shares]
         out["along_pilots"][kind] = [law(r, along) for r in sorted(trained)]
+    if pts.length.any():
+        r, replay = float(pts.share[pts.length][0]), float(pts.replay[pts.length][0])
+        total = int(pts.steps[pts.length].max())
+        x = np.array([axis.pilot_check(s, total) for s in range(1, total + 1)])
+        out["length_pilot"] = {"replay_share": r, "tokens": [s * axis.tokens_per_step for s in range(1, total + 1)], **{
+            kind: point["fits"][kind]["all"].predict(x, 1 - replay if kind == "domain" else replay).tolist()
+            for kind in KINDS}}
     return out
