@@ -314,7 +314,7 @@ def _plan_mixture(args, recipe) -> None:
         if args.force and _rank() == 0:
             invalidate_plan(recipe, keep_pilots=bool(args.shard or args.merge))
         elif _rank() == 0 and not args.shard:  # a slice only runs pilots: the plan is --merge's
-            drop_stale_plan(recipe)
+            drop_stale_plan(recipe, args.merge)
         if _world() > 1:
             _barrier()
         if is_done(recipe, STAGE):
@@ -332,13 +332,16 @@ def _plan_mixture(args, recipe) -> None:
             print(f"[domainpt] recommended: {rec['override']}", flush=True)
 
 
-def drop_stale_plan(recipe) -> None:
+def drop_stale_plan(recipe, merge: bool = False) -> None:
     """A finished plan whose pilots still hold (only what the plan reads changed: the bound, the token axis, ...) is
     refitted, not refused: that takes seconds and keeps every pilot. A change to the pilots themselves is still refused
-    by is_done (pass --force to redo them). A plan from before token_axis existed is refitted too."""
+    by is_done (pass --force to redo them). A plan from before token_axis existed is refitted too. A pilot that the
+    plan now asks for and nobody ran (turning length_check on) is named; --merge, which runs none, refuses."""
     import json
 
-    from domainpt.mixture.pilots import STAGE, pilot_fingerprint
+    from domainpt.jobs.runner import JobBook
+    from domainpt.mixture.pilots import STAGE, pilot_fingerprint, pilot_jobs
+    from domainpt.mixture.stage import tokens_per_step
 
     manifest = read_manifest(recipe, STAGE)
     if not manifest:
@@ -351,8 +354,13 @@ def drop_stale_plan(recipe) -> None:
         return
     if pilots_made_under(recipe, manifest) != pilot_fingerprint(recipe):
         return
-    print("[domainpt] plan-mixture: what the plan reads changed since it was made; refitting it (every pilot kept)",
-          flush=True)
+    book = JobBook(recipe, STAGE, [], fingerprint=pilot_fingerprint(recipe))
+    missing = [j.id for j in pilot_jobs(recipe, tokens_per_step(recipe)) if not book.finished(j)]
+    if missing and merge:
+        raise DomainptError(f"plan-mixture --merge: the plan now also needs {', '.join(missing)}, which no --shard task "
+                            "ran; run `domainpt plan-mixture RECIPE` (or the --shard tasks) first; the finished plan is kept")
+    print("[domainpt] plan-mixture: what the plan reads changed since it was made; refitting it (" +
+          (f"pilots kept; to run: {', '.join(missing)}" if missing else "every pilot kept") + ")", flush=True)
     (stage_dir(recipe, STAGE) / "manifest.json").unlink(missing_ok=True)
 
 

@@ -296,6 +296,16 @@ def test_changing_what_the_plan_reads_refits_it_and_keeps_every_pilot(planned, t
     assert {p: p.stat().st_mtime_ns for p in markers} == markers
     r = cli("plan-mixture", TINY, f"out_dir={copy}", *PILOTS, "train.lr=0.001")
     assert r.returncode == 2 and "was finished with a different recipe" in r.stderr and "--force" in r.stderr
+    # a plan made without the length check, refitted with it: --merge (which runs no pilot) refuses and keeps the plan;
+    # a plain run says which pilot it runs and runs only that one
+    long_marker = copy / "plan_mixture" / "jobs" / "pilot" / "replay_0.1_x2.json"
+    long_marker.unlink()
+    r = cli("plan-mixture", TINY, f"out_dir={copy}", *PILOTS, "mixture_plan.max_general_increase=0.2", "--merge")
+    assert r.returncode == 2 and "the plan now also needs pilot/replay_0.1_x2" in r.stderr, r.stderr[-2000:]
+    assert (copy / "plan_mixture" / "manifest.json").is_file()
+    r = cli("plan-mixture", TINY, f"out_dir={copy}", *PILOTS, "mixture_plan.max_general_increase=0.2")
+    assert r.returncode == 0 and "refitting it (pilots kept; to run: pilot/replay_0.1_x2)" in r.stdout, r.stderr[-2000:]
+    assert "4 job(s) finished earlier, kept" in r.stdout and long_marker.is_file()
     # a pilot's own settings are another matter: another length, data or schedule reruns the pilots
     from domainpt.config import load_recipe
     from domainpt.mixture.pilots import pilot_fingerprint
@@ -336,3 +346,15 @@ def test_the_length_check_predicts_a_longer_pilot_and_says_which_axis_carries_be
     # the long pilot stays out of the recommendation's fit (the check validates that very fit): 160 / 40 steps
     assert plan["recommendation"]["extrapolation_factor"] == 4.0
     assert "(`lr_area`) and under `tokens`" in plan_markdown(plan)
+    # out of every fit, whatever it holds: a long pilot with other losses and another trained share changes nothing else
+    odd = json.loads(json.dumps(long))
+    odd["replay_share_actual"] = 0.1063
+    for c in odd["checks"][1:]:
+        c["domain"]["nll"] = [v * 0.9 for v in c["domain"]["nll"]]
+    with_odd, without = plan_of(pilots + [odd], *overrides), plan_of(pilots, *overrides)
+    assert without["validation"]["length"] is None and without["length_pilot"] is None
+    for key in ("fits", "recommendation", "pilots", "base"):
+        assert with_odd[key] == without[key], key
+    for key in ("replay_share", "domain", "general", "extrapolation"):
+        assert with_odd["validation"][key] == without["validation"][key], key
+    assert {k: v for k, v in with_odd["curves"].items() if k != "length_pilot"} == without["curves"]

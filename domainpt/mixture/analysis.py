@@ -58,8 +58,9 @@ class Points:
         self.length = np.array([p.get("length_factor", 1) > 1 for p, _, _ in rows])  # the length check's pilot
         self.steps = np.array([c["step"] for _, c, _ in rows])
         self.loss = {k: np.array([mean_loss(c[k], (docs or {}).get(k)) for _, c, _ in rows]) for k in KINDS}
-        # the base model: every pilot's step-0 check scores it on the same documents
-        firsts = [p["checks"][0] for p in pilots if p["checks"][0]["tokens"] == 0]
+        # the base model: every pilot's step-0 check scores it on the same documents (the ordinary pilots' are used, so
+        # that the length check's pilot changes nothing but the length check)
+        firsts = [p["checks"][0] for p in pilots if p["checks"][0]["tokens"] == 0 and p.get("length_factor", 1) == 1]
         self.base = {k: float(np.mean([mean_loss(c[k], (docs or {}).get(k)) for c in firsts])) if firsts else None
                      for k in KINDS}
 
@@ -115,9 +116,10 @@ def comparison(predicted: float, measured: float) -> dict:
 
 
 def share_grid(pts: Points) -> np.ndarray:
-    lo, hi = float(pts.replay.min()), float(pts.replay.max())
+    replay = pts.replay[~pts.length]  # the ordinary pilots' shares: the ones the recommendation's fit saw
+    lo, hi = float(replay.min()), float(replay.max())
     grid = np.round(np.arange(lo, hi + GRID_STEP / 2, GRID_STEP), 6)
-    return np.unique(np.concatenate([grid, np.unique(pts.replay)]))
+    return np.unique(np.concatenate([grid, np.unique(replay)]))
 
 
 def recommend(f_dom: Fit, f_gen: Fit, pts: Points, budget: float, mp, share: float | None) -> dict:

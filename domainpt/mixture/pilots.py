@@ -1,10 +1,12 @@
 """The mixture planner's pilot runs: the recipe's own model and data, one short continued pre-training per replay share,
 each a job (jobs/runner.py) that runs `domainpt prepare` and `domainpt pretrain` on a recipe of its own in
-out_dir/plan_mixture/pilots/replay_<share>/. Each runs as a process of its own, so a pilot is an ordinary one-process
-run whichever launch started it, on the device of the process that runs it (its GPU, or its share of the CPU cores).
+out_dir/plan_mixture/pilots/replay_<share>/ (the length check's, LENGTH_FACTOR times as long: replay_<share>_x2/). Each
+runs as a process of its own, so a pilot is an ordinary one-process run whichever launch started it, on the device of
+the process that runs it (its GPU, or its share of the CPU cores).
 
-A pilot's recipe is the run's with: out_dir, data.replay_share, train.max_steps = mixture_plan.pilot_steps (the
-schedule stretched over it, the warm-up too: warmup_steps x pilot_steps / max_steps), train.eval_every (eval_points held-out checks along it), train.ppl_max_tokens =
+A pilot's recipe is the run's with: out_dir, data.replay_share, train.max_steps = mixture_plan.pilot_steps (x2 for the
+length check; the schedule stretched over it, the warm-up too: warmup_steps x its steps / max_steps), train.eval_every
+(eval_points held-out checks along an ordinary pilot, as far apart along the long one), train.ppl_max_tokens =
 eval.ppl_max_tokens (the final evaluation's held-out size), compare.control 'none', no trackers. Held-out documents are
 chosen by content, not by share (data/merge.py: choose_heldout), so every pilot is checked on the same documents.
 Pilots of the launch's main process print on the terminal, the others' go to their folder's pilot.log.
@@ -65,11 +67,10 @@ def pilot_dir(recipe, share: float, factor: int = 1) -> Path:
 
 
 def length_share(recipe) -> float:
-    """The length check's share: the fitted share nearest the recipe's own data.replay_share (the held-out share is
-    predicted already; the check is of length alone)."""
-    mp = recipe.mixture_plan
-    fitted = [s for s in mp.replay_shares if s != mp.holdout_share]
-    return min(fitted, key=lambda s: (abs(s - recipe.data.replay_share), s))
+    """The length check's share: the piloted share nearest the recipe's own data.replay_share (ties: the smaller). It
+    does not depend on the analysis keys (holdout_share among them), so changing one never calls for a new pilot."""
+    shares = recipe.mixture_plan.replay_shares
+    return min(shares, key=lambda s: (round(abs(s - recipe.data.replay_share), 9), s))
 
 
 def check_every(mp) -> int:
@@ -79,7 +80,7 @@ def check_every(mp) -> int:
 
 def pilot_jobs(recipe, tokens_per_step: int) -> list[Job]:
     """One job per replay share, and with mixture_plan.length_check one LENGTH_FACTOR times as long (last); the planned
-    cost is a pilot's training tokens (the long one runs first, the others in list order)."""
+    cost is a pilot's training tokens (shared out longest first; each process runs its own in list order)."""
     mp = recipe.mixture_plan
 
     def job(share: float, factor: int = 1) -> Job:

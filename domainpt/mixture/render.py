@@ -63,7 +63,7 @@ def plan_markdown(plan: dict) -> str:
             lines += ["", f"The share was chosen on the point predictions, so it sits near the bound: in "
                           f"{rec['p_general_over_bound']:.0%} of the resamples its predicted general loss is over it."]
     if rec["extrapolation_factor"] > 2:
-        lines += ["", f"**The budget is {rec['extrapolation_factor']:.1f}x the longest pilot's tokens** "
+        lines += ["", f"**The budget is {rec['extrapolation_factor']:.1f}x the longest ordinary pilot's tokens** "
                       f"({rec['extrapolation_factor_axis']:.1f}x on the law's axis): the "
                       "recommendation extrapolates that far in tokens, further than the validation below checks "
                       "(each pilot's last check from its earlier ones). " + (
@@ -93,7 +93,7 @@ def plan_markdown(plan: dict) -> str:
                          for k, e in f["leave_one_share_out_error"].items())
         lines.append(f"| {kind} (r = {f['share']}) | `{f['formula']}` | {params} | {f['r2']:.4f} | {loso} |")
     lines += ["", f"D: {plan['token_axis']['means']}, in units of {fits['domain']['d_unit']:,.0f} (the "
-              "longest pilot's end); a pilot's checks at their steps of its schedule, the budget at the end of the full "
+              "longest ordinary pilot's end); a pilot's checks at their steps of its schedule, the budget at the end of the full "
               "run's. The form with "
               "the lowest leave-one-share-out error (each fitted share's last check predicted from the other shares) is "
               "chosen per loss; R² alone would favour the form with more parameters.", "", "## Pilots", "",

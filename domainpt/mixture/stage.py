@@ -25,7 +25,7 @@ from domainpt.manifest import atomic_write_json, atomic_write_text, stage_dir, w
 from domainpt.mixture.analysis import KINDS, Points, bootstrap, choose_forms, estimate, interval, mean_loss
 from domainpt.mixture.axis import Schedule, TokenAxis
 from domainpt.mixture.law import FitError
-from domainpt.mixture.pilots import STAGE, pilot_fingerprint, pilot_jobs, pilot_warmup, run_pilot
+from domainpt.mixture.pilots import STAGE, pilot_fingerprint, pilot_jobs, run_pilot
 from domainpt.mixture.render import plan_markdown, plan_plot
 
 
@@ -210,7 +210,7 @@ def curves(point: dict, pts: Points, budget: float, share: float | None, holdout
     ends = np.array([axis.run_end(t) for t in tokens])
     steps = np.arange(1, axis.pilot_steps + 1)
     along = np.array([axis.pilot_check(int(s)) for s in steps])
-    trained = dict(zip(pts.share.tolist(), pts.replay.tolist()))
+    trained = dict(zip(pts.share[~pts.length].tolist(), pts.replay[~pts.length].tolist()))
     shares = sorted(set(trained) | ({share} if share is not None else set()))
     out = {"tokens": tokens.tolist(), "replay_shares": shares,
            "along_pilots": {"tokens": (steps * axis.tokens_per_step).tolist(), "replay_shares": sorted(trained)}}
