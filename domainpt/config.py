@@ -553,6 +553,12 @@ class MixturePlanConfig:
         if any(not 0 <= s < 1 for s in self.replay_shares):
             bad = next(s for s in self.replay_shares if not 0 <= s < 1)
             raise ValueError(f"replay_shares: each must be in [0, 1), got {bad}")
+        names = {}
+        for s in self.replay_shares:  # each pilot's folder is named by its share to 6 significant digits (%g)
+            if f"{s:g}" in names and names[f"{s:g}"] != s:
+                raise ValueError(f"replay_shares: {names[f'{s:g}']} and {s} would share one pilot folder "
+                                 f"(replay_{s:g}); give shares that differ within 6 significant digits")
+            names[f"{s:g}"] = s
         if len(self.replay_shares) < 4:
             raise ValueError(f"replay_shares: need at least 4 shares (one held out, three to fit a law across shares), "
                              f"got {self.replay_shares}")
@@ -865,6 +871,10 @@ CROSS_FIELD_RULES = (
     ("eval.ppl_stride", "<= eval.ppl_window"),
     ("eval.harness_tasks / eval.forgetting_tasks", "names lm-eval knows (checked before any work)"),
     ("compare.control", "continued_general needs data.general sources"),
+    ("mixture_plan.replay_shares", "each in [0, 1); at least 4; distinct within 6 significant digits (they name the "
+                                   "pilots' folders)"),
+    ("mixture_plan.holdout_share", "one of mixture_plan.replay_shares, neither the smallest nor the largest"),
+    ("mixture_plan.pilot_steps", ">= mixture_plan.eval_points"),
 )
 
 

@@ -145,6 +145,8 @@ def test_dry_run_prints_the_pilots_cost_against_the_full_run(tmp_path):
     ("mixture_plan.pilot_steps=2", "mixture_plan.pilot_steps: 2 steps cannot hold eval_points=5"),
     ("mixture_plan.eval_points=2", "mixture_plan.eval_points: must be >= 3"),
     ("mixture_plan.replay_shares=[0.0,0.1,0.5,1.0]", "mixture_plan.replay_shares: each must be in [0, 1), got 1.0"),
+    ("mixture_plan.replay_shares=[0.0,0.1,0.1000000001,0.5]", "mixture_plan.replay_shares: 0.1 and 0.1000000001 would "
+                                                               "share one pilot folder"),
     ("mixture_plan.typo=1", "mixture_plan.typo"),
 ])
 def test_bad_mixture_plan_values_end_with_one_line(tmp_path, override, key):

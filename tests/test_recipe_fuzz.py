@@ -237,7 +237,17 @@ RULES_BETWEEN_KEYS = [  # (keys set, the key the error must name, what it must s
     ({"lora.target_modules": []}, "lora.target_modules", "must be a preset name or a non-empty list"),
     ({"lora.quantize": "nf4", "lora.merge_export": True}, "lora.merge_export", "loses the adapter's precision"),
     ({"eval.harness_limit": 1}, "eval.harness_limit", "must be >= 2"),
+    ({"mixture_plan": {"replay_shares": [0.0, 0.1, 0.5]}}, "mixture_plan.replay_shares", "need at least 4 shares"),
+    ({"mixture_plan": {"replay_shares": [0.0, 0.1, 0.5, 1.5]}}, "mixture_plan.replay_shares", "each must be in [0, 1)"),
+    ({"mixture_plan": {"replay_shares": [0.0, 0.1, 0.1000000001, 0.5]}}, "mixture_plan.replay_shares",
+     "would share one pilot folder"),
+    ({"mixture_plan": {"holdout_share": 0.2}}, "mixture_plan.holdout_share", "is not one of replay_shares"),
+    ({"mixture_plan": {"holdout_share": 0.0}}, "mixture_plan.holdout_share", "is the smallest or largest"),
+    ({"mixture_plan": {"pilot_steps": 4, "eval_points": 5}}, "mixture_plan.pilot_steps", "cannot hold eval_points=5"),
 ]
+# Rules between keys tested elsewhere, as they need a launch or lm-eval: the batch against a launch's processes
+# (tests/test_config.py), lm-eval's task names (tests/test_harness.py).
+TESTED_ELSEWHERE = {"train.global_batch_size", "eval.harness_tasks"}
 
 
 @pytest.mark.parametrize("changes,named,says", RULES_BETWEEN_KEYS, ids=[n for _, n, _ in RULES_BETWEEN_KEYS])
@@ -254,3 +264,10 @@ def test_rules_between_keys_and_of_list_items_name_their_key(changes, named, say
 def test_the_fuzzers_exclusions_name_real_keys():
     keys = {k for k, _, _ in LEAVES}
     assert NOT_VALID_FUZZED - {"name", "domain", "out_dir"} <= keys and set(VALID_RANGE) <= keys
+
+
+def test_every_rule_between_keys_in_the_catalogue_has_a_case():
+    named = {n for _, n, _ in RULES_BETWEEN_KEYS} | TESTED_ELSEWHERE
+    for keys, _ in C.CROSS_FIELD_RULES:
+        parts = [k.strip().replace(".N", ".0") for k in keys.split("/")]
+        assert any(p in named or p + ".0" in named for p in parts), f"no test case for the catalogue's rule on {keys}"
