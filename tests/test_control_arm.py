@@ -199,3 +199,30 @@ def test_bad_control_values_are_one_line_errors_naming_the_key(tmp_path):
     r = cli("run", TINY, f"out_dir={tmp_path / 'run'}", CONTROL, "data.general=[]", "data.replay_share=0")
     assert r.returncode == 2 and "compare.control: continued_general trains on general text" in r.stderr and "data.general" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_publish_control_writes_the_control_model_with_its_own_scores_in_the_card(control_run, tmp_path):
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    run = copy_stages(control_run[0], tmp_path / "run", *ALL_STAGES, "base_model")
+    dest = tmp_path / "tiny-control"
+    r = cli("publish", run, "--model", "control", "--to", dest, "--repo-id", "someone/tiny-control",
+            env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    ours, control, domain = _weights(dest), _weights(run / "pretrain_control" / "model"), _weights(run / "pretrain" / "model")
+    assert ours.keys() == control.keys() and all(torch.equal(ours[k], control[k]) for k in control)
+    assert _differ(ours, domain)
+    card = ModelCard.load(dest / "README.md")
+    name, results = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    assert name == "someone/tiny-control"
+    res = json.loads((run / "compare" / "results.json").read_text())
+    t, acc = res["tasks"][TASK], res["harness"]["local_reviews"]["acc"]
+    by_name = {e.metric_name: e.metric_value for e in results}
+    seeds = len(t["control_model"]["finetuned"]["seeds"])
+    assert by_name[f"accuracy (%), after LoRA, mean of {seeds} seeds, {t['n_test']} test items"] == \
+        round(100 * t["control_model"]["finetuned"]["mean"], 2)
+    # the lm-eval task's primary metric, the control's own score (not the domain model's)
+    assert by_name["acc (%), lm-evaluation-harness, 24 documents"] == round(100 * acc["control_model"]["mean"], 2)
+    assert "the run's *control* model" in _norm(card.text) and "general text only" in card.text
+    assert not [line for line in card.text.splitlines() if line.startswith("| domain |")]  # it read no domain text

@@ -127,6 +127,49 @@ def test_pilots_were_shared_over_both_processes_and_a_rerun_keeps_them(planned, 
     assert json.loads((out / "plan_mixture" / "plan.json").read_text())["recommendation"] == before["recommendation"]
 
 
+def test_shards_run_their_own_slice_of_the_pilots_and_merge_writes_the_same_plan(planned, tmp_path):
+    """One pilot of each of two --shard slices redone as array tasks would: a slice runs only its own, --merge names
+    what is missing, then writes the plan from every pilot (the same losses as one launch made)."""
+    import shutil
+
+    from domainpt.config import load_recipe
+    from domainpt.jobs.runner import Worker, slice_of
+    from domainpt.mixture.stage import pilot_jobs, tokens_per_step
+
+    out, _ = planned
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    recipe = load_recipe(TINY, PILOTS)
+    jobs = pilot_jobs(recipe, tokens_per_step(recipe))
+    slices = [slice_of(jobs, Worker(shard=i, shards=2)) for i in (0, 1)]
+    assert sorted(j.id for s in slices for j in s) == sorted(j.id for j in jobs) and all(slices)
+    redo = [min(s, key=lambda j: j.cost).id for s in slices]  # the shortest pilot of each slice
+    before = json.loads((copy / "plan_mixture" / "plan.json").read_text())
+    (copy / "plan_mixture" / "manifest.json").unlink()
+    for job_id in redo:
+        (copy / "plan_mixture" / "jobs" / f"{job_id}.json").unlink()
+    marker = lambda job_id: copy / "plan_mixture" / "jobs" / f"{job_id}.json"  # noqa: E731
+    r = cli("plan-mixture", TINY, f"out_dir={copy}", *PILOTS, "--shard", "0/2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert marker(redo[0]).is_file() and not marker(redo[1]).exists()  # its own slice only
+    assert not (copy / "plan_mixture" / "manifest.json").exists()  # a shard never finishes the plan
+    r = cli("plan-mixture", TINY, f"out_dir={copy}", *PILOTS, "--merge")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"1 of {len(jobs)} jobs have not finished ({redo[1]})" in r.stderr.strip().splitlines()[-1]
+    r = cli("plan-mixture", TINY, f"out_dir={copy}", *PILOTS, "--shard", "1/2")
+    assert r.returncode == 0 and marker(redo[1]).is_file(), r.stderr[-2000:]
+    r = cli("plan-mixture", TINY, f"out_dir={copy}", *PILOTS, "--merge")
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.loads((copy / "plan_mixture" / "manifest.json").read_text())
+    shards = {j["task"]: j.get("shard") for j in manifest["jobs"]}
+    assert [shards[i.removeprefix("pilot/")] for i in redo] == ["0/2", "1/2"]
+    after = json.loads((copy / "plan_mixture" / "plan.json").read_text())
+    for a, b in zip(before["pilots"], after["pilots"]):
+        for kind in ("domain_loss", "general_loss"):  # one thread per process in both: the same sums
+            assert np.allclose(np.array(a[kind]), np.array(b[kind]), rtol=0, atol=1e-5), (a["replay_share"], kind)
+    assert after["recommendation"]["replay_share"] == before["recommendation"]["replay_share"]
+
+
 def test_dry_run_prints_the_pilots_cost_against_the_full_run(tmp_path):
     r = cli("plan-mixture", TINY, f"out_dir={tmp_path / 'run'}", *PILOTS, "--dry-run", "--processes", "2")
     assert r.returncode == 0, r.stderr

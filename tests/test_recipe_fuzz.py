@@ -255,10 +255,7 @@ def test_rules_between_keys_and_of_list_items_name_their_key(changes, named, say
     recipe = yaml.safe_load(yaml.safe_dump(BASE))
     for key, value in changes.items():
         set_key(recipe, key, value)
-    code, err = run_cli(tmp_path, recipe, capsys)
-    line = err.strip().splitlines()[-1]
-    assert code == 2 and line.startswith("domainpt: error:") and f"recipe.yaml: {named}: " in line and says in line, line
-    assert not (tmp_path / "run").exists()
+    assert_one_line_naming(named, says, *run_cli(tmp_path, recipe, capsys), tmp_path)
 
 
 def test_the_fuzzers_exclusions_name_real_keys():
