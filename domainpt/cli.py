@@ -293,7 +293,7 @@ def _describe(args) -> None:
 def _plan_mixture(args, recipe) -> None:
     """`domainpt plan-mixture`: --dry-run, a local launch (--processes), one --shard slice, --merge, or the whole plan."""
     from domainpt.mixture.pilots import STAGE
-    from domainpt.mixture.stage import run_plan_mixture
+    from domainpt.mixture.stage import pilots_cost_warning, run_plan_mixture
 
     if args.dry_run:
         from domainpt.plan import format_mixture_plan, mixture_plan
@@ -321,6 +321,8 @@ def _plan_mixture(args, recipe) -> None:
             if _rank() == 0:
                 print(f"[domainpt] plan-mixture: finished earlier, skipped ({done})", flush=True)
             return
+        if _rank() == 0 and not args.merge and (warning := pilots_cost_warning(recipe)):
+            print(f"[domainpt] plan-mixture: {warning}", flush=True)
         plan = run_plan_mixture(recipe, args.shard, args.merge)
     if plan and _rank() == 0:
         rec = plan["recommendation"]

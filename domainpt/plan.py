@@ -229,21 +229,20 @@ def mixture_plan(recipe, processes: int = 1, gpu: str | None = None) -> dict:
     """`plan-mixture --dry-run`: the pilots' tokens, FLOPs and GPU-hours (each pilot one process), their share out over
     the processes, and their ratio to the full run the plan is for (its budget in tokens)."""
     from domainpt.mixture.pilots import LENGTH_FACTOR, length_share, pilot_jobs
-    from domainpt.mixture.stage import tokens_per_step
+    from domainpt.mixture.stage import budget_tokens, pilots_cost_warning, tokens_per_step
 
     full = build_plan(recipe, processes, gpu)
     mp, shape = recipe.mixture_plan, full["model"]
     jobs = pilot_jobs(recipe, tokens_per_step(recipe))
     tokens = sum(j.cost for j in jobs)
-    # the budget the plan recommends for (mixture/stage.py): budget_tokens, or max_steps at one process's tokens per step
-    budget = mp.budget_tokens or recipe.train.max_steps * tokens_per_step(recipe)
+    budget = budget_tokens(recipe)  # the budget the plan recommends for
     per_token = full["pretrain"]["flops_per_token"]
     hours_per_token = per_token / (PEAK_FLOPS[full["gpu"]] * full["assumed_mfu"]) / 3600
     return {"recipe": recipe.name, "model": shape, "gpu": full["gpu"], "assumed_mfu": full["assumed_mfu"],
             "processes": processes, "shares": mp.replay_shares, "holdout_share": mp.holdout_share,
             "pilot_steps": mp.pilot_steps, "eval_points": mp.eval_points, "tokens": tokens, "flops": tokens * per_token,
             "gpu_hours": tokens * hours_per_token, "full_tokens": budget, "full_gpu_hours": budget * hours_per_token,
-            "ratio": tokens / budget,
+            "ratio": tokens / budget, "warning": pilots_cost_warning(recipe),
             "length_check": {"replay_share": length_share(recipe), "steps": LENGTH_FACTOR * mp.pilot_steps}
             if mp.length_check else None,
             **job_plan(jobs, processes, hours_per_token)}
@@ -261,4 +260,5 @@ def format_mixture_plan(p: dict) -> str:
         f"{p['assumed_mfu']:.0%} MFU (each pilot also runs prepare)",
         f"  vs run    the budget planned for: {_n(p['full_tokens'])} tokens, {p['full_gpu_hours']:.3g} {p['gpu']}-hours; "
         f"the pilots cost {p['ratio']:.2f}x its tokens",
+        *([f"  {p['warning']}"] if p.get("warning") else []),
         *_job_lines(p, p)])

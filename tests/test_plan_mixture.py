@@ -26,6 +26,7 @@ def planned(tmp_path_factory):
 def test_plan_mixture_writes_the_three_outputs_with_every_key(planned):
     out, r = planned
     root = out / "plan_mixture"
+    assert r.stdout.count("[domainpt] plan-mixture: warning: the pilots cost 3.0x the tokens of the run they plan") == 1
     assert (root / "plan.png").stat().st_size > 10_000 and (root / "manifest.json").is_file()
     plan = json.loads((root / "plan.json").read_text())
     assert PLAN_KEYS <= set(plan)
@@ -178,6 +179,9 @@ def test_dry_run_prints_the_pilots_cost_against_the_full_run(tmp_path):
     assert "and one of 12 steps at 0.1 (the length check)" in r.stdout
     r = cli("plan-mixture", TINY, f"out_dir={tmp_path / 'run'}", *PILOTS, "mixture_plan.length_check=false", "--dry-run")
     assert "the pilots cost 2.00x its tokens" in r.stdout and "length check" not in r.stdout
+    assert "warning: the pilots cost 2.0x the tokens of the run they plan" in r.stdout  # the run is cheaper than its plan
+    r = cli("plan-mixture", TINY, f"out_dir={tmp_path / 'run'}", *PILOTS, "mixture_plan.budget_tokens=1000000", "--dry-run")
+    assert "its tokens" in r.stdout and "warning" not in r.stdout  # a real budget: the pilots are a small share of it
     assert not (tmp_path / "run").exists()
 
 

@@ -35,6 +35,21 @@ def tokens_per_step(recipe) -> int:
     return tc.process_batch(1) * tc.grad_accum * recipe.data.seq_len
 
 
+def budget_tokens(recipe) -> int:
+    """The full run the plan is for: mixture_plan.budget_tokens, or train.max_steps at one process's tokens per step."""
+    return int(recipe.mixture_plan.budget_tokens or recipe.train.max_steps * tokens_per_step(recipe))
+
+
+def pilots_cost_warning(recipe) -> str | None:
+    """Said before pilots run (and by --dry-run) when they would cost more tokens than the run they plan: then the
+    run itself answers the question for less (the tiny recipe's defaults do this; a real budget is GPU-days)."""
+    ratio = sum(j.cost for j in pilot_jobs(recipe, tokens_per_step(recipe))) / budget_tokens(recipe)
+    if ratio < 1:
+        return None
+    return (f"warning: the pilots cost {ratio:.1f}x the tokens of the run they plan; running that run at a few shares "
+            "is cheaper here (lower mixture_plan.pilot_steps, or set mixture_plan.budget_tokens to the real budget)")
+
+
 def token_axis(recipe, tokens_per_step: int) -> TokenAxis:
     """The law's D for this recipe: its pilots' schedule (the warm-up stretched) and its full run's."""
     tc = recipe.train
@@ -90,7 +105,7 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
     mp, conf = recipe.mixture_plan, recipe.report.confidence
     check_pilots(pilots)
     tps = pilots[0]["tokens_per_step"]
-    budget = int(mp.budget_tokens or recipe.train.max_steps * tps)
+    budget = budget_tokens(recipe)
     axis = token_axis(recipe, tps)
     pts = Points(pilots, axis)
     try:
