@@ -105,7 +105,7 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
     mp, conf = recipe.mixture_plan, recipe.report.confidence
     check_pilots(pilots)
     tps = pilots[0]["tokens_per_step"]
-    budget = budget_tokens(recipe)
+    budget = int(mp.budget_tokens or recipe.train.max_steps * tps)  # tokens per step as the pilots measured them
     axis = token_axis(recipe, tps)
     pts = Points(pilots, axis)
     try:
