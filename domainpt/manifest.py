@@ -124,7 +124,8 @@ def is_done(recipe, stage: str) -> bool:
     if m.get("fingerprint") != stage_fingerprint(recipe, stage):
         raise DomainptError(
             f"{stage_dir(recipe, stage)} was finished with a different recipe "
-            f"(sections {', '.join(STAGE_SECTIONS[stage])}); use another out_dir or pass --force {stage}"
+            f"(sections {', '.join(STAGE_SECTIONS[stage])}); use another out_dir or redo it: "
+            f"domainpt {stage.replace('_', '-') if stage == 'plan_mixture' else stage} RECIPE --force"
         )
     return True
 

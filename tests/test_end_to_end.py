@@ -74,6 +74,7 @@ def test_changed_recipe_is_not_mixed_with_finished_stages(tiny_run, tmp_path):
     r = cli("run", TINY, f"out_dir={out}", "train.max_steps=13")
     assert r.returncode == 2
     assert "finished with a different recipe" in r.stderr and "Traceback" not in r.stderr
+    assert "redo it: domainpt pretrain RECIPE --force" in r.stderr  # the first stage the change reaches, as a command
 
 
 @pytest.mark.parametrize("override,message", [

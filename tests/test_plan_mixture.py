@@ -344,7 +344,7 @@ def test_changing_what_the_plan_reads_refits_it_and_keeps_every_pilot(planned, t
     assert json.loads((copy / "plan_mixture" / "plan.json").read_text())["recommendation"]["max_general_increase"] == 0.1
     assert {p: p.stat().st_mtime_ns for p in markers} == markers
     r = cli("plan-mixture", TINY, f"out_dir={copy}", *PILOTS, "train.lr=0.001")
-    assert r.returncode == 2 and "was finished with a different recipe" in r.stderr and "--force" in r.stderr
+    assert r.returncode == 2 and "was finished with a different recipe" in r.stderr and "domainpt plan-mixture RECIPE --force" in r.stderr
     # a plan made without the length check, refitted with it: --merge (which runs no pilot) refuses and keeps the plan;
     # a plain run says which pilot it runs and runs only that one
     long_marker = copy / "plan_mixture" / "jobs" / "pilot" / "replay_0.1_x2.json"
