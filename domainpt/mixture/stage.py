@@ -35,9 +35,10 @@ def tokens_per_step(recipe) -> int:
     return tc.process_batch(1) * tc.grad_accum * recipe.data.seq_len
 
 
-def budget_tokens(recipe) -> int:
-    """The full run the plan is for: mixture_plan.budget_tokens, or train.max_steps at one process's tokens per step."""
-    return int(recipe.mixture_plan.budget_tokens or recipe.train.max_steps * tokens_per_step(recipe))
+def budget_tokens(recipe, per_step: int | None = None) -> int:
+    """The full run the plan is for: mixture_plan.budget_tokens, or train.max_steps at one process's tokens per step
+    (`per_step`, as the pilots measured it, where given)."""
+    return int(recipe.mixture_plan.budget_tokens or recipe.train.max_steps * (per_step or tokens_per_step(recipe)))
 
 
 def pilots_cost_warning(recipe) -> str | None:
@@ -105,7 +106,7 @@ def make_plan(recipe, pilots: list[dict]) -> dict:
     mp, conf = recipe.mixture_plan, recipe.report.confidence
     check_pilots(pilots)
     tps = pilots[0]["tokens_per_step"]
-    budget = int(mp.budget_tokens or recipe.train.max_steps * tps)  # tokens per step as the pilots measured them
+    budget = budget_tokens(recipe, tps)
     axis = token_axis(recipe, tps)
     pts = Points(pilots, axis)
     try:
