@@ -38,6 +38,8 @@ STAGE_SECTIONS = {
     "plan_mixture": ("model", "data", "tasks", "tokenizer", "train", "eval", "report", "mixture_plan"),
 }
 
+COMMANDS = {"plan_mixture": "plan-mixture"}  # the command that redoes a stage, where its name is not the stage's
+
 
 def has_control(recipe) -> bool:
     return recipe.compare.control != "none"
@@ -125,7 +127,7 @@ def is_done(recipe, stage: str) -> bool:
         raise DomainptError(
             f"{stage_dir(recipe, stage)} was finished with a different recipe "
             f"(sections {', '.join(STAGE_SECTIONS[stage])}); use another out_dir or redo it: "
-            f"domainpt {stage.replace('_', '-') if stage == 'plan_mixture' else stage} RECIPE --force"
+            f"domainpt {COMMANDS.get(stage, stage)} RECIPE --force"
         )
     return True
 
